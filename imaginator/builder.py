@@ -1,10 +1,31 @@
-"""The builder: runs builds of streams, one at a time per stream, and remembers results."""
+"""The builder: runs builds of streams and remembers what happened.
+
+One build per stream runs at a time; a request identical to a running one joins
+it and gets the same result; a global semaphore bounds how many builds run at
+once. Every build has a ``BuildLog`` that pages and RPC clients can follow
+while it runs, and a ``BuildResult`` kept as the stream's last result.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
-from imaginator.build.buildlog import BuildLog
+from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore
+from twisted.logger import Logger
+
+from imaginator.build.bootstrap import build_bootstrap
+from imaginator.build.buildlog import BuildLog, Redactor
+from imaginator.build.pack import BuildEnv, BuildError
+from imaginator.build.process import ProcessRunner
+from imaginator.config.main import MainConfig
+from imaginator.config.units import format_duration
+from imaginator.image.filter import Filter
+from imaginator.image.model import Image
+
+DAY = 24 * 3600.0
+_log = Logger()
 
 
 @dataclass
@@ -29,3 +50,251 @@ class BuildResult:
     log: bytes
     error: str = ""
     requestor: str = ""
+    image: Image | None = None
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What a build request may ask for (durations in seconds; 0 = not set)."""
+
+    expires_in: float = 0.0
+    git_branch: str = ""
+    max_source_age: float = 0.0
+    maximum_build_duration: float = 0.0
+    variables: tuple[tuple[str, str], ...] = ()
+    return_image: bool = False
+    disable_recursive_build: bool = False
+    auto: bool = False
+
+    @classmethod
+    def make(cls, variables: Mapping[str, str] | None = None, **kwargs) -> BuildOptions:
+        return cls(variables=tuple(sorted((variables or {}).items())), **kwargs)
+
+
+class UnknownStream(BuildError):
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"unknown stream: {stream}")
+
+
+def build_deadline_seconds(flag: float, requested: float) -> float:
+    """``min(flag, request)`` where anything under one second means 24 hours."""
+
+    def norm(value: float) -> float:
+        return DAY if value < 1 else value
+
+    return min(norm(flag), norm(requested))
+
+
+@dataclass
+class BuilderSettings:
+    maximum_build_duration: float = DAY
+    maximum_concurrent_builds: int = 2
+    tmpdir: str | None = None
+
+
+@dataclass
+class _Running:
+    current: CurrentBuild
+    options: BuildOptions
+    waiters: list[Deferred] = field(default_factory=list)
+
+
+class Builder:
+    """Runs builds against the embedded store and keeps current/last build state."""
+
+    def __init__(
+        self,
+        *,
+        reactor,
+        threadpool,
+        config: MainConfig,
+        store,
+        local_store,
+        runner: ProcessRunner,
+        settings: BuilderSettings,
+        secret_variables: Callable[[], Mapping[str, str]] = dict,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self.config = config
+        self._store = store
+        self._local_store = local_store
+        self._runner = runner
+        self._settings = settings
+        self._secret_variables = secret_variables
+        self._redactor = redactor
+        self._mtimes_filter = (
+            Filter(config.mtimes_copy_filter_lines) if config.mtimes_copy_filter_lines else None
+        )
+        self._stream_locks: dict[str, DeferredLock] = {}
+        limit = settings.maximum_concurrent_builds
+        self._slots = DeferredSemaphore(limit) if limit > 0 else None
+        self._running: dict[str, _Running] = {}
+        self._last: dict[str, BuildResult] = {}
+        self._build_requests_disabled_until: float | None = None
+
+    # -- state for pages and RPC -------------------------------------------------
+
+    def current_builds(self) -> list[CurrentBuild]:
+        return [self._running[s].current for s in sorted(self._running)]
+
+    def current_build(self, stream: str) -> CurrentBuild | None:
+        running = self._running.get(stream)
+        return running.current if running else None
+
+    def last_results(self) -> list[BuildResult]:
+        return [self._last[s] for s in sorted(self._last)]
+
+    def last_result(self, stream: str) -> BuildResult | None:
+        return self._last.get(stream)
+
+    def stream_names(self) -> list[str]:
+        return sorted(self.config.bootstrap_streams)
+
+    def auto_rebuild_streams(self) -> frozenset[str]:
+        return frozenset(self.config.image_streams_to_auto_rebuild)
+
+    def build_requests_disabled_until(self) -> float | None:
+        until = self._build_requests_disabled_until
+        if until is not None and until <= self._reactor.seconds():
+            return None
+        return until
+
+    # -- building ----------------------------------------------------------------
+
+    def new_log(self) -> BuildLog:
+        return BuildLog(self._redactor) if self._redactor else BuildLog()
+
+    async def build(
+        self,
+        stream: str,
+        options: BuildOptions,
+        requestor: str = "",
+        log: BuildLog | None = None,
+    ) -> BuildResult:
+        """Build ``stream``; never raises for build failures (see ``BuildResult.error``).
+
+        If an identical build of the stream is running, this joins it. Otherwise
+        it waits for the stream's previous build and for a free build slot.
+        """
+        running = self._running.get(stream)
+        if running is not None and running.options == options:
+            waiter: Deferred = Deferred()
+            running.waiters.append(waiter)
+            return await waiter
+        lock = self._stream_locks.setdefault(stream, DeferredLock())
+        await lock.acquire()
+        try:
+            if self._slots is not None:
+                await self._slots.acquire()
+            try:
+                return await self._build_now(stream, options, requestor, log or self.new_log())
+            finally:
+                if self._slots is not None:
+                    self._slots.release()
+        finally:
+            lock.release()
+
+    async def _build_now(
+        self, stream: str, options: BuildOptions, requestor: str, log: BuildLog
+    ) -> BuildResult:
+        started = self._reactor.seconds()
+        started_mono = time.monotonic()
+        current = CurrentBuild(stream, started, log, requestor, options.auto)
+        running = _Running(current, options)
+        self._running[stream] = running
+        image_name, error, image = "", "", None
+        try:
+            image = await self._make_image(stream, options, log)
+            image_name = await self._publish(stream, image, options, requestor, log, started_mono)
+        except BuildError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug must fail the build, not the daemon
+            _log.failure("Unexpected error building {stream}", stream=stream)
+            error = f"internal error: {exc}"
+        if error:
+            log.line(f"Error building image: {stream}: {error}")
+            if self._redactor:
+                error = self._redactor(error)
+            _log.info("Error building image: {stream}: {error}", stream=stream, error=error)
+        else:
+            _log.info(
+                "Built image: {name} in {duration}",
+                name=image_name,
+                duration=format_duration(self._reactor.seconds() - started),
+            )
+        result = BuildResult(
+            stream=stream,
+            image_name=image_name,
+            started_at=started,
+            finished_at=self._reactor.seconds(),
+            log=log.getvalue(),
+            error=error,
+            requestor=requestor,
+            image=image if options.return_image else None,
+        )
+        del self._running[stream]
+        self._last[stream] = replace(result, image=None)
+        log.close()
+        for waiter in running.waiters:
+            waiter.callback(result)
+        return result
+
+    def _env(self, log: BuildLog, options: BuildOptions) -> BuildEnv:
+        deadline = build_deadline_seconds(
+            self._settings.maximum_build_duration, options.maximum_build_duration
+        )
+        return BuildEnv(
+            reactor=self._reactor,
+            threadpool=self._threadpool,
+            runner=self._runner,
+            store=self._store,
+            local_store=self._local_store,
+            log=log,
+            deadline=self._reactor.seconds() + deadline,
+        )
+
+    async def _make_image(self, stream: str, options: BuildOptions, log: BuildLog) -> Image:
+        bootstrap = self.config.bootstrap_streams.get(stream)
+        if bootstrap is None:
+            raise UnknownStream(stream)
+        packager = self.config.packager_types.get(bootstrap.packager_type)
+        if packager is None:
+            raise BuildError(f'packager type: "{bootstrap.packager_type}" unknown')
+        variables = {**self._secret_variables(), **dict(options.variables)}
+        return await build_bootstrap(
+            self._env(log, options),
+            bootstrap,
+            packager,
+            variables=variables,
+            mtimes_filter=self._mtimes_filter,
+            tmpdir=self._settings.tmpdir,
+        )
+
+    async def _publish(
+        self,
+        stream: str,
+        image: Image,
+        options: BuildOptions,
+        requestor: str,
+        log: BuildLog,
+        started_mono: float,
+    ) -> str:
+        upload_started = time.monotonic()
+        now = self._reactor.seconds()
+        name = await self._store.reserve_image_name(stream, now)
+        image.created_for = requestor
+        if options.expires_in > 0:
+            image.expires_at = int((now + options.expires_in) * 1e9)
+        if not options.return_image:
+            try:
+                await self._store.add_image(name, image)
+            except Exception as exc:
+                raise BuildError(f"error adding image: {exc}") from None
+        finished = time.monotonic()
+        log.line(
+            f"Uploaded {name} in {format_duration(finished - upload_started)}, "
+            f"total build duration: {format_duration(finished - started_mono)}"
+        )
+        return name

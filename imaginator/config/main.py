@@ -2,22 +2,46 @@
 
 Parsing is a pure function of the document's bytes; ``load_main_config`` adds
 the fetching of the document and of the per-stream filter/tags/triggers URLs.
+
+Every field is checked for its type when the document is read, so a mistake
+stops start-up with a message naming the file and the key path, e.g.
+``conf.json: PackagerTypes.deb.ListCommand.SizeMultiplier: expected a
+non-negative integer, got "x"``. Unknown fields are ignored, as in Go.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from imaginator.image.triggers import Trigger
+from imaginator.config.expand import expand, expand_opportunistic
+from imaginator.config.jsonc import ConfigError
+from imaginator.config.jsonc import loads as jsonc_loads
+from imaginator.config.loader import redact_url
+from imaginator.image.filter import Filter, FilterError, parse_filter_lines
+from imaginator.image.triggers import Trigger, TriggersError, parse_triggers
 
-
-class ConfigError(Exception):
-    """A configuration problem; the message names the file and the key path."""
+__all__ = [
+    "BootstrapStream",
+    "CacheConfig",
+    "ConfigError",
+    "ListCommand",
+    "MainConfig",
+    "Owners",
+    "PackagerType",
+    "QuickLink",
+    "load_main_config",
+    "parse_main_config",
+]
 
 
 @dataclass(frozen=True)
 class ListCommand:
+    """How to list installed packages: argv, and the factor turning sizes into bytes."""
+
     arg_list: tuple[str, ...] = ()
     size_multiplier: int = 1
 
@@ -39,6 +63,8 @@ class PackagerType:
 
 @dataclass(frozen=True)
 class Owners:
+    """Owner groups and users stored in the images of a stream."""
+
     groups: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
 
@@ -66,6 +92,8 @@ class BootstrapStream:
 
 @dataclass(frozen=True)
 class CacheConfig:
+    """The optional per-stream build cache (host directory, mount point, byte limit)."""
+
     base_directory: str = ""
     mount_point: str = ""
     size_limit: int = 0
@@ -73,12 +101,16 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class QuickLink:
+    """A link on the relationships page: ``url`` is appended to ``/showDirectedGraph``."""
+
     name: str
     url: str
 
 
 @dataclass(frozen=True)
 class MainConfig:
+    """The whole main configuration; ``source`` is where it was read from."""
+
     source: str = ""
     bind_mounts: tuple[str, ...] = ()
     bootstrap_streams: Mapping[str, BootstrapStream] = field(default_factory=dict)
@@ -89,3 +121,294 @@ class MainConfig:
     mtimes_copy_filter_lines: tuple[str, ...] = ()
     packager_types: Mapping[str, PackagerType] = field(default_factory=dict)
     relationships_quick_links: tuple[QuickLink, ...] = ()
+
+
+# ------------------------------------------------------------ value readers
+
+
+class _Invalid(Exception):
+    """A bad value at a key path; turned into a ConfigError naming the file."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+def _show(value: Any) -> str:
+    """A bad value as JSON, shortened, for error messages."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _object(value: Any, path: str) -> dict[str, Any]:
+    """A JSON object (``null`` reads as empty, as Go leaves the zero value)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Invalid(path, f"expected an object, got {_show(value)}")
+    return value
+
+
+def _string(value: Any, path: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Invalid(path, f"expected a string, got {_show(value)}")
+    return value
+
+
+def _string_list(value: Any, path: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _Invalid(path, f"expected a list of strings, got {_show(value)}")
+    return tuple(_string(item, _join(path, i)) for i, item in enumerate(value))
+
+
+def _uint(value: Any, path: str) -> int:
+    """A non-negative JSON integer (Go ``uint``: no fractions, no strings)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Invalid(path, f"expected a non-negative integer, got {_show(value)}")
+    return value
+
+
+def _filter_lines(value: Any, path: str) -> tuple[str, ...]:
+    """Path expressions, each compiled; empty lines are dropped as Go's filter.New does."""
+    lines = _string_list(value, path)
+    for i, line in enumerate(lines):
+        if line == "":
+            continue
+        try:
+            Filter((line,))
+        except FilterError as exc:
+            raise _Invalid(_join(path, i), str(exc)) from None
+    return tuple(line for line in lines if line != "")
+
+
+# ------------------------------------------------------------------ sections
+
+
+def _packager_type(name: str, value: Any, path: str) -> PackagerType:
+    obj = _object(value, path)
+    list_obj = _object(obj.get("ListCommand"), _join(path, "ListCommand"))
+    multiplier_path = _join(_join(path, "ListCommand"), "SizeMultiplier")
+    multiplier = _uint(list_obj.get("SizeMultiplier"), multiplier_path)
+    return PackagerType(
+        name=name,
+        clean_command=_string_list(obj.get("CleanCommand"), _join(path, "CleanCommand")),
+        clean_patterns=_filter_lines(obj.get("CleanPatterns"), _join(path, "CleanPatterns")),
+        install_command=_string_list(obj.get("InstallCommand"), _join(path, "InstallCommand")),
+        list_command=ListCommand(
+            arg_list=_string_list(list_obj.get("ArgList"), _join(path, "ListCommand.ArgList")),
+            size_multiplier=max(multiplier, 1),
+        ),
+        remove_command=_string_list(obj.get("RemoveCommand"), _join(path, "RemoveCommand")),
+        update_command=_string_list(obj.get("UpdateCommand"), _join(path, "UpdateCommand")),
+        upgrade_command=_string_list(obj.get("UpgradeCommand"), _join(path, "UpgradeCommand")),
+        verbatim=_string_list(obj.get("Verbatim"), _join(path, "Verbatim")),
+    )
+
+
+def _owners(value: Any, path: str) -> Owners:
+    obj = _object(value, path)
+    return Owners(
+        groups=_string_list(obj.get("Groups"), _join(path, "Groups")),
+        users=_string_list(obj.get("Users"), _join(path, "Users")),
+    )
+
+
+def _bootstrap_stream(
+    name: str, value: Any, path: str, arch_lookup: Callable[[str], str | None]
+) -> BootstrapStream:
+    obj = _object(value, path)
+    command = _string_list(obj.get("BootstrapCommand"), _join(path, "BootstrapCommand"))
+    return BootstrapStream(
+        name=name,
+        bootstrap_command=tuple(expand_opportunistic(arg, arch_lookup) for arg in command),
+        filter_lines=_filter_lines(obj.get("FilterLines"), _join(path, "FilterLines")),
+        image_filter_url=_string(obj.get("ImageFilterUrl"), _join(path, "ImageFilterUrl")),
+        image_tags_url=_string(obj.get("ImageTagsUrl"), _join(path, "ImageTagsUrl")),
+        image_triggers_url=_string(obj.get("ImageTriggersUrl"), _join(path, "ImageTriggersUrl")),
+        owners=_owners(obj.get("Owners"), _join(path, "Owners")),
+        packager_type=_string(obj.get("PackagerType"), _join(path, "PackagerType")),
+    )
+
+
+def _bootstrap_streams(
+    value: Any, packager_types: Mapping[str, PackagerType], arch: str
+) -> dict[str, BootstrapStream]:
+    """Streams keyed by their ``$ARCH``-expanded names; errors use the original keys."""
+    path = "BootstrapStreams"
+    arch_lookup = {"ARCH": arch}.get
+    streams: dict[str, BootstrapStream] = {}
+    for key, stream_value in _object(value, path).items():
+        stream_path = _join(path, key)
+        name = expand(key, arch_lookup)
+        if name in streams:
+            raise _Invalid(path, f"duplicate bootstrap stream: {name}")
+        stream = _bootstrap_stream(name, stream_value, stream_path, arch_lookup)
+        if stream.packager_type not in packager_types:
+            raise _Invalid(
+                _join(stream_path, "PackagerType"),
+                f"packager type {_show(stream.packager_type)} unknown",
+            )
+        streams[name] = stream
+    return dict(sorted(streams.items()))
+
+
+def _cache(value: Any, path: str) -> CacheConfig | None:
+    if value is None:
+        return None
+    obj = _object(value, path)
+    return CacheConfig(
+        base_directory=_string(obj.get("BaseDirectory"), _join(path, "BaseDirectory")),
+        mount_point=_string(obj.get("MountPoint"), _join(path, "MountPoint")),
+        size_limit=_uint(obj.get("SizeLimit"), _join(path, "SizeLimit")),
+    )
+
+
+def _quick_links(value: Any, path: str) -> tuple[QuickLink, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _Invalid(path, f"expected a list of objects, got {_show(value)}")
+    links = []
+    for i, item in enumerate(value):
+        item_path = _join(path, i)
+        obj = _object(item, item_path)
+        links.append(
+            QuickLink(
+                name=_string(obj.get("Name"), _join(item_path, "Name")),
+                url=_string(obj.get("URL"), _join(item_path, "URL")),
+            )
+        )
+    return tuple(links)
+
+
+def _main_config(document: Any, source: str, arch: str) -> MainConfig:
+    top = _object(document, "(top level)")
+    packager_types = {
+        name: _packager_type(name, value, _join("PackagerTypes", name))
+        for name, value in _object(top.get("PackagerTypes"), "PackagerTypes").items()
+    }
+    arch_lookup = {"ARCH": arch}.get
+    auto_rebuild = _string_list(top.get("ImageStreamsToAutoRebuild"), "ImageStreamsToAutoRebuild")
+    return MainConfig(
+        source=source,
+        bind_mounts=_string_list(top.get("BindMounts"), "BindMounts"),
+        bootstrap_streams=_bootstrap_streams(top.get("BootstrapStreams"), packager_types, arch),
+        cache=_cache(top.get("Cache"), "Cache"),
+        image_streams_check_interval=_uint(
+            top.get("ImageStreamsCheckInterval"), "ImageStreamsCheckInterval"
+        ),
+        image_streams_to_auto_rebuild=tuple(
+            expand_opportunistic(name, arch_lookup) for name in auto_rebuild
+        ),
+        image_streams_url=_string(top.get("ImageStreamsUrl"), "ImageStreamsUrl"),
+        mtimes_copy_filter_lines=_filter_lines(
+            top.get("MtimesCopyFilterLines"), "MtimesCopyFilterLines"
+        ),
+        packager_types=packager_types,
+        relationships_quick_links=_quick_links(
+            top.get("RelationshipsQuickLinks"), "RelationshipsQuickLinks"
+        ),
+    )
+
+
+def parse_main_config(data: bytes, source: str, arch: str) -> MainConfig:
+    """Parse and validate a main configuration document.
+
+    ``source`` names the document in errors; ``arch`` is the GOARCH name that
+    ``$ARCH`` expands to. Raises ``ConfigError`` naming the file and key path.
+    """
+    document = jsonc_loads(data, source)
+    try:
+        return _main_config(document, source, arch)
+    except _Invalid as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+# ------------------------------------------------------------------ loading
+
+Fetch = Callable[[str], Awaitable[bytes]]
+
+
+async def _fetch(fetch: Fetch, url: str, where: str) -> bytes:
+    try:
+        return await fetch(url)
+    except Exception as exc:
+        raise ConfigError(f"{where}: {redact_url(url)}: {exc}") from None
+
+
+def _parse_tags(data: bytes, url: str, where: str) -> dict[str, str]:
+    document = jsonc_loads(data, f"{where}: {url}")
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{where}: {url}: expected a JSON object, got {_show(document)}")
+    for key, value in document.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {url}: {key}: expected a string, got {_show(value)}")
+    return dict(document)
+
+
+def _parse_image_filter(data: bytes, url: str, where: str) -> tuple[str, ...]:
+    text = data.decode("utf-8", errors="replace")
+    lines = tuple(parse_filter_lines(text))
+    try:
+        Filter(lines)
+    except FilterError as exc:
+        raise ConfigError(f"{where}: {url}: {exc}") from None
+    return lines
+
+
+async def _load_stream_urls(stream: BootstrapStream, fetch: Fetch, source: str) -> BootstrapStream:
+    """Fill in the image filter, tags and triggers a bootstrap stream's URLs name."""
+    where = f"{source}: {_join('BootstrapStreams', stream.name)}"
+    changes: dict[str, Any] = {}
+    if stream.image_filter_url:
+        url, here = stream.image_filter_url, f"{where}.ImageFilterUrl"
+        data = await _fetch(fetch, url, here)
+        changes["image_filter"] = _parse_image_filter(data, redact_url(url), here)
+    if stream.image_tags_url:
+        url, here = stream.image_tags_url, f"{where}.ImageTagsUrl"
+        data = await _fetch(fetch, url, here)
+        changes["image_tags"] = _parse_tags(data, redact_url(url), here)
+    if stream.image_triggers_url:
+        url, here = stream.image_triggers_url, f"{where}.ImageTriggersUrl"
+        data = await _fetch(fetch, url, here)
+        try:
+            changes["image_triggers"] = parse_triggers(data, redact_url(url))
+        except TriggersError as exc:
+            raise ConfigError(f"{here}: {exc}") from None
+    return dataclasses.replace(stream, **changes) if changes else stream
+
+
+async def load_main_config(url: str, fetch: Fetch, arch: str) -> MainConfig:
+    """Fetch, parse and complete the main configuration at ``url``.
+
+    ``fetch`` is an async ``fetch(url) -> bytes`` (normally
+    ``imaginator.config.loader.fetch_url`` bound to the reactor and thread
+    pool). The per-stream ``ImageFilterUrl``, ``ImageTagsUrl`` and
+    ``ImageTriggersUrl`` documents are read too; any failure is a
+    ``ConfigError`` naming the stream key and the URL.
+    """
+    source = redact_url(url)
+    try:
+        data = await fetch(url)
+    except Exception as exc:
+        raise ConfigError(f"error reading configuration from: {source}: {exc}") from None
+    config = parse_main_config(data, source, arch)
+    streams = {}
+    for name, stream in config.bootstrap_streams.items():
+        streams[name] = await _load_stream_urls(stream, fetch, source)
+    return dataclasses.replace(config, bootstrap_streams=streams)

@@ -1,0 +1,45 @@
+"""The ``imaginator`` command: Go-style flags, root and umask checks, then twistd.
+
+Runs the twistd plugin ``imaginator`` in the foreground (no pid file, logging
+to standard output) with umask 022, and exits with the daemon's exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from imaginator.flags import FlagError, help_text, normalise_argv, read_flag_files
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        normalised = normalise_argv(args)
+    except FlagError as exc:
+        sys.stderr.write(f"imaginator: {exc}\n{help_text()}")
+        return 2
+    if "--help" in normalised:
+        sys.stdout.write(help_text())
+        return 0
+    if os.geteuid() != 0:
+        sys.stderr.write("imaginator: Must run the Image Builder as root\n")
+        return 1
+    try:
+        from_files = read_flag_files()
+    except (OSError, FlagError) as exc:
+        sys.stderr.write(f"imaginator: {exc}\n")
+        return 1
+    os.umask(0o022)
+    from twisted.scripts import twistd
+
+    from imaginator import tap
+
+    sys.argv = ["imaginator", "--nodaemon", "--pidfile=", "imaginator", *from_files, *normalised]
+    twistd.run()
+    return tap.exit_status[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""ProcessRunner with real children on the real reactor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from imaginator.build.buildlog import BuildLog
+from imaginator.build.process import CommandError, ProcessRunner
+from tests.integration._procfs import group_survivors
+
+SH = "/bin/sh"
+
+
+def stat_fields(stat: bytes) -> tuple[int, int, int]:
+    """(pid, pgrp, session) from a /proc/<pid>/stat line."""
+    text = stat.decode()
+    rest = text[text.rindex(")") + 2 :].split()
+    return int(text.split()[0]), int(rest[2]), int(rest[3])
+
+
+@pytest_twisted.ensureDeferred
+async def test_output_lines_streamed_in_order() -> None:
+    log = BuildLog()
+    chunks: list[bytes] = []
+    log.subscribe(chunks.append)
+    script = 'i=0; while [ $i -lt 300 ]; do echo "line $i"; i=$((i+1)); done; printf tail'
+    result = await ProcessRunner(reactor).run([SH, "-c", script], log=log, env={})
+    assert result.exit_code == 0
+    assert chunks == [f"line {i}\n".encode() for i in range(300)] + [b"tail"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_lines_arrive_while_the_child_runs() -> None:
+    runner = ProcessRunner(reactor)
+    log = BuildLog()
+    seen_while_running: list[tuple[bytes, int]] = []
+
+    def on_chunk(chunk: bytes) -> None:
+        seen_while_running.append((chunk, runner.running()))
+        runner.kill_all("test is done")
+
+    log.subscribe(on_chunk)
+    with pytest.raises(CommandError) as info:
+        await runner.run([SH, "-c", "echo first >&2; exec sleep 1000"], log=log, env={})
+    assert seen_while_running[0] == (b"first\n", 1)
+    assert str(info.value) == "signal: killed"
+    assert info.value.killed_because == "test is done"
+    assert runner.running() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_stdin_fed_and_closed() -> None:
+    data = os.urandom(1 << 20)
+    result = await ProcessRunner(reactor).run(
+        ["/bin/cat"], log=None, env={}, stdin=data, capture_stdout=True
+    )
+    assert result.stdout == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_stdin_reads_eof() -> None:
+    result = await ProcessRunner(reactor).run(["/bin/cat"], log=None, env={}, capture_stdout=True)
+    assert result.stdout == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_exit_status_text() -> None:
+    runner = ProcessRunner(reactor)
+    with pytest.raises(CommandError) as info:
+        await runner.run([SH, "-c", "exit 3"], log=None, env={}, step="1_fail")
+    assert f"error running script: {info.value.step}: {info.value}" == (
+        "error running script: 1_fail: exit status 3"
+    )
+    with pytest.raises(CommandError, match=r"^signal: terminated$"):
+        await runner.run([SH, "-c", "kill -TERM $$"], log=None, env={})
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_program() -> None:
+    log = BuildLog()
+    with pytest.raises(CommandError, match=r"^exit status 127$"):
+        await ProcessRunner(reactor).run(["/no/such/program"], log=log, env={})
+    assert b"/no/such/program" in log.getvalue()
+
+
+@pytest_twisted.ensureDeferred
+async def test_environment_is_exactly_the_one_given() -> None:
+    os.environ.setdefault("IMAGINATOR_TEST_LEAK", "leaked")
+    result = await ProcessRunner(reactor).run(
+        ["/usr/bin/env"], log=None, env={"ONLY": "this one"}, capture_stdout=True
+    )
+    assert result.stdout == b"ONLY=this one\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_cwd(tmp_path: Path) -> None:
+    result = await ProcessRunner(reactor).run(
+        ["/bin/pwd"], log=None, env={}, cwd=str(tmp_path), capture_stdout=True
+    )
+    assert result.stdout.decode().strip() == str(tmp_path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_child_leads_a_new_session_and_group() -> None:
+    result = await ProcessRunner(reactor).run(
+        ["/bin/cat", "/proc/self/stat"], log=None, env={}, capture_stdout=True
+    )
+    pid, pgrp, session = stat_fields(result.stdout)
+    assert pid == pgrp == session
+    assert pgrp != os.getpgrp()
+
+
+@pytest_twisted.ensureDeferred
+async def test_deadline_kills_the_whole_group_even_when_term_is_ignored() -> None:
+    runner = ProcessRunner(reactor, kill_grace=0.3)
+    log = BuildLog()
+    # The shell and its background sleep both ignore SIGTERM.
+    script = "trap '' TERM; sleep 1000 & echo $$; wait; wait; echo survived"
+    with pytest.raises(CommandError) as info:
+        await runner.run(
+            [SH, "-c", script],
+            log=log,
+            env={"PATH": "/usr/bin:/bin"},
+            deadline=reactor.seconds() + 0.5,
+            step="slow",
+        )
+    assert str(info.value) == "signal: killed"
+    assert info.value.step == "slow"
+    pgid = int(log.getvalue().split()[0])
+    assert b"survived" not in log.getvalue()
+    assert await group_survivors(pgid) == []
+    assert runner.running() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_background_process_dies_with_its_leader() -> None:
+    log = BuildLog()
+    # The sleep holds the output pipes: the run ends when it has been killed.
+    script = "sleep 1000 & echo $$"
+    await ProcessRunner(reactor, kill_grace=30).run(
+        [SH, "-c", script], log=log, env={"PATH": "/usr/bin:/bin"}
+    )
+    assert await group_survivors(int(log.getvalue())) == []

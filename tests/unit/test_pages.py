@@ -1,0 +1,612 @@
+"""Unit tests for the status and build-log pages (imaginator.web.pages) and LogRing."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.test.requesthelper import DummyChannel
+
+from imaginator.build.buildlog import BuildLog
+from imaginator.builder import BuildResult, CurrentBuild
+from imaginator.config.units import format_duration, format_time
+from imaginator.logbuffer import LogRing
+from imaginator.web.pages import StatusPages, StatusSource
+
+STARTED = 1_800_000_000.0
+NOW = STARTED + 62.0
+EVIL = "<script>alert(1)</script>"
+
+
+@dataclass
+class FakeSource:
+    """An in-memory StatusSource."""
+
+    current: dict[str, CurrentBuild] = field(default_factory=dict)
+    results: dict[str, BuildResult] = field(default_factory=dict)
+    streams: list[str] = field(default_factory=list)
+    auto: frozenset[str] = frozenset()
+    disabled_until: float | None = None
+
+    def current_builds(self) -> list[CurrentBuild]:
+        return list(self.current.values())
+
+    def last_results(self) -> list[BuildResult]:
+        return list(self.results.values())
+
+    def current_build(self, stream: str) -> CurrentBuild | None:
+        return self.current.get(stream)
+
+    def last_result(self, stream: str) -> BuildResult | None:
+        return self.results.get(stream)
+
+    def stream_names(self) -> list[str]:
+        return list(self.streams)
+
+    def auto_rebuild_streams(self) -> frozenset[str]:
+        return self.auto
+
+    def build_requests_disabled_until(self) -> float | None:
+        return self.disabled_until
+
+
+def _source_checks_as_protocol(source: FakeSource) -> StatusSource:
+    return source  # lets a type checker confirm FakeSource satisfies the Protocol
+
+
+def make_clock(now: float = NOW) -> Clock:
+    clock = Clock()
+    clock.advance(now)
+    return clock
+
+
+def make_pages(source: FakeSource, clock: Clock | None = None, **kwargs) -> StatusPages:
+    args = {
+        "source": source,
+        "clock": clock or make_clock(),
+        "started_at": STARTED,
+        "hostname": "vm",
+        "version": "1.2.3",
+        "log_ring": None,
+    }
+    args.update(kwargs)
+    return StatusPages(**args)
+
+
+@dataclass
+class Answer:
+    code: int
+    headers: dict[str, str]
+    body: bytes
+    request: Request
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+
+class Request(server.Request):
+    """A twisted.web request with a dummy channel that records what is written."""
+
+    def __init__(self, target: bytes, method: bytes = b"GET") -> None:
+        super().__init__(DummyChannel(), False)
+        path = target.partition(b"?")[0]
+        self.uri = target
+        self.path = path
+        self.method = method
+        self.clientproto = b"HTTP/1.1"
+        self.prepath: list[bytes] = []
+        self.postpath = path.split(b"/")[1:]
+        self.setHost(b"localhost", 8080)
+        self.written: list[bytes] = []
+        self.finish_count = 0
+
+    def write(self, data: bytes) -> None:
+        assert not self.finished, "write after finish"
+        self.written.append(data)
+
+    def finish(self) -> None:
+        self.finish_count += 1
+        if not self.finished:
+            self.finished = True
+            self._cleanup()
+
+
+def request(pages: StatusPages, target: str, method: bytes = b"GET") -> Request:
+    req = Request(target.encode("utf-8"), method)
+    pages.resource().render(req)
+    return req
+
+
+def answer(req: Request) -> Answer:
+    headers = {
+        name.decode().lower(): b", ".join(values).decode()
+        for name, values in req.responseHeaders.getAllRawHeaders()
+    }
+    return Answer(req.code, headers, b"".join(req.written), req)
+
+
+def get(pages: StatusPages, target: str, method: bytes = b"GET") -> Answer:
+    req = request(pages, target, method)
+    assert req.finish_count == 1, f"{target} did not finish once"
+    return answer(req)
+
+
+def assert_security_headers(a: Answer) -> None:
+    assert a.headers["x-frame-options"] == "DENY"
+    assert a.headers["x-xss-protection"] == "1"
+    assert (
+        a.headers["content-security-policy"]
+        == "default-src 'self' ;style-src 'self' 'unsafe-inline'"
+    )
+    assert a.headers["x-content-type-options"] == "nosniff"
+
+
+def result(stream: str, image: str = "", error: str = "", log: bytes = b"log\n", **kw):
+    return BuildResult(
+        stream=stream,
+        image_name=image,
+        started_at=kw.get("started_at", NOW - 60),
+        finished_at=kw.get("finished_at", NOW - 50),
+        log=log,
+        error=error,
+        requestor=kw.get("requestor", "peer-client"),
+    )
+
+
+def busy_source() -> FakeSource:
+    log = BuildLog()
+    log.line("Building: apps/hello for: peer-client")
+    return FakeSource(
+        current={
+            "apps/hello": CurrentBuild("apps/hello", NOW - 5, log, "peer-client", False),
+            "bootstrap/bb": CurrentBuild("bootstrap/bb", NOW - 90, BuildLog(), "", True),
+        },
+        results={
+            "apps/zeta": result("apps/zeta", error="exit status 2", finished_at=NOW - 30),
+            "apps/broken": result(
+                "apps/broken",
+                error="error running script: 1_fail: exit status 1",
+                started_at=NOW - 54.71,
+                finished_at=NOW - 54.7,
+            ),
+            "bootstrap/bb": result("bootstrap/bb", image="bootstrap/bb/2026-11-27:10:53:19"),
+            "apps/hello": result("apps/hello", image="apps/hello/2026-11-27:10:53:19"),
+        },
+        streams=["apps/broken", "apps/hello", "apps/zeta", "bootstrap/bb", "bootstrap/Debian-12"],
+        auto=frozenset({"bootstrap/bb"}),
+    )
+
+
+def rows(body: str, heading: str) -> list[list[str]]:
+    """The data rows (cell HTML) of the table that follows ``heading``."""
+    table = body.split(heading, 1)[1].split("</table>", 1)[0]
+    out = []
+    for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)[1:]:
+        out.append([c.strip() for c in re.findall(r"<td>(.*?)</td>", tr, re.S)])
+    return out
+
+
+# -- status page ----------------------------------------------------------------
+
+
+def test_status_page_header_and_footer() -> None:
+    ring = LogRing()
+    Logger(observer=ring).info("Startup: {version}", version="1.2.3")
+    a = get(make_pages(busy_source(), log_ring=ring), "/")
+    assert a.code == 200
+    assert a.headers["content-type"] == "text/html; charset=utf-8"
+    assert_security_headers(a)
+    body = a.text
+    assert "<title>imaginator status page</title>" in body
+    assert '<h1 class="center">imaginator status page</h1>' in body
+    assert f"Start time: {format_time(STARTED)}" in body
+    assert "Uptime: 1m2s" in body
+    assert "Hostname: vm" in body
+    assert "Process Total CPU Time: " in body
+    assert 'Number of image streams: <a href="showImageStreams">5</a>' in body
+    assert 'Image stream <a href="showDirectedGraph">relationships</a>' in body
+    assert "Image server: embedded store" in body
+    assert "Build requests disabled" not in body
+    assert "showBuildLogArchive" not in body
+    assert "Logs:" in body
+    assert re.search(
+        r"<pre class=\"logs\">\n\d{4}/\d\d/\d\d \d\d:\d\d:\d\d Startup: 1.2.3\n</pre>", body
+    )
+    assert f"Page generated at: {format_time(NOW)} with imaginator 1.2.3" in body
+    assert "border-collapse: collapse" in body
+    # Section order of reference §9.
+    order = [
+        "Start time:",
+        "Number of image streams",
+        "relationships",
+        "Image server:",
+        "Current image builds:",
+        "Failed image builds:",
+        "Successful image builds:",
+        "Logs:",
+        "Page generated at:",
+    ]
+    positions = [body.index(s) for s in order]
+    assert positions == sorted(positions)
+
+
+def test_status_page_build_tables() -> None:
+    links = {}
+
+    def image_link(name: str) -> str:
+        links[name] = f"http://store.example/showImage?{name}"
+        return links[name]
+
+    body = get(make_pages(busy_source(), image_link=image_link, archive_enabled=True), "/").text
+
+    current = rows(body, "Current image builds:")
+    assert current == [
+        [
+            "apps/hello",
+            '<a href="showCurrentBuildLog?apps/hello#bottom">log</a>',
+            format_duration(5),
+        ],
+        [
+            "<b>bootstrap/bb</b>",  # auto-rebuilt streams are bold
+            '<a href="showCurrentBuildLog?bootstrap/bb#bottom">log</a>',
+            "1m30s",
+        ],
+    ]
+
+    assert (
+        f"Failed image builds: (last at: {format_time(NOW - 30)}, {format_duration(30)} ago)"
+        in body
+    )
+    failed = rows(body, "Failed image builds:")
+    assert [r[0] for r in failed] == ["apps/broken", "apps/zeta"]
+    assert failed[0] == [
+        "apps/broken",
+        "error running script: 1_fail: exit status 1",
+        '<a href="showLastBuildLog?apps/broken">log</a>',
+        format_duration(0.01),
+        f"{format_duration(54.7)} ago",
+    ]
+
+    good = rows(body, "Successful image builds:")
+    assert good == [
+        [
+            "apps/hello",
+            '<a href="http://store.example/showImage?apps/hello/2026-11-27:10:53:19">'
+            "apps/hello/2026-11-27:10:53:19</a>",
+            '<a href="showLastBuildLog?apps/hello">log</a>',
+            "10s",
+            "50s ago",
+        ],
+        [
+            "bootstrap/bb",
+            '<a href="http://store.example/showImage?bootstrap/bb/2026-11-27:10:53:19">'
+            "bootstrap/bb/2026-11-27:10:53:19</a>",
+            '<a href="showLastBuildLog?bootstrap/bb">log</a>',
+            "10s",
+            "50s ago",
+        ],
+    ]
+    assert 'Build log <a href="showBuildLogArchive">archive</a>' in body
+
+    # Table styling of the Go pages: header row grey, every second data row shaded.
+    table = body.split("Successful image builds:", 1)[1].split("</table>", 1)[0]
+    assert '<table border="1">' in table
+    trs = re.findall(r"<tr[^>]*>", table)
+    assert trs == [
+        '<tr style="background-color:#f0f0f0">',
+        "<tr>",
+        '<tr style="background-color:#fafafa">',
+    ]
+
+
+def test_status_page_without_image_link_or_logs_or_builds() -> None:
+    source = FakeSource(
+        results={"apps/hello": result("apps/hello", image="apps/hello/1")},
+        streams=["apps/hello"],
+    )
+    body = get(make_pages(source), "/").text
+    assert rows(body, "Successful image builds:")[0][1] == "apps/hello/1"
+    assert "Current image builds:" not in body
+    assert "Failed image builds:" not in body
+    assert "Logs:" not in body
+
+
+def test_status_page_disabled_banner() -> None:
+    source = FakeSource(disabled_until=NOW + 3600)
+    body = get(make_pages(source), "/").text
+    assert f"Build requests disabled until {format_time(NOW + 3600)} (1h0m0s)" in body
+    source.disabled_until = NOW - 1  # expired: no banner
+    assert "Build requests disabled" not in get(make_pages(source), "/").text
+
+
+def test_status_page_escapes_everything() -> None:
+    ring = LogRing()
+    Logger(observer=ring).info("requested {stream}", stream=EVIL)
+    source = FakeSource(
+        current={EVIL: CurrentBuild(EVIL, NOW - 1, BuildLog(), EVIL, True)},
+        results={
+            EVIL: result(EVIL, error=f"bad {EVIL}"),
+            "ok": result("ok", image=f"ok/{EVIL}"),
+        },
+        auto=frozenset({EVIL}),
+    )
+    body = get(
+        make_pages(source, hostname=EVIL, version=EVIL, log_ring=ring, image_link=lambda n: n),
+        "/",
+    ).text
+    assert "<script>" not in body
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    assert f"bad {html.escape(EVIL)}" in body
+    # Links carry the stream URL-encoded; the page decodes it back.
+    assert 'href="showCurrentBuildLog?%3Cscript%3Ealert%281%29%3C/script%3E#bottom"' in body
+    assert 'href="showLastBuildLog?%3Cscript%3Ealert%281%29%3C/script%3E"' in body
+
+
+# -- build log pages --------------------------------------------------------------
+
+
+def test_show_current_build_log() -> None:
+    source = busy_source()
+    source.current["apps/hello"].log.write(b"caf\xc3\xa9 \xff <b>bold</b>\n")
+    a = get(make_pages(source), "/showCurrentBuildLog?apps/hello")
+    assert a.code == 200
+    assert_security_headers(a)
+    assert a.headers["content-type"] == "text/html; charset=utf-8"
+    body = a.text
+    assert "<title>build log for stream apps/hello</title>" in body
+    assert '<meta http-equiv="refresh" content="2">' in body
+    assert "In progress build log for stream: apps/hello" in body
+    assert (
+        "<pre>\nBuilding: apps/hello for: peer-client\n"
+        "café \N{REPLACEMENT CHARACTER} &lt;b&gt;bold&lt;/b&gt;\n</pre>" in body
+    )
+    assert '<a name="bottom"></a>' in body
+    assert 'href="followBuildLog?apps/hello"' in body
+    assert body.index("</pre>") < body.index('<a name="bottom">')
+
+
+def test_show_current_build_log_not_building() -> None:
+    a = get(make_pages(busy_source()), "/showCurrentBuildLog?apps/broken")
+    assert a.code == 200
+    assert_security_headers(a)
+    assert a.headers["content-type"] == "text/plain; charset=utf-8"
+    assert a.text == "unknown image: apps/broken\n"
+
+
+def test_show_last_build_log() -> None:
+    source = busy_source()
+    source.results["apps/hello"] = result(
+        "apps/hello", image="apps/hello/1", log=b"Building: apps/hello\n<i>done</i>\n"
+    )
+    a = get(make_pages(source), "/showLastBuildLog?apps/hello")
+    assert a.code == 200
+    assert_security_headers(a)
+    assert a.headers["content-type"] == "text/html; charset=utf-8"
+    body = a.text
+    assert "<title>build log for stream apps/hello</title>" in body
+    assert "Latest build log for stream: apps/hello" in body
+    assert "Lastest" not in body
+    assert "<pre>\nBuilding: apps/hello\n&lt;i&gt;done&lt;/i&gt;\n</pre>" in body
+    assert "refresh" not in body
+
+
+def test_show_last_build_log_unknown_and_decoding() -> None:
+    pages = make_pages(busy_source())
+    assert get(pages, "/showLastBuildLog?no/such").text == "unknown image: no/such\n"
+    assert get(pages, "/showLastBuildLog").text == "unknown image: \n"
+    # The raw query string is the argument, percent-decoded.
+    assert "stream: apps/broken" in get(pages, "/showLastBuildLog?apps%2Fbroken").text
+
+
+def test_log_pages_escape_hostile_stream_names() -> None:
+    source = FakeSource(
+        current={EVIL: CurrentBuild(EVIL, NOW, BuildLog(), "", False)},
+        results={EVIL: result(EVIL, error=EVIL, log=EVIL.encode())},
+    )
+    source.current[EVIL].log.write(EVIL)
+    pages = make_pages(source)
+    quoted = "%3Cscript%3Ealert(1)%3C/script%3E"
+    for path in ("/showCurrentBuildLog?", "/showLastBuildLog?"):
+        body = get(pages, path + quoted).text
+        assert "<script>" not in body
+        assert body.count(html.escape(EVIL)) == 3  # title, heading, log
+    unknown = get(pages, "/showLastBuildLog?" + quoted + "x")
+    assert unknown.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+# -- other routes -------------------------------------------------------------------
+
+
+def test_healthz() -> None:
+    a = get(make_pages(FakeSource()), "/healthz")
+    assert (a.code, a.text) == (200, "OK\n")
+    assert_security_headers(a)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/index.html", "/status", "/showLastBuildLog/apps", "/healthz/", "/static/nope.css", "/x?y"],
+)
+def test_unknown_paths_are_404_with_headers(target: str) -> None:
+    a = get(make_pages(busy_source()), target)
+    assert a.code == 404
+    assert a.text == "404 page not found\n"
+    assert_security_headers(a)
+
+
+def test_wrong_method_is_405_with_headers() -> None:
+    a = get(make_pages(busy_source()), "/", method=b"POST")
+    assert a.code == 405
+    assert "GET" in a.headers["allow"]
+    assert_security_headers(a)
+
+
+def test_static_stylesheet() -> None:
+    a = get(make_pages(FakeSource()), "/static/imaginator.css")
+    assert a.code == 200
+    assert a.headers["content-type"] == "text/css; charset=utf-8"
+    assert b".builder" in a.body
+    assert_security_headers(a)
+
+
+def test_real_http_request_headers() -> None:
+    """Through a real HTTP exchange (StubTreq), not only a bare Request object."""
+    treq = StubTreq(make_pages(busy_source()).resource())
+    got: list = []
+    treq.get("http://localhost/showLastBuildLog?apps/hello").addCallback(got.append)
+    treq.flush()
+    response = got[0]
+    assert response.code == 200
+    h = response.headers
+    assert h.getRawHeaders("X-Frame-Options") == ["DENY"]
+    assert h.getRawHeaders("X-XSS-Protection") == ["1"]
+    assert h.getRawHeaders("X-Content-Type-Options") == ["nosniff"]
+    assert h.getRawHeaders("Content-Type") == ["text/html; charset=utf-8"]
+    bodies: list = []
+    response.text().addCallback(bodies.append)
+    treq.flush()
+    assert "Latest build log for stream: apps/hello" in bodies[0]
+
+
+# -- live log following -------------------------------------------------------------
+
+
+def follow_setup():
+    source = busy_source()
+    build = source.current["apps/hello"]
+    clock = make_clock()
+    pages = make_pages(source, clock=clock)
+    req = request(pages, "/followBuildLog?apps/hello")
+    return source, build, clock, req
+
+
+def test_follow_streams_log_until_build_ends() -> None:
+    source, build, clock, req = follow_setup()
+    a = answer(req)
+    assert_security_headers(a)
+    assert a.headers["content-type"] == "text/plain; charset=utf-8"
+    assert a.body == b"Building: apps/hello for: peer-client\n"
+    assert not req.finished
+
+    build.log.line("step 1")
+    build.log.write(b"raw \xff bytes\n")
+    assert req.written[-2:] == [b"step 1\n", b"raw \xef\xbf\xbd bytes\n"]
+
+    clock.advance(2)  # still building: keep going
+    assert not req.finished
+    assert len(clock.getDelayedCalls()) == 1
+
+    del source.current["apps/hello"]
+    clock.advance(2)
+    assert req.finish_count == 1
+    assert clock.getDelayedCalls() == []
+    build.log.line("late")  # unsubscribed: nothing more is written
+    assert req.written[-1] == b"raw \xef\xbf\xbd bytes\n"
+
+
+def test_follow_ends_on_chunk_after_build_replaced() -> None:
+    source, build, clock, req = follow_setup()
+    # A new build of the same stream started: the followed log is no longer current.
+    source.current["apps/hello"] = CurrentBuild("apps/hello", NOW, BuildLog(), "", False)
+    build.log.line("final line")
+    assert req.written[-1] == b"final line\n"
+    assert req.finish_count == 1
+    assert clock.getDelayedCalls() == []
+
+
+def test_follow_unsubscribes_when_client_disconnects() -> None:
+    _source, build, clock, req = follow_setup()
+    req.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
+    before = list(req.written)
+    build.log.line("after disconnect")
+    assert req.written == before
+    assert build.log._subscribers == []
+
+
+class ClosingLog(BuildLog):
+    """A BuildLog with the ``on_close`` hook the builder will provide."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.close_callbacks: list = []
+
+    def on_close(self, callback) -> None:
+        self.close_callbacks.append(callback)
+
+    def close(self) -> None:
+        for callback in self.close_callbacks:
+            callback()
+
+
+def test_follow_uses_on_close_when_available() -> None:
+    source = FakeSource()
+    log = ClosingLog()
+    log.line("hello")
+    source.current["s"] = CurrentBuild("s", NOW, log, "", False)
+    clock = make_clock()
+    req = request(make_pages(source, clock=clock), "/followBuildLog?s")
+    assert b"".join(req.written) == b"hello\n"
+    assert len(log.close_callbacks) == 1
+    log.close()
+    assert req.finish_count == 1
+    assert clock.getDelayedCalls() == []
+
+
+def test_follow_unknown_stream() -> None:
+    a = get(make_pages(busy_source()), "/followBuildLog?apps/broken")
+    assert a.text == "unknown image: apps/broken\n"
+    assert a.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+def test_current_build_page_renders_while_followed() -> None:
+    source, _build, _clock, req = follow_setup()
+    body = get(make_pages(source), "/showCurrentBuildLog?apps/hello").text
+    assert "Building: apps/hello" in body
+    assert not req.finished
+
+
+# -- LogRing ----------------------------------------------------------------------
+
+
+def test_log_ring_formats_and_keeps_last_lines() -> None:
+    ring = LogRing(3)
+    log = Logger(observer=ring)
+    for i in range(5):
+        log.info("line {n}", n=i)
+    lines = ring.lines()
+    assert [line.split(" ", 2)[2] for line in lines] == ["line 2", "line 3", "line 4"]
+    assert all(re.fullmatch(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d line \d", line) for line in lines)
+    lines.clear()  # a copy
+    assert len(ring.lines()) == 3
+
+
+def test_log_ring_levels_and_failures() -> None:
+    ring = LogRing()
+    log = Logger(observer=ring)
+    log.debug("noise")
+    log.warn("careful {what}", what="{not a format}")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.failure("Error archiving build log")
+    texts = [line.split(" ", 2)[2] for line in ring.lines()]
+    assert texts == ["careful {not a format}", "Error archiving build log: ValueError: boom"]
+
+    verbose = LogRing(min_level=LogLevel.debug)
+    Logger(observer=verbose).debug("noise")
+    assert verbose.lines()[0].endswith(" noise")
+
+
+def test_log_ring_rejects_bad_size() -> None:
+    with pytest.raises(ValueError):
+        LogRing(0)
