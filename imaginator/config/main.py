@@ -20,7 +20,7 @@ from typing import Any
 from imaginator.config.expand import expand, expand_opportunistic
 from imaginator.config.jsonc import ConfigError
 from imaginator.config.jsonc import loads as jsonc_loads
-from imaginator.config.loader import redact_url
+from imaginator.config.loader import redact_url, resolve_url
 from imaginator.image.filter import Filter, FilterError, parse_filter_lines
 from imaginator.image.triggers import Trigger, TriggersError, parse_triggers
 
@@ -410,5 +410,15 @@ async def load_main_config(url: str, fetch: Fetch, arch: str) -> MainConfig:
     config = parse_main_config(data, source, arch)
     streams = {}
     for name, stream in config.bootstrap_streams.items():
+        stream = dataclasses.replace(
+            stream,
+            image_filter_url=resolve_url(url, stream.image_filter_url),
+            image_tags_url=resolve_url(url, stream.image_tags_url),
+            image_triggers_url=resolve_url(url, stream.image_triggers_url),
+        )
         streams[name] = await _load_stream_urls(stream, fetch, source)
-    return dataclasses.replace(config, bootstrap_streams=streams)
+    return dataclasses.replace(
+        config,
+        bootstrap_streams=streams,
+        image_streams_url=resolve_url(url, config.image_streams_url),
+    )

@@ -22,9 +22,11 @@ from imaginator.config.main import (
     parse_main_config,
 )
 from imaginator.image.triggers import Trigger
+from tests.support.vectors import VECTORS
 
 reactor: Any = _reactor
-VECTOR = Path("/work/shared/reference/vectors/config-imaginator-conf.json")
+
+VECTOR = VECTORS / "config-imaginator-conf.json"
 
 
 def parse(document: Any, arch: str = "amd64") -> Any:
@@ -34,7 +36,6 @@ def parse(document: Any, arch: str = "amd64") -> Any:
 DEB = {"deb": {"InstallCommand": ["apt-get", "install"]}}
 
 
-@pytest.mark.skipif(not VECTOR.exists(), reason="reference vectors not available")
 def test_the_go_daemons_configuration() -> None:
     config = parse_main_config(VECTOR.read_bytes(), "conf.json", "amd64")
     assert list(config.bootstrap_streams) == ["bootstrap/Debian-12", "bootstrap/bb"]
@@ -416,3 +417,48 @@ async def test_load_from_real_files(tmp_path: Path) -> None:
     stream = config.bootstrap_streams["b/amd64"]
     assert stream.image_filter == ("/etc/fstab", "/tmp(|/.*)$")
     assert stream.image_triggers == (Trigger(("/usr/sbin/cron",), "cron"),)
+
+
+@pytest_twisted.ensureDeferred
+async def test_relative_urls_resolve_against_the_configuration_url() -> None:
+    fetch = FakeFetcher(
+        {
+            "file:///etc/im/conf.json": conf(
+                ImageFilterUrl="filters/deb", ImageTriggersUrl="/abs/triggers"
+            ),
+            "file:///etc/im/filters/deb": FILTER,
+            "/abs/triggers": TRIGGERS,
+        }
+    )
+    config = await load_main_config("file:///etc/im/conf.json", fetch, "amd64")
+    stream = config.bootstrap_streams["b/amd64"]
+    assert stream.image_filter_url == "file:///etc/im/filters/deb"
+    assert stream.image_triggers_url == "/abs/triggers"
+    assert stream.image_filter == ("/etc/fstab", "/tmp(|/.*)$")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_sample_configuration_loads() -> None:
+    from imaginator.config.loader import fetch_url
+    from tests.support.configs import SAMPLE_CONF
+
+    async def fetch(url: str) -> bytes:
+        from twisted.python.threadpool import ThreadPool
+
+        pool = ThreadPool(0, 1)
+        pool.start()
+        try:
+            return await fetch_url(url, reactor=reactor, threadpool=pool)
+        finally:
+            pool.stop()
+
+    config = await load_main_config(SAMPLE_CONF.as_uri(), fetch, "amd64")
+    debian = config.bootstrap_streams["bootstrap/Debian-12/amd64"]
+    assert debian.bootstrap_command[1] == "--arch=amd64"
+    assert "$DEBIAN_MIRROR" in debian.bootstrap_command
+    assert "/etc/fstab" in debian.image_filter
+    assert debian.image_triggers
+    assert config.image_streams_to_auto_rebuild == (
+        "bootstrap/busybox",
+        "bootstrap/Debian-12/amd64",
+    )

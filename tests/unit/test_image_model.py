@@ -5,7 +5,6 @@ from __future__ import annotations
 import calendar
 import json
 import stat
-from pathlib import Path
 
 import pytest
 
@@ -29,8 +28,7 @@ from imaginator.image.model import (
     parse_go_time,
 )
 from imaginator.image.triggers import Trigger
-
-VECTORS = Path("/work/shared/reference/vectors")
+from tests.support.vectors import VECTORS
 
 
 def vector(name: str) -> tuple[dict, str]:

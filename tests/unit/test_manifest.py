@@ -29,8 +29,9 @@ from imaginator.manifest import (
     resolve_triggers,
     scripts_in_order,
 )
+from tests.support.vectors import VECTORS
 
-VECTOR = Path("/work/shared/reference/vectors/config-manifests.txt")
+VECTOR = VECTORS / "config-manifests.txt"
 
 # The trees of config-manifests.txt, exactly: path -> (mode, contents).
 HELLO = {
@@ -110,8 +111,6 @@ def parse_vector(text: str) -> dict[str, dict[str, tuple[int, str]]]:
 
 
 def test_embedded_trees_match_vector() -> None:
-    if not VECTOR.exists():
-        pytest.skip("reference vectors not present")
     trees = parse_vector(VECTOR.read_text())
     assert trees["hello"] == HELLO
     # The vector file's last section has no trailing newline after its blank line.
