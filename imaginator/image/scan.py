@@ -6,13 +6,19 @@ the top, paths the scan filter matches skipped with their subtree, sockets
 and entries on other devices skipped, entries that vanish during the scan
 skipped, hard links sharing one inode, directory hard links an error.
 
-The walk (``lstat`` of every entry) runs in one thread; then the regular
-files are hashed in ``workers`` chunks of about equal size, in parallel on
-the thread pool (``hashlib`` releases the GIL), each file read once in 1 MiB
-blocks. A file whose content is not in the store yet is then copied in (the
-copy re-reads it from the page cache and checks the hash). A tree cache from
-unpacking the source image lets files that were not touched since then keep
-their hash without being read at all.
+The walk (``lstat`` of every entry) runs in one pool thread and hands the
+regular files, in batches bounded by bytes, to ``workers`` pool threads that
+hash them in parallel (``hashlib`` and the system calls release the GIL).
+Each file is read once: a small one in a single ``read`` whose bytes go to
+the store directly if the store lacks them, a big one in 1 MiB blocks, and
+then copied in again from the page cache (the copy is hashed too). Files are
+opened without following symlinks and checked to be the inode the walk saw,
+so a tree changed during the scan cannot smuggle other files in. A tree cache
+from unpacking the source image lets files that were not touched since then
+keep their hash without being read at all.
+
+On trees of many small files the per-file Python work (under the GIL) rather
+than hashing limits the speed-up of the second worker.
 """
 
 from __future__ import annotations

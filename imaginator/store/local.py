@@ -6,12 +6,15 @@ Layout::
     images/<stream>/<datestamp>     image records (Go model JSON, one line)
     tmp/                            files being written
 
-Every file is written to ``tmp/`` first and then linked or renamed into
-place, so readers only ever see complete files, and a crash leaves at most
-temporary files, which the next ``LocalImageStore`` removes. Objects are
-installed with ``link`` (which never overwrites), so two threads storing the
-same content cannot both report it as added. An image record is written only
-after every object it references is present and durable.
+Every file is written in ``tmp/`` first (as an unnamed ``O_TMPFILE`` where
+the kernel allows, else under a temporary name) and then linked or renamed
+into place, so readers only ever see complete files, and a crash leaves at
+most named temporary files, which the next ``LocalImageStore`` removes.
+Objects and new image records are installed with ``link``, which never
+overwrites, so two threads storing the same content cannot both report it as
+added. An image record is written only after every object it references is
+present and durable: objects stored with ``sync=False`` (the scanner's) are
+made durable by one ``syncfs`` before the record is written.
 
 ``LocalImageStore`` is synchronous and thread-safe: the daemon calls it from
 its thread pool (directly while scanning, or through ``AsyncImageStore``) and
@@ -40,8 +43,13 @@ from typing import Any, BinaryIO
 
 from twisted.internet.threads import deferToThreadPool
 
-from imaginator.image.model import Image, ImageFormatError, image_from_json, loads_image
-from imaginator.image.model import dumps_image as _dumps_image
+from imaginator.image.model import (
+    Image,
+    ImageFormatError,
+    dumps_image,
+    image_from_json,
+    loads_image,
+)
 from imaginator.store.base import (
     HashMismatchError,
     ImageExistsError,
@@ -635,7 +643,7 @@ def _tags_match(tags: dict[str, str], tags_to_match: TagsToMatch | None) -> bool
 
 def _encode_record(image: Image) -> bytes:
     # surrogateescape keeps file names that are not UTF-8 byte-exact.
-    return _dumps_image(image).encode("utf-8", "surrogateescape") + b"\n"
+    return dumps_image(image).encode("utf-8", "surrogateescape") + b"\n"
 
 
 def _decode_json(data: bytes) -> Any:

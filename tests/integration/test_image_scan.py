@@ -208,6 +208,22 @@ async def test_many_files_hashed_in_parallel_chunks(tmp_path, threadpool, store)
     assert result.bytes_added == sum(len(d) for d in contents.values())
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_single_thread_pool_does_not_deadlock(tmp_path, store):
+    root = tmp_path / "root"
+    root.mkdir()
+    for n in range(600):  # more than one batch
+        (root / f"f{n}").write_bytes(b"%d" % n)
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="test-one")
+    pool.start()
+    try:
+        result = await scan(root, pool, store, workers=3)
+    finally:
+        pool.stop()
+    assert result.objects_added == 600
+    assert result.file_system.num_regular_inodes == 600
+
+
 def test_batches_are_bounded_and_every_worker_is_released():
     batches = _Batches(3, batch_bytes=100, batch_files=4)
     sizes = [60, 50, 1, 1, 1, 1, 1, 1, 200, 7]
@@ -308,3 +324,64 @@ async def test_other_file_systems_are_skipped(tmp_path, threadpool, store):
     except OSError as exc:
         pytest.skip(f"cannot mount tmpfs here: {exc}")
     assert [name for name, _ in result.file_system.root.entries] == ["kept"]
+
+
+class ReplacingFilter:
+    """Swaps files for others after the walk has examined them."""
+
+    def __init__(self, root, trigger, replace):
+        self.root, self.trigger, self.replace = root, trigger, replace
+
+    def match(self, path: str) -> bool:
+        if path == self.trigger:
+            for victim, make in self.replace.items():
+                make(f"{self.root}{victim}")
+        return False
+
+
+def replace_with(make):
+    """Make the new file first, so it cannot reuse the old inode number."""
+
+    def replace(path):
+        make(path + ".new")
+        os.replace(path + ".new", path)
+
+    return replace
+
+
+@pytest_twisted.ensureDeferred
+async def test_files_swapped_after_the_walk_are_not_followed(tmp_path, threadpool, store):
+    root = tmp_path / "root"
+    root.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"outside the tree")
+    for name in ("a", "b", "c", "z"):
+        (root / name).write_bytes(b"original " + name.encode())
+    scan_filter = ReplacingFilter(
+        root,
+        "/z",
+        {
+            "/a": replace_with(lambda p: os.symlink(str(secret), p)),
+            "/b": replace_with(os.mkfifo),
+            "/c": replace_with(lambda p: open(p, "wb").close()),
+        },
+    )
+    result = await scan(root, threadpool, store, scan_filter=scan_filter)
+    assert [name for name, _ in result.file_system.root.entries] == ["z"]
+    assert sha512(b"outside the tree").hex() not in stored_objects(store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_worker_fails_the_scan(tmp_path, threadpool, store, monkeypatch):
+    root = tmp_path / "root"
+    root.mkdir()
+    for n in range(1000):
+        (root / f"f{n}").write_bytes(b"%d" % n)
+
+    def broken(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "put_hashed_bytes", broken)
+    with pytest.raises(ScanError, match=r"/f[0-9]+: No space left on device"):
+        await scan(root, threadpool, store)
+    assert stored_objects(store) == set()

@@ -36,9 +36,12 @@ from imaginator.store.local import AsyncImageStore, LocalImageStore
 NAME = "apps/hello/2026-11-27:10:53:19"
 
 
-@pytest.fixture
-def store(tmp_path):
-    return LocalImageStore(str(tmp_path / "store"))
+@pytest.fixture(params=["unnamed", "named"])
+def store(tmp_path, request):
+    """A store writing O_TMPFILE files (where possible) or named temp files."""
+    store = LocalImageStore(str(tmp_path / "store"))
+    store._use_tmpfile = store._use_tmpfile and request.param == "unnamed"
+    return store
 
 
 def image_with(data: list[bytes], **fields) -> Image:
@@ -108,6 +111,29 @@ def test_import_object_file_reports_hash_size_and_added(store, tmp_path):
     expected = hashlib.sha512(b"abc").hexdigest()
     assert store.import_object_file(str(source)) == (expected, 3, True)
     assert store.import_object_file(str(source)) == (expected, 3, False)
+
+
+def test_put_object_fd_copies_from_the_start_and_leaves_the_offset(store, tmp_path):
+    source = tmp_path / "data"
+    content = os.urandom((1 << 20) + 5)
+    source.write_bytes(content)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.lseek(fd, 100, os.SEEK_SET)
+        expected = hashlib.sha512(content).hexdigest()
+        assert store.put_object_fd(fd) == (expected, len(content), True)
+        assert store.put_object_fd(fd) == (expected, len(content), False)
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 100
+    finally:
+        os.close(fd)
+    assert store.read_object(expected) == content
+
+
+def test_put_hashed_bytes_trusts_the_given_hash(store):
+    hash_hex = hashlib.sha512(b"abc").hexdigest()
+    assert store.put_hashed_bytes(b"abc", hash_hex) is True
+    assert store.put_hashed_bytes(b"abc", hash_hex) is False
+    assert store.read_object(hash_hex) == b"abc"
 
 
 def test_concurrent_adds_of_the_same_content_add_it_once(store, tmp_path):
