@@ -9,17 +9,21 @@ while it runs, and a ``BuildResult`` kept as the stream's last result.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore
 from twisted.logger import Logger
 
 from imaginator.build.bootstrap import build_bootstrap
-from imaginator.build.buildlog import BuildLog, Redactor
+from imaginator.build.buildlog import BuildLog
 from imaginator.build.pack import BuildEnv, BuildError
+from imaginator.build.pipeline import NeedSourceImage, NormalBuild, build_normal
 from imaginator.build.process import ProcessRunner
-from imaginator.config.main import MainConfig
+from imaginator.config.jsonc import ConfigError
+from imaginator.config.main import BootstrapStream, MainConfig
+from imaginator.config.streams import StreamConfig, StreamsDocument
+from imaginator.config.streams import lookup as lookup_stream
 from imaginator.config.units import format_duration
 from imaginator.image.filter import Filter
 from imaginator.image.model import Image
@@ -51,6 +55,10 @@ class BuildResult:
     error: str = ""
     requestor: str = ""
     image: Image | None = None
+    need_source_image: bool = False
+    source_image: str = ""
+    source_image_git_commit_id: str = ""
+    source_image_build_variables: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,8 @@ class BuilderSettings:
     maximum_build_duration: float = DAY
     maximum_concurrent_builds: int = 2
     tmpdir: str | None = None
+    arch: str = "amd64"
+    ctime_resolution: float = 0.0
 
 
 @dataclass
@@ -99,8 +109,24 @@ class _Running:
     waiters: list[Deferred] = field(default_factory=list)
 
 
+class _NoStreams:
+    """The streams registry when no ``ImageStreamsUrl`` is configured."""
+
+    def current(self) -> StreamsDocument:
+        return StreamsDocument()
+
+    async def ensure_known(self, name, is_known) -> bool:
+        return is_known(self.current())
+
+
 class Builder:
-    """Runs builds against the embedded store and keeps current/last build state."""
+    """Runs builds against the embedded store and keeps current/last build state.
+
+    ``streams`` is the registry of normal streams (``current()`` and
+    ``ensure_known(name, predicate)``, which reloads once for an unknown name);
+    ``secrets`` gives the variables file's values (``values()``) and removes
+    them from text (``redact(text)``).
+    """
 
     def __init__(
         self,
@@ -112,8 +138,8 @@ class Builder:
         local_store,
         runner: ProcessRunner,
         settings: BuilderSettings,
-        secret_variables: Callable[[], Mapping[str, str]] = dict,
-        redactor: Redactor | None = None,
+        streams=None,
+        secrets=None,
     ) -> None:
         self._reactor = reactor
         self._threadpool = threadpool
@@ -122,8 +148,8 @@ class Builder:
         self._local_store = local_store
         self._runner = runner
         self._settings = settings
-        self._secret_variables = secret_variables
-        self._redactor = redactor
+        self._streams = streams if streams is not None else _NoStreams()
+        self._secrets = secrets
         self._mtimes_filter = (
             Filter(config.mtimes_copy_filter_lines) if config.mtimes_copy_filter_lines else None
         )
@@ -149,8 +175,11 @@ class Builder:
     def last_result(self, stream: str) -> BuildResult | None:
         return self._last.get(stream)
 
+    def normal_streams(self) -> Mapping[str, StreamConfig]:
+        return self._streams.current().streams
+
     def stream_names(self) -> list[str]:
-        return sorted(self.config.bootstrap_streams)
+        return sorted(set(self.config.bootstrap_streams) | set(self.normal_streams()))
 
     def auto_rebuild_streams(self) -> frozenset[str]:
         return frozenset(self.config.image_streams_to_auto_rebuild)
@@ -161,10 +190,36 @@ class Builder:
             return None
         return until
 
+    def redact(self, text: str) -> str:
+        return self._secrets.redact(text) if self._secrets is not None else text
+
+    def secret_values(self) -> Mapping[str, str]:
+        return self._secrets.values() if self._secrets is not None else {}
+
     # -- building ----------------------------------------------------------------
 
     def new_log(self) -> BuildLog:
-        return BuildLog(self._redactor) if self._redactor else BuildLog()
+        return BuildLog(self.redact)
+
+    async def lookup(self, stream: str) -> BootstrapStream | StreamConfig:
+        """The stream's configuration (reloading the streams once if unknown)."""
+        bootstrap = self.config.bootstrap_streams.get(stream)
+        if bootstrap is not None:
+            return bootstrap
+
+        def known(document: StreamsDocument) -> bool:
+            return lookup_stream(document, stream, self.config.bootstrap_streams) is not None
+
+        try:
+            if await self._streams.ensure_known(stream, known):
+                found = lookup_stream(
+                    self._streams.current(), stream, self.config.bootstrap_streams
+                )
+                if found is not None:
+                    return found
+        except ConfigError as exc:
+            raise BuildError(str(exc)) from None
+        raise UnknownStream(stream)
 
     async def build(
         self,
@@ -172,42 +227,55 @@ class Builder:
         options: BuildOptions,
         requestor: str = "",
         log: BuildLog | None = None,
+        *,
+        _chain: tuple[str, ...] = (),
     ) -> BuildResult:
         """Build ``stream``; never raises for build failures (see ``BuildResult.error``).
 
         If an identical build of the stream is running, this joins it. Otherwise
-        it waits for the stream's previous build and for a free build slot.
+        it waits for the stream's previous build and, unless it is a source
+        build for another build (which already holds one), for a free slot.
         """
         running = self._running.get(stream)
-        if running is not None and running.options == options:
+        if running is not None and running.options == options and not _chain:
             waiter: Deferred = Deferred()
             running.waiters.append(waiter)
             return await waiter
         lock = self._stream_locks.setdefault(stream, DeferredLock())
         await lock.acquire()
         try:
-            if self._slots is not None:
-                await self._slots.acquire()
+            slots = self._slots if not _chain else None
+            if slots is not None:
+                await slots.acquire()
             try:
-                return await self._build_now(stream, options, requestor, log or self.new_log())
+                return await self._build_now(
+                    stream, options, requestor, log if log is not None else self.new_log(), (*_chain, stream)
+                )
             finally:
-                if self._slots is not None:
-                    self._slots.release()
+                if slots is not None:
+                    slots.release()
         finally:
             lock.release()
 
     async def _build_now(
-        self, stream: str, options: BuildOptions, requestor: str, log: BuildLog
+        self,
+        stream: str,
+        options: BuildOptions,
+        requestor: str,
+        log: BuildLog,
+        chain: tuple[str, ...],
     ) -> BuildResult:
         started = self._reactor.seconds()
         started_mono = time.monotonic()
         current = CurrentBuild(stream, started, log, requestor, options.auto)
         running = _Running(current, options)
         self._running[stream] = running
-        image_name, error, image = "", "", None
+        image_name, error, image, need = "", "", None, None
         try:
-            image = await self._make_image(stream, options, log)
+            image = await self._make_image_recursively(stream, options, log, chain)
             image_name = await self._publish(stream, image, options, requestor, log, started_mono)
+        except NeedSourceImage as exc:
+            error, need = str(exc), exc
         except BuildError as exc:
             error = str(exc)
         except Exception as exc:  # a bug must fail the build, not the daemon
@@ -215,8 +283,7 @@ class Builder:
             error = f"internal error: {exc}"
         if error:
             log.line(f"Error building image: {stream}: {error}")
-            if self._redactor:
-                error = self._redactor(error)
+            error = self.redact(error)
             _log.info("Error building image: {stream}: {error}", stream=stream, error=error)
         else:
             _log.info(
@@ -232,7 +299,11 @@ class Builder:
             log=log.getvalue(),
             error=error,
             requestor=requestor,
-            image=image if options.return_image else None,
+            image=image if options.return_image and not error else None,
+            need_source_image=need is not None,
+            source_image=need.source_image if need else "",
+            source_image_git_commit_id=need.git_commit_id if need else "",
+            source_image_build_variables=dict(need.build_variables) if need else {},
         )
         del self._running[stream]
         self._last[stream] = replace(result, image=None)
@@ -242,34 +313,85 @@ class Builder:
         return result
 
     def _env(self, log: BuildLog, options: BuildOptions) -> BuildEnv:
-        deadline = build_deadline_seconds(
-            self._settings.maximum_build_duration, options.maximum_build_duration
-        )
-        return BuildEnv(
+        env = BuildEnv(
             reactor=self._reactor,
             threadpool=self._threadpool,
             runner=self._runner,
             store=self._store,
             local_store=self._local_store,
             log=log,
-            deadline=self._reactor.seconds() + deadline,
+            deadline_seconds=build_deadline_seconds(
+                self._settings.maximum_build_duration, options.maximum_build_duration
+            ),
         )
+        env.start_deadline()
+        return env
+
+    async def _make_image_recursively(
+        self, stream: str, options: BuildOptions, log: BuildLog, chain: tuple[str, ...]
+    ) -> Image:
+        """Build; on a missing or stale source image build the source first, then retry once."""
+        try:
+            return await self._make_image(stream, options, log)
+        except NeedSourceImage as need:
+            if options.disable_recursive_build:
+                raise
+            source = need.source_image
+            if source in chain:
+                raise BuildError(
+                    f"circular source image dependency: {' -> '.join((*chain, source))}"
+                ) from None
+            variables = {**need.build_variables}
+            variables.update({k: v for k, v in options.variables if v})
+            source_options = BuildOptions.make(
+                variables,
+                expires_in=options.expires_in or 3600.0,
+                git_branch=need.git_commit_id,
+                max_source_age=options.max_source_age,
+                maximum_build_duration=options.maximum_build_duration,
+            )
+            log.line(f"Building source image: {source} ({need})")
+            inner = self.new_log()
+            stop = inner.subscribe(log.write)
+            try:
+                result = await self.build(source, source_options, "", inner, _chain=chain)
+            finally:
+                stop()
+            if result.error:
+                raise BuildError(result.error) from None
+            log.line(f"Built source image: {result.image_name}, building: {stream}")
+        return await self._make_image(stream, options, log)
 
     async def _make_image(self, stream: str, options: BuildOptions, log: BuildLog) -> Image:
-        bootstrap = self.config.bootstrap_streams.get(stream)
-        if bootstrap is None:
-            raise UnknownStream(stream)
-        packager = self.config.packager_types.get(bootstrap.packager_type)
-        if packager is None:
-            raise BuildError(f'packager type: "{bootstrap.packager_type}" unknown')
-        variables = {**self._secret_variables(), **dict(options.variables)}
-        return await build_bootstrap(
-            self._env(log, options),
-            bootstrap,
-            packager,
-            variables=variables,
-            mtimes_filter=self._mtimes_filter,
-            tmpdir=self._settings.tmpdir,
+        config = await self.lookup(stream)
+        env = self._env(log, options)
+        if isinstance(config, BootstrapStream):
+            packager = self.config.packager_types.get(config.packager_type)
+            if packager is None:
+                raise BuildError(f'packager type: "{config.packager_type}" unknown')
+            variables = {**self.secret_values(), **dict(options.variables)}
+            return await build_bootstrap(
+                env,
+                config,
+                packager,
+                variables=variables,
+                mtimes_filter=self._mtimes_filter,
+                tmpdir=self._settings.tmpdir,
+            )
+        return await build_normal(
+            env,
+            NormalBuild(
+                stream=stream,
+                config=config,
+                main=self.config,
+                arch=self._settings.arch,
+                git_branch=options.git_branch,
+                max_source_age=options.max_source_age,
+                request_variables=dict(options.variables),
+                secrets=self.secret_values(),
+                tmpdir=self._settings.tmpdir,
+                ctime_resolution=self._settings.ctime_resolution,
+            ),
         )
 
     async def _publish(

@@ -9,11 +9,13 @@ as one line naming the file and the key, and the process exits non-zero.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -21,18 +23,20 @@ from twisted.web.server import Site
 
 from imaginator import __version__
 from imaginator.autobuild import AutoBuilder
+from imaginator.build.ctime import measure_ctime_resolution
 from imaginator.build.process import ProcessRunner
 from imaginator.builder import Builder, BuilderSettings
 from imaginator.config.loader import FetchError, fetch_url
 from imaginator.config.main import ConfigError, load_main_config
-from imaginator.config.units import go_arch
-from imaginator.config.variables import make_redactor, parse_variables
+from imaginator.config.sources import StreamsRegistry, VariablesFile
+from imaginator.config.units import format_duration, go_arch
 from imaginator.flags import FLAGS, FlagError
 from imaginator.logbuffer import LogRing
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 from imaginator.web.pages import StatusPages
 
 THREADS = 4
+STREAMS_WAIT = 300.0
 _log = Logger()
 
 # The exit status the ``imaginator`` command returns once the reactor stops.
@@ -71,6 +75,13 @@ class _ThreadPoolService(Service):
     def stopService(self) -> None:
         super().stopService()
         self.pool.stop()
+
+
+def _fresh_directory(path: str) -> None:
+    """Create ``path`` empty: whatever an earlier, killed daemon left there goes."""
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.makedirs(path, mode=0o755)
 
 
 def check_process_environment() -> None:
@@ -128,6 +139,9 @@ class Daemon(MultiService):
         else:
             self.reactor.callWhenRunning(self.reactor.stop)
 
+    async def _in_thread(self, fn, *args):
+        return await deferToThreadPool(self.reactor, self.pool, fn, *args)
+
     async def _fetch(self, url: str) -> bytes:
         return await fetch_url(url, reactor=self.reactor, threadpool=self.pool)
 
@@ -145,16 +159,29 @@ class Daemon(MultiService):
         )
         if not config.bootstrap_streams:
             _log.warn("No bootstrap streams configured: some operations degraded")
-        secrets: dict[str, str] = {}
-        if options["variablesFile"]:
-            path = options["variablesFile"]
-            secrets = parse_variables(await self._fetch(path), path)
-            _log.info("Loaded variables")
-        redactor = make_redactor(secrets)
+        variables = VariablesFile(
+            options["variablesFile"], reactor=self.reactor, clock=self.reactor, threadpool=self.pool
+        )
+        await self._in_thread(variables.load_initial)
+        variables.setServiceParent(self)
+        streams = StreamsRegistry(
+            source_url=config.image_streams_url,
+            state_dir=state_dir,
+            arch=go_arch(),
+            reactor=self.reactor,
+            clock=self.reactor,
+            threadpool=self.pool,
+            check_interval=config.image_streams_check_interval,
+            secrets=variables.values,
+        )
+        streams.setServiceParent(self)
+        self.streams = streams
         local_store = LocalImageStore(os.path.join(state_dir, "store"))
         store = AsyncImageStore(local_store, self.reactor, self.pool)
         tmpdir = os.path.join(state_dir, "tmp")
-        os.makedirs(tmpdir, mode=0o755, exist_ok=True)
+        await self._in_thread(_fresh_directory, tmpdir)
+        resolution = await self._in_thread(measure_ctime_resolution, tmpdir)
+        _log.info("Inode Ctime resolution: {resolution}", resolution=format_duration(resolution))
         self.builder = Builder(
             reactor=self.reactor,
             threadpool=self.pool,
@@ -166,9 +193,11 @@ class Daemon(MultiService):
                 maximum_build_duration=options["maximumBuildDuration"],
                 maximum_concurrent_builds=options["maximumConcurrentBuilds"],
                 tmpdir=tmpdir,
+                arch=go_arch(),
+                ctime_resolution=resolution,
             ),
-            secret_variables=lambda: secrets,
-            redactor=redactor,
+            streams=streams,
+            secrets=variables,
         )
         pages = StatusPages(
             source=self.builder,
@@ -183,11 +212,20 @@ class Daemon(MultiService):
         _log.info("imaginator listening on port {port}", port=self.port.getHost().port)
         AutoBuilder(
             clock=self.reactor,
-            build=self.builder.build,
+            build=self._auto_build,
             streams=lambda: config.image_streams_to_auto_rebuild,
             interval=options["imageRebuildInterval"],
         ).setServiceParent(self)
         self.ready.callback(self)
+
+    async def _auto_build(self, stream, options):
+        """Auto builds wait (up to 5 minutes) for the first streams document."""
+        if not self.streams.is_loaded:
+            try:
+                await self.streams.loaded.addTimeout(STREAMS_WAIT, self.reactor)
+            except Exception:
+                _log.warn("Image streams not loaded yet: building {stream} anyway", stream=stream)
+        return await self.builder.build(stream, options)
 
 
 def makeService(options: Options) -> Daemon:

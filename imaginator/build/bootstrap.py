@@ -26,6 +26,7 @@ from imaginator.build.pack import (
 from imaginator.build.packager import generic_packager_script
 from imaginator.build.process import CommandError
 from imaginator.build.sandbox import base_environment, host_argv
+from imaginator.build.treecopy import write_file_in_root
 from imaginator.config.expand import expand
 from imaginator.config.main import BootstrapStream, PackagerType
 from imaginator.config.units import format_duration
@@ -51,14 +52,8 @@ def describe_command(argv: list[str]) -> str:
 
 
 def write_packager(root: str, packager: PackagerType) -> None:
-    """Write ``/bin/generic-packager`` (truncating any existing file) with mode 0755."""
-    path = os.path.join(root, PACKAGER.lstrip("/"))
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    if os.path.islink(path):
-        os.unlink(path)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(generic_packager_script(packager))
-    os.chmod(path, 0o755)
+    """Write ``/bin/generic-packager`` (replacing any file or link there) with mode 0755."""
+    write_file_in_root(root, PACKAGER, generic_packager_script(packager).encode(), 0o755)
 
 
 async def build_bootstrap(

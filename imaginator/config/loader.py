@@ -10,7 +10,7 @@ is sent as basic authentication and never appears in an error message.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urljoin, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import treq
 from twisted.internet.threads import deferToThreadPool

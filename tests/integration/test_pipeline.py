@@ -1,0 +1,286 @@
+"""Manifest streams built from a git repository served over real HTTP.
+
+The manifests are the Go capture's own ``hello`` and ``broken`` trees
+(``config-manifests.txt``); the source is the capture's ``bootstrap/bb``
+busybox stream. Builds run in-process on the real reactor: real git (dulwich),
+real bwrap sandboxes, the real embedded store.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from imaginator.image.model import ComputedRegularInode, RegularInode, SymlinkInode
+from imaginator.image.triggers import Trigger
+from tests.support.gitserver import commit_all, init_repo, parse_manifest_vector, serve_repos
+from tests.support.harness import ARCH, make_harness
+from tests.support.vectors import VECTORS
+
+BB = "bootstrap/bb"
+
+
+def manifests_repo(root: Path) -> tuple[Path, str]:
+    trees = parse_manifest_vector((VECTORS / "config-manifests.txt").read_text())
+    init_repo(root)
+    for tree, files in trees.items():
+        for relative, (mode, text) in files.items():
+            path = root / tree / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            path.chmod(mode)
+    return root, commit_all(root, "manifests from the Go capture")
+
+
+def streams_for(url: str, **extra) -> dict:
+    return {
+        "Streams": {
+            "apps/hello": {"ManifestUrl": url, "ManifestDirectory": "hello"},
+            "apps/broken": {"ManifestUrl": url, "ManifestDirectory": "broken"},
+            **extra,
+        }
+    }
+
+
+def files_of(image) -> dict:
+    return {path: (inum, inode) for path, inum, inode in image.file_system.walk()}
+
+
+def content(harness, inode) -> bytes:
+    return harness.store.read_object(inode.hash.hex()) if inode.size else b""
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return manifests_repo(tmp_path / "manifests")
+
+
+@pytest_twisted.ensureDeferred
+async def test_hello_from_git_over_http_file_by_file_and_field_by_field(tmp_path, repo):
+    root, commit = repo
+    with serve_repos({"/manifests.git": root}) as base:
+        url = f"{base}/manifests.git"
+        harness = await make_harness(tmp_path / "h", streams=streams_for(url))
+        try:
+            bb = await harness.build(BB)
+            assert not bb.error, bb.log.decode()
+            result = await harness.build("apps/hello", requestor="peer-client")
+        finally:
+            harness.stop()
+    log = result.log.decode()
+    assert not result.error, log
+    image = harness.store.get_image(result.image_name)
+
+    assert image.source_image == bb.image_name
+    assert image.build_commit_id == commit
+    assert image.build_branch == "main"
+    assert image.build_git_url == url
+    assert image.created_for == "peer-client"
+    assert image.filter == ("/etc/motd\\.local", "/var/cache/hello/.*")
+    assert image.triggers == (Trigger(("/etc/greeting", "/etc/motd"), "motd-svc", do_reload=True),)
+    assert image.tags == {"Role": "hello"}
+    assert image.owner_groups == ("devs",) and image.owner_users == ("alice",)
+    assert [(p.name, p.version, p.size) for p in image.packages] == [("busybox", "1.35", 43008)]
+
+    files = files_of(image)
+    motd = files["/etc/motd"][1]
+    assert content(harness, motd) == b"Welcome to apps/hello\n"
+    assert stat.S_IMODE(motd.mode) == 0o644 and (motd.uid, motd.gid) == (0, 0)
+    built_by = content(harness, files["/built-by"][1]).decode()
+    assert built_by == (
+        f"first: apps/hello (apps / hello) arch={ARCH}\nnote: apps/hello branch= FOO=bar\n"
+    )
+    computed = files["/etc/computed"][1]
+    assert isinstance(computed, ComputedRegularInode)
+    assert computed.source == "localhost:6972"
+    test = files["/tests/apps/hello/motd"][1]
+    assert isinstance(test, RegularInode) and stat.S_IMODE(test.mode) == 0o755
+    assert files["/etc/greeting"][0] == files["/etc/greeting.hl"][0]  # hard link kept
+    assert isinstance(files["/bin/sh"][1], SymlinkInode)
+    assert files["/bin/sh"][1].symlink == "busybox"
+    assert stat.S_ISCHR(files["/dev/null"][1].mode)
+    assert "/etc/hostname" not in files  # filtered from the source image
+    assert content(harness, files["/etc/resolv.conf"][1]) == b""
+    assert "/.scripts" not in files
+
+    assert log.index("Running script: 9_first") < log.index("Running script: 10_note")
+    assert "script 10_note ran" in log
+    assert "The following filter expressions are unoptimised:" in log
+    assert "Running 1 tests" in log
+    assert "/tests/apps/hello/motd passed in" in log
+    assert "Skipped 3 unchanged objects" in log
+    stored_log = harness.store.read_object(image.build_log.object.hex()).decode()
+    assert log.startswith(stored_log)  # the stored log stops before "Uploaded ..."
+    assert "Uploaded " not in stored_log and f"Uploaded {result.image_name}" in log
+
+
+@pytest_twisted.ensureDeferred
+async def test_broken_stream_fails_alone_and_stores_nothing(tmp_path, repo):
+    root, _commit = repo
+    with serve_repos({"/manifests.git": root}) as base:
+        harness = await make_harness(tmp_path / "h", streams=streams_for(f"{base}/manifests.git"))
+        try:
+            assert not (await harness.build(BB)).error
+            broken = await harness.build("apps/broken")
+            hello = await harness.build("apps/hello")
+        finally:
+            harness.stop()
+    assert broken.error == "error processing manifest: error running script: 1_fail: exit status 1"
+    assert "about to fail in apps/broken" in broken.log.decode()
+    assert not broken.image_name
+    assert not hello.error
+    assert [n.split("/2")[0] for n in harness.store.list_images()] == ["apps/hello", BB]
+    assert os.listdir(tmp_path / "h" / "work") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_changing_one_file_stores_one_new_object(tmp_path, repo):
+    root, _commit = repo
+    with serve_repos({"/manifests.git": root}) as base:
+        harness = await make_harness(tmp_path / "h", streams=streams_for(f"{base}/manifests.git"))
+        try:
+            assert not (await harness.build(BB)).error
+            first = await harness.build("apps/hello")
+            assert not first.error, first.log.decode()
+            before = harness.objects()
+            (root / "hello" / "files" / "etc" / "motd").write_text("Changed greeting\n")
+            second_commit = commit_all(root, "change the motd")
+            second = await harness.build("apps/hello")
+        finally:
+            harness.stop()
+    assert not second.error, second.log.decode()
+    image = harness.store.get_image(second.image_name)
+    assert image.build_commit_id == second_commit
+    new = harness.objects() - before
+    motd = files_of(image)["/etc/motd"][1]
+    assert new == {motd.hash.hex(), image.build_log.object.hex()}
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_source_is_built_first_and_its_log_is_inside(tmp_path, repo):
+    root, _commit = repo
+    with serve_repos({"/manifests.git": root}) as base:
+        harness = await make_harness(tmp_path / "h", streams=streams_for(f"{base}/manifests.git"))
+        try:
+            refused = await harness.build("apps/hello", disable_recursive_build=True)
+            result = await harness.build("apps/hello")
+        finally:
+            harness.stop()
+    assert refused.need_source_image
+    assert refused.error == f"no source image: {BB}"
+    assert refused.source_image == BB
+    assert not result.error, result.log.decode()
+    log = result.log.decode()
+    assert "Building source image: bootstrap/bb" in log
+    assert "Running command: /bin/sh with args:" in log  # the bootstrap build's own log
+    source = harness.builder.last_result(BB)
+    assert source.image_name and harness.store.get_image(result.image_name).source_image == (
+        source.image_name
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_dir_manifest_and_unknown_stream(tmp_path, repo):
+    root, _commit = repo
+    streams = {
+        "Streams": {"apps/local": {"ManifestUrl": f"dir://{root}", "ManifestDirectory": "hello"}}
+    }
+    harness = await make_harness(tmp_path / "h", streams=streams)
+    try:
+        assert not (await harness.build(BB)).error
+        local = await harness.build("apps/local")
+        unknown = await harness.build("no/such/stream")
+    finally:
+        harness.stop()
+    assert not local.error, local.log.decode()
+    assert f"Copying manifest tree: {root}/hello" in local.log.decode()
+    image = harness.store.get_image(local.image_name)
+    assert image.build_commit_id == "" and image.build_git_url == ""
+    assert unknown.error == "unknown stream: no/such/stream"
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_git_password_fails_without_showing_it(tmp_path, repo):
+    root, _commit = repo
+    with serve_repos({"/manifests.git": root}, auth=("builder", "right-password")) as base:
+        host = base.removeprefix("http://")
+        streams = {
+            "Streams": {
+                "apps/secret": {
+                    "ManifestUrl": f"http://builder:$GIT_PASSWORD@{host}/manifests.git",
+                    "ManifestDirectory": "hello",
+                }
+            }
+        }
+        harness = await make_harness(
+            tmp_path / "h", streams=streams, secrets="GIT_PASSWORD=wrong-hunter2\n"
+        )
+        try:
+            result = await harness.build("apps/secret")
+        finally:
+            harness.stop()
+    assert result.error
+    assert "wrong-hunter2" not in result.error
+    assert "wrong-hunter2" not in result.log.decode()
+    assert "401" in result.error or "auth" in result.error.lower()
+
+
+@pytest_twisted.ensureDeferred
+async def test_manifest_trees_cannot_write_outside_the_image(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    conf = _bb_conf_with_command(
+        "set -e; cd $dir; mkdir -p bin etc tmp dev proc sys; cp /bin/busybox bin/busybox; "
+        "ln -s busybox bin/sh; ln -s busybox bin/cp; ln -s busybox bin/cat; "
+        "ln -s busybox bin/true; ln -s busybox bin/echo; ln -s busybox bin/sleep; "
+        f"ln -s {outside} etc/link; ln -s ../../../../../../.. etc/up; "
+        "mknod -m 666 dev/null c 1 3"
+    )
+    manifest = tmp_path / "m"
+    (manifest / "files" / "etc" / "link").mkdir(parents=True)
+    (manifest / "files" / "etc" / "link" / "pwned").write_text("no\n")
+    (manifest / "files" / "etc" / "up" / "tmp").mkdir(parents=True)
+    (manifest / "files" / "etc" / "up" / "tmp" / "pwned-too").write_text("no\n")
+    (manifest / "scripts").mkdir()
+    marker = f"imaginator-daemon-{tmp_path.name}"
+    (manifest / "scripts" / "10_daemon").write_text(
+        f"#!/bin/sh\n(exec -a {marker} sleep 1000) &\necho started\n"
+    )
+    (manifest / "scripts" / "10_daemon").chmod(0o755)
+    (manifest / "manifest").write_text('{"SourceImage": "bootstrap/bb"}')
+    streams = {"Streams": {"apps/hostile": {"ManifestUrl": f"dir://{manifest}"}}}
+    harness = await make_harness(tmp_path / "h", conf=conf, streams=streams)
+    try:
+        assert not (await harness.build(BB)).error
+        result = await harness.build("apps/hostile")
+    finally:
+        harness.stop()
+    assert not result.error, result.log.decode()
+    assert list(outside.iterdir()) == []
+    assert not Path("/tmp/pwned-too").exists()
+    assert "Copied files tree in" in result.log.decode()
+    assert _processes_named(marker) == []
+
+
+def _bb_conf_with_command(script: str) -> dict:
+    from tests.support.harness import vector_conf
+
+    conf = vector_conf()
+    conf["BootstrapStreams"][BB]["BootstrapCommand"] = ["/bin/sh", "-c", script]
+    return conf
+
+
+def _processes_named(marker: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if marker.encode() in handle.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found

@@ -1,0 +1,120 @@
+"""An in-process builder on the real reactor: real processes, bwrap, store, git."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.python.threadpool import ThreadPool
+
+from imaginator.build.process import ProcessRunner
+from imaginator.builder import Builder, BuilderSettings, BuildOptions, BuildResult
+from imaginator.config.loader import fetch_url
+from imaginator.config.main import load_main_config
+from imaginator.config.sources import StreamsRegistry, VariablesFile
+from imaginator.config.units import go_arch
+from imaginator.store.local import AsyncImageStore, LocalImageStore
+from tests.support.vectors import VECTORS
+
+ARCH = go_arch()
+
+
+def vector_conf() -> dict[str, Any]:
+    """The Go capture's conf.json with its ``bootstrap/bb`` stream and ``bb`` packager."""
+    from imaginator.config.jsonc import loads
+
+    path = VECTORS / "config-imaginator-conf.json"
+    document = loads(path.read_bytes(), str(path))
+    document.pop("ImageStreamsUrl", None)
+    return document
+
+
+@dataclass
+class Harness:
+    builder: Builder
+    store: LocalImageStore
+    streams: StreamsRegistry
+    variables: VariablesFile
+    pool: ThreadPool
+    tmp: Path
+
+    async def build(self, stream: str, requestor: str = "", **options: Any) -> BuildResult:
+        variables = options.pop("variables", None)
+        options.setdefault("expires_in", 3600.0)
+        return await self.builder.build(stream, BuildOptions.make(variables, **options), requestor)
+
+    def stop(self) -> None:
+        self.streams.stopService()
+        self.variables.stopService()
+        self.pool.stop()
+
+    def objects(self) -> set[str]:
+        root = Path(self.store.path) / "objects"
+        return {"".join(p.relative_to(root).parts) for p in root.rglob("*") if p.is_file()}
+
+
+async def make_harness(
+    tmp: Path,
+    *,
+    conf: dict[str, Any] | None = None,
+    streams: dict[str, Any] | None = None,
+    secrets: str = "",
+    max_builds: int = 2,
+) -> Harness:
+    tmp.mkdir(parents=True, exist_ok=True)
+    document = dict(conf if conf is not None else vector_conf())
+    if streams is not None:
+        streams_path = tmp / "image-streams.json"
+        streams_path.write_text(json.dumps(streams))
+        document["ImageStreamsUrl"] = streams_path.as_uri()
+    conf_path = tmp / "conf.json"
+    conf_path.write_text(json.dumps(document))
+    variables_path = ""
+    if secrets:
+        (tmp / "variables").write_text(secrets)
+        variables_path = str(tmp / "variables")
+    pool = ThreadPool(minthreads=0, maxthreads=4, name="test")
+    pool.start()
+
+    async def fetch(url: str) -> bytes:
+        return await fetch_url(url, reactor=reactor, threadpool=pool)
+
+    config = await load_main_config(conf_path.as_uri(), fetch, ARCH)
+    variables = VariablesFile(variables_path, reactor=reactor, clock=reactor, threadpool=pool)
+    variables.load_initial()
+    variables.startService()
+    registry = StreamsRegistry(
+        source_url=config.image_streams_url,
+        state_dir=str(tmp),
+        arch=ARCH,
+        reactor=reactor,
+        clock=reactor,
+        threadpool=pool,
+        check_interval=0,
+        secrets=variables.values,
+    )
+    registry.startService()
+    await registry.loaded
+    local = LocalImageStore(str(tmp / "store"))
+    work = tmp / "work"
+    work.mkdir(exist_ok=True)
+    builder = Builder(
+        reactor=reactor,
+        threadpool=pool,
+        config=config,
+        store=AsyncImageStore(local, reactor, pool),
+        local_store=local,
+        runner=ProcessRunner(reactor),
+        settings=BuilderSettings(
+            maximum_concurrent_builds=max_builds,
+            tmpdir=str(work),
+            arch=ARCH,
+            ctime_resolution=0.01,
+        ),
+        streams=registry,
+        secrets=variables,
+    )
+    return Harness(builder, local, registry, variables, pool, tmp)
