@@ -249,7 +249,11 @@ class Builder:
                 await slots.acquire()
             try:
                 return await self._build_now(
-                    stream, options, requestor, log if log is not None else self.new_log(), (*_chain, stream)
+                    stream,
+                    options,
+                    requestor,
+                    log if log is not None else self.new_log(),
+                    (*_chain, stream),
                 )
             finally:
                 if slots is not None:

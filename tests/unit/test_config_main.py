@@ -461,4 +461,7 @@ async def test_the_sample_configuration_loads() -> None:
     assert config.image_streams_to_auto_rebuild == (
         "bootstrap/busybox",
         "bootstrap/Debian-12/amd64",
+        "base/Debian-12/amd64",
+        "apps/hello/Debian-12/amd64",
     )
+    assert config.image_streams_url == (SAMPLE_CONF.parent / "image-streams.json").as_uri()
