@@ -1,83 +1,147 @@
-"""A real debootstrap bookworm minbase build through the running daemon."""
+"""The demo, for real: the sample configuration built by the running daemon.
+
+Real ``debootstrap`` of Debian 12 minbase from this host's mirror, then the
+sample ``base`` stream (installs ``procps`` with apt) and the ``apps/hello``
+stream on top, from manifests in a git repository; the status page checked in
+headless Chromium and the images with ``imagetool``.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 
 import pytest
 import pytest_twisted
 import treq
 
-from imaginator.image.model import RegularInode
+from imaginator.image.model import ComputedRegularInode, RegularInode
 from imaginator.store.local import LocalImageStore
 from tests.support.browser import dump_dom
-from tests.support.configs import REPO, debian_mirror, sample_document
+from tests.support.configs import REPO, clean_env, debian_mirror
 from tests.support.daemon import Daemon
+from tests.support.harness import ARCH
 
 pytestmark = pytest.mark.slow
 
-DEBIAN = "bootstrap/Debian-12/amd64"
+DEBIAN = f"bootstrap/Debian-12/{ARCH}"
+BASE = f"base/Debian-12/{ARCH}"
+HELLO = f"apps/hello/Debian-12/{ARCH}"
+
+
+def sample_config_in(tmp_path):
+    """A copy of sample-config whose streams use a manifests repository in tmp_path."""
+    config = tmp_path / "config"
+    shutil.copytree(REPO / "sample-config", config)
+    repo = tmp_path / "manifests"
+    subprocess.run([str(REPO / "scripts" / "sample-manifests"), str(repo)], check=True)
+    streams = (config / "image-streams.json").read_text()
+    (config / "image-streams.json").write_text(
+        streams.replace("file:///var/lib/imaginator-sample/manifests", repo.as_uri())
+    )
+    return config
+
+
+def paths_of(image):
+    return {path: inode for path, _inum, inode in image.file_system.walk()}
 
 
 @pytest_twisted.ensureDeferred
-async def test_debootstrap_minbase_image(tmp_path):
-    sample = sample_document()
-    stream = dict(sample["BootstrapStreams"]["bootstrap/Debian-12/$ARCH"])
-    for key in ("ImageFilterUrl", "ImageTriggersUrl"):
-        stream[key] = (REPO / "sample-config" / stream[key]).as_uri()
-    conf = tmp_path / "conf.json"
-    conf.write_text(
-        json.dumps(
-            {
-                "BootstrapStreams": {"bootstrap/Debian-12/$ARCH": stream},
-                "PackagerTypes": {"deb": sample["PackagerTypes"]["deb"]},
-                "ImageStreamsToAutoRebuild": ["bootstrap/Debian-12/$ARCH"],
-            }
-        )
-    )
+async def test_sample_configuration_builds_debian_base_and_hello(tmp_path):
+    config = sample_config_in(tmp_path)
     variables = tmp_path / "variables"
     mirror = debian_mirror()
     variables.write_text(f"DEBIAN_MIRROR={mirror}\n")
+    state = tmp_path / "state"
     daemon = Daemon(
         [
             "-portNum=0",
-            f"-stateDir={tmp_path / 'state'}",
-            f"-configurationUrl=file://{conf}",
+            f"-stateDir={state}",
+            f"-configurationUrl={(config / 'conf.json').as_uri()}",
             f"-variablesFile={variables}",
             "-buildLogDir=",
         ]
     ).start()
     try:
         port = await daemon.wait_listening()
-        line = await daemon.wait_for(r"(Built|Error building) image: ", timeout=900)
-        assert "Built image: " + DEBIAN in line, daemon.output()
-        name = line.split("Built image: ")[1].split()[0]
+        for stream in (DEBIAN, BASE, HELLO):
+            line = await daemon.wait_for(
+                rf"(Built|Error building) image: {stream}[/:]", timeout=900
+            )
+            assert "Built image: " in line, daemon.output()
+        store = LocalImageStore(str(state / "store"))
+        names = {name.rsplit("/", 1)[0]: name for name in store.list_images()}
 
-        store = LocalImageStore(str(tmp_path / "state" / "store"))
-        image = store.get_image(name)
-        paths = {path: inode for path, _inum, inode in image.file_system.walk()}
-        regular = [inode for inode in paths.values() if isinstance(inode, RegularInode)]
-        assert len(regular) > 4000
-        packages = {p.name: p for p in image.packages}
+        # The Debian bootstrap image.
+        debian = store.get_image(names[DEBIAN])
+        files = paths_of(debian)
+        assert len([i for i in files.values() if isinstance(i, RegularInode)]) > 4000
+        packages = {p.name: p for p in debian.packages}
         for wanted in ("dpkg", "apt"):
             assert packages[wanted].version
-            assert packages[wanted].size > 100_000  # Installed-Size KiB times 1024
-            assert packages[wanted].size % 1024 == 0
-        assert "/etc/hostname" not in paths
-        assert not [p for p in paths if p.startswith("/var/log/")]
-        assert "/var/log" in paths
-        assert "/bin/generic-packager" in paths or "/usr/bin/generic-packager" in paths
-        assert image.filter and "/etc/fstab" in image.filter
-        assert image.triggers
-
-        log = store.open_object(image.build_log.object.hex()).read().decode()
+            assert packages[wanted].size > 100_000
+            assert packages[wanted].size % 1024 == 0  # Installed-Size in KiB, in bytes
+        assert "/etc/hostname" not in files
+        assert "/var/log" in files
+        assert not [p for p in files if p.startswith("/var/log/")]
+        assert "/etc/fstab" in debian.filter
+        assert debian.triggers
+        log = store.read_object(debian.build_log.object.hex()).decode()
         assert mirror not in log  # the variables file is secret
         assert "[REDACTED]" in log
 
+        # base: a real package installed with apt on top of it.
+        base = store.get_image(names[BASE])
+        assert base.source_image == names[DEBIAN]
+        assert "procps" in {p.name for p in base.packages}
+        base_files = paths_of(base)
+        assert "/usr/bin/ps" in base_files
+        motd = base_files["/etc/motd"]
+        assert (
+            store.read_object(motd.hash.hex())
+            == (REPO / "sample-config/manifests/base/files/etc/motd").read_bytes()
+        )
+        release = store.read_object(base_files["/etc/base-release"].hash.hex()).decode()
+        assert f"commit={base.build_commit_id}" in release and len(base.build_commit_id) == 40
+        assert base.tags == {"Layer": "base", "ManifestCommit": base.build_commit_id}
+        assert base.build_branch == "main"
+
+        # hello: tests, computed files, filter, triggers, owners.
+        hello = store.get_image(names[HELLO])
+        assert hello.source_image == names[BASE]
+        hello_files = paths_of(hello)
+        assert isinstance(hello_files["/etc/hello.conf"], ComputedRegularInode)
+        assert f"/tests/{HELLO}/hello" in hello_files
+        assert base.filter is None  # no filter file: a sparse image (reference §4.4)
+        assert hello.filter == ("/var/lib/hello(|/.*)$",)
+        assert "hello" in {t.service for t in hello.triggers}
+        assert hello.owner_users == ("alice",)
+        assert hello.tags == {"Application": "hello", "Stream": HELLO}
+        hello_log = store.read_object(hello.build_log.object.hex()).decode()
+        assert f"/tests/{HELLO}/hello passed in" in hello_log
+        greeting = store.read_object(hello_files["/etc/hello-greeting"].hash.hex()).decode()
+        assert greeting == "Hello from apps/hello\n"
+
+        # The status page, in a real browser.
         response = await treq.get(f"http://127.0.0.1:{port}/")
-        assert name in (await response.text()).replace("&#x2F;", "/")
+        assert response.code == 200
         dom = await dump_dom(f"http://127.0.0.1:{port}/", tmp_path / "chromium")
-        assert name in dom
+        for name in (names[DEBIAN], names[BASE], names[HELLO]):
+            assert name in dom
         assert "Successful image builds" in dom
     finally:
         await daemon.stop()
+
+    # imagetool shows their contents and metadata.
+    tool = [sys.executable, "-m", "imaginator.tools.imagetool", f"-stateDir={state}"]
+    shown = subprocess.run(
+        [*tool, "show", names[HELLO]], capture_output=True, text=True, env=clean_env()
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["SourceImage"] == names[BASE]
+    listed = subprocess.run(
+        [*tool, "list-packages", names[BASE]], capture_output=True, text=True, env=clean_env()
+    )
+    assert any(line.startswith("procps ") for line in listed.stdout.splitlines())

@@ -248,7 +248,7 @@ async def test_manifest_trees_cannot_write_outside_the_image(tmp_path):
     (manifest / "scripts").mkdir()
     marker = f"imaginator-daemon-{tmp_path.name}"
     (manifest / "scripts" / "10_daemon").write_text(
-        f"#!/bin/sh\n(exec -a {marker} sleep 1000) &\necho started\n"
+        f"#!/bin/sh\nsh -c 'while :; do sleep 1; done' {marker} &\necho started\n"
     )
     (manifest / "scripts" / "10_daemon").chmod(0o755)
     (manifest / "manifest").write_text('{"SourceImage": "bootstrap/bb"}')
@@ -284,3 +284,123 @@ def _processes_named(marker: str) -> list[int]:
         except OSError:
             pass
     return found
+
+
+def _manifest(root: Path, files: dict[str, tuple[int, str]]) -> Path:
+    for relative, (mode, text) in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(mode)
+    return root
+
+
+@pytest_twisted.ensureDeferred
+async def test_packages_bind_mounts_cache_and_post_cleanup_scripts(tmp_path):
+    shared = tmp_path / "shared-ro"
+    shared.mkdir()
+    (shared / "data").write_text("from the host\n")
+    cache_base = tmp_path / "cache"
+    cache_base.mkdir()
+    conf = _bb_conf_with_command(_BB_SCRIPT)
+    conf["BindMounts"] = [str(shared)]
+    conf["Cache"] = {"BaseDirectory": str(cache_base), "MountPoint": "/var/cache/build"}
+    manifest = _manifest(
+        tmp_path / "m",
+        {
+            "manifest": (0o644, '{"SourceImage": "bootstrap/bb"}'),
+            "package-list": (0o644, "# packages\nalpha\n\nbeta\n"),
+            "scripts/10_mounts": (
+                0o755,
+                "#!/bin/sh\n"
+                f"cat {shared}/data > /copied\n"
+                f"if echo x > {shared}/new 2>/dev/null; then echo WRITABLE; "
+                "else echo read-only; fi\n"
+                "echo cached > /var/cache/build/item\n",
+            ),
+            "post-cleanup-scripts/10_after": (
+                0o755,
+                f"#!/bin/sh\nif [ -e {shared}/data ]; then echo MOUNTED; else echo unmounted; fi\n",
+            ),
+        },
+    )
+    streams = {"Streams": {"apps/mounts": {"ManifestUrl": f"dir://{manifest}"}}}
+    harness = await make_harness(tmp_path / "h", conf=conf, streams=streams)
+    try:
+        assert not (await harness.build(BB)).error
+        result = await harness.build("apps/mounts")
+    finally:
+        harness.stop()
+    log = result.log.decode()
+    assert not result.error, log
+    assert "Updating package database:" in log and "Upgrading packages:" in log
+    assert "Installing packages: alpha beta" in log
+    assert "read-only" in log and "WRITABLE" not in log
+    assert not (shared / "new").exists()
+    assert (cache_base / "apps" / "mounts" / "item").read_text() == "cached\n"
+    assert "unmounted" in log and "MOUNTED" not in log
+    files = files_of(harness.store.get_image(result.image_name))
+    assert content(harness, files["/copied"][1]) == b"from the host\n"
+    assert f"{shared}/data" not in files  # the mount point is removed after the steps
+    assert not any(path.startswith(str(shared)) for path in files)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hanging_test_is_killed_and_nothing_is_published(tmp_path, monkeypatch):
+    from imaginator.build import pack
+
+    monkeypatch.setattr(pack, "TEST_TIMEOUT", 1.0)
+    marker = f"imaginator-test-{tmp_path.name}"
+    manifest = _manifest(
+        tmp_path / "m",
+        {
+            "manifest": (0o644, '{"SourceImage": "bootstrap/bb"}'),
+            "tests/hangs": (0o755, f"#!/bin/sh\nexec sh -c 'while :; do sleep 1; done' {marker}\n"),
+            "tests/passes": (0o755, "#!/bin/sh\necho fine\n"),
+        },
+    )
+    conf = _bb_conf_with_command(_BB_SCRIPT)
+    streams = {"Streams": {"apps/tests": {"ManifestUrl": f"dir://{manifest}"}}}
+    harness = await make_harness(tmp_path / "h", conf=conf, streams=streams)
+    try:
+        assert not (await harness.build(BB)).error
+        result = await harness.build("apps/tests")
+    finally:
+        harness.stop()
+    log = result.log.decode()
+    assert result.error == "1 tests failed"
+    assert "Running 2 tests" in log
+    assert "error running: /tests/apps/tests/hangs: test timed out" in log
+    assert "/tests/apps/tests/passes passed in" in log
+    assert [n for n in harness.store.list_images() if n.startswith("apps/")] == []
+    assert _processes_named(marker) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_identical_concurrent_requests_share_one_build(tmp_path):
+    from twisted.internet.defer import Deferred, gatherResults
+
+    from imaginator.builder import BuildOptions
+
+    harness = await make_harness(tmp_path / "h", conf=_bb_conf_with_command(_BB_SCRIPT))
+    try:
+        options = BuildOptions.make(expires_in=3600.0)
+        first, second = await gatherResults(
+            [
+                Deferred.fromCoroutine(harness.builder.build(BB, options)),
+                Deferred.fromCoroutine(harness.builder.build(BB, options)),
+            ]
+        )
+        different = await harness.build(BB, expires_in=7200.0)
+    finally:
+        harness.stop()
+    assert not first.error and first.image_name == second.image_name
+    assert different.image_name != first.image_name
+    assert len(harness.store.list_images()) == 2
+
+
+_BB_SCRIPT = (
+    "set -e; cd $dir; mkdir -p bin etc tmp dev proc sys var/cache; cp /bin/busybox bin/busybox; "
+    + "".join(f"ln -s busybox bin/{a}; " for a in ("sh", "cp", "cat", "true", "echo", "sleep"))
+    + "mknod -m 666 dev/null c 1 3"
+)
