@@ -1,52 +1,99 @@
 """The automatic rebuild cycle: keeps the listed streams fresh on a timer.
 
-A cycle builds every stream of ``ImageStreamsToAutoRebuild`` in list order,
-one after the other. The first cycle starts one second after the service
-starts; each later one starts ``interval`` after the previous one started, but
-never sooner than one second after it ended, so cycles never overlap. Images
-built by the cycle expire after twice the interval (one hour when the timer is
-off), so a stream that stops being rebuilt ages out.
+A cycle builds every stream of ``ImageStreamsToAutoRebuild`` one after the
+other, **parents first** (dependency order; the configured order breaks ties).
+The first cycle starts one second after the service starts; each later one
+starts ``interval`` after the previous one started, but never sooner than one
+second after it ended, so cycles never overlap. Built images expire after
+twice the interval (one hour when the timer is off).
+
+When a build fails, or auto builds are disabled, or a stream's source failed
+earlier in the same cycle, the stream's latest image is kept alive instead:
+its expiry is extended to now + twice the interval.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from imaginator.builder import BuildOptions, BuildResult
-from imaginator.config.units import format_duration
+from imaginator.builder import BuildOptions, BuildResult, observe
+from imaginator.config.units import format_duration, format_go_duration, format_time
 
 FIRST_CYCLE_DELAY = 1.0
 MINIMUM_GAP = 1.0
+STREAMS_WAIT = 300.0
 
 _log = Logger()
 
 
+class AutoBuildError(Exception):
+    """A refused auto-build request (the text is the RPC error)."""
+
+
 class AutoBuilder(Service):
-    """Runs rebuild cycles every ``interval`` seconds (0 disables the timer)."""
+    """Runs rebuild cycles every ``interval`` seconds (0 disables the timer).
+
+    ``build(stream, options)`` builds; ``store`` has ``find_latest_image`` and
+    ``change_image_expiration``; ``order(streams)`` returns the streams parents
+    first and ``source_of(stream)`` a stream's source stream (both from the
+    dependency graph); ``streams_loaded()`` returns a Deferred firing once
+    the image streams are known.
+    """
 
     def __init__(
         self,
         *,
         clock,
-        build: Callable[[str, BuildOptions], Deferred | object],
+        build: Callable[[str, BuildOptions], Awaitable[BuildResult]],
         streams: Callable[[], Sequence[str]],
         interval: float,
+        store=None,
+        order: Callable[[Sequence[str]], Sequence[str]] = list,
+        source_of: Callable[[str], str | None] = lambda _stream: None,
+        streams_loaded: Callable[[], Deferred] | None = None,
     ) -> None:
         self._clock = clock
         self._build = build
         self._streams = streams
         self.interval = interval
+        self._store = store
+        self._order = order
+        self._source_of = source_of
+        self._streams_loaded = streams_loaded
         self._timer = None
         self._cycle: Deferred | None = None
+        self._disabled_until = 0.0
         self.cycles_completed = 0
+        self.last_cycle: list[tuple[str, str]] = []  # (stream, what happened)
+
+    # -- settings -----------------------------------------------------------------
 
     @property
     def image_lifetime(self) -> float:
         return 2 * self.interval if self.interval > 0 else 3600.0
+
+    def disable(self, duration: float) -> float:
+        """Only extend image lifetimes until now + ``duration``; returns that time.
+
+        Refused beyond four intervals (when the timer runs), so auto builds
+        cannot be forgotten in the off position.
+        """
+        if self.interval > 0 and duration > 4 * self.interval:
+            raise AutoBuildError(
+                "cannot disable auto building for more than: "
+                + format_go_duration(4 * self.interval)
+            )
+        self._disabled_until = self._clock.seconds() + max(duration, 0.0)
+        return self._disabled_until
+
+    def disabled_until(self) -> float | None:
+        return self._disabled_until if self._disabled_until > self._clock.seconds() else None
+
+    # -- the timer ------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
@@ -55,6 +102,9 @@ class AutoBuilder(Service):
 
     def stopService(self):
         super().stopService()
+        self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -73,8 +123,10 @@ class AutoBuilder(Service):
         """Start a cycle now (unless one is running); fires when it ends."""
         if self._cycle is not None:
             return self._cycle
+        self._cancel_timer()  # a triggered cycle re-bases the schedule
         started = self._clock.seconds()
-        self._cycle = Deferred.fromCoroutine(self._run_cycle())
+        cycle = Deferred.fromCoroutine(self._run_cycle())
+        self._cycle = cycle
 
         def finished(result):
             self._cycle = None
@@ -84,20 +136,117 @@ class AutoBuilder(Service):
                 self._schedule(max(started + self.interval - now, MINIMUM_GAP))
             return result
 
-        return self._cycle.addBoth(finished)
+        cycle.addBoth(finished)
+        done: Deferred = Deferred()
+        cycle.addBoth(lambda result: done.callback(result) or result)
+        return done
 
-    async def _run_cycle(self) -> list[BuildResult]:
+    async def start(self, *, wait_to_start: bool, wait_for_complete: bool) -> None:
+        """``StartAutoBuilds``: run a cycle now.
+
+        A cycle in progress is "auto build busy" unless ``wait_to_start``, in
+        which case a new cycle starts when it ends. With ``wait_for_complete``
+        this returns when the new cycle has finished.
+        """
+        if self._cycle is not None:
+            if not wait_to_start:
+                raise AutoBuildError("auto build busy")
+            while self._cycle is not None:
+                await observe(self._cycle)
+        cycle = self.run_cycle()
+        if wait_for_complete:
+            await cycle
+
+    # -- one cycle --------------------------------------------------------------------
+
+    async def _wait_for_streams(self) -> bool:
+        if self._streams_loaded is None:
+            return True
+        try:
+            await self._streams_loaded().addTimeout(STREAMS_WAIT, self._clock)
+        except Exception:
+            _log.warn("Image streams not loaded: this cycle only extends image lifetimes")
+            return False
+        return True
+
+    async def _run_cycle(self) -> list[tuple[str, str]]:
         started = self._clock.seconds()
+        extend_only = not await self._wait_for_streams()
         _log.info("Starting automatic image build cycle")
-        results = []
-        for stream in self._streams():
+        failed: set[str] = set()
+        outcome: list[tuple[str, str]] = []
+        for stream in self._order(list(self._streams())):
+            if not extend_only and self.disabled_until() is not None:
+                until = self._disabled_until
+                _log.info(
+                    "Auto rebuilds disabled until {until} (for {left}), will extend image "
+                    "lifetimes",
+                    until=format_time(until),
+                    left=format_duration(until - self._clock.seconds()),
+                )
+                extend_only = True
+            source = self._failed_source(stream, failed)
+            if extend_only or source is not None:
+                if source is not None and not extend_only:
+                    _log.info(
+                        "Not building {stream}: its source {source} failed in this cycle",
+                        stream=stream,
+                        source=source,
+                    )
+                    failed.add(stream)
+                name = await self._extend(stream)
+                outcome.append((stream, f"extended {name}" if name else "no image to extend"))
+                continue
             options = BuildOptions(expires_in=self.image_lifetime, auto=True)
             try:
-                results.append(await self._build(stream, options))
-            except Exception:
+                result = await self._build(stream, options)
+            except Exception as exc:
                 _log.failure("Error building image: {stream}", stream=stream)
+                result = BuildResult(stream, "", 0, 0, b"", error=str(exc))
+            if not result.error:
+                outcome.append((stream, f"built {result.image_name}"))
+                continue
+            failed.add(stream)
+            name = await self._extend(stream, quiet=True)
+            if name:
+                _log.info(
+                    "Error building image: {stream}: {error}, extended: {name}",
+                    stream=stream,
+                    error=result.error,
+                    name=name,
+                )
+            outcome.append((stream, f"failed, extended {name}" if name else "failed"))
         _log.info(
             "Completed automatic image build cycle in {duration}",
             duration=format_duration(self._clock.seconds() - started),
         )
-        return results
+        self.last_cycle = outcome
+        return outcome
+
+    def _failed_source(self, stream: str, failed: set[str]) -> str | None:
+        """The nearest ancestor of ``stream`` that failed in this cycle, if any."""
+        seen = {stream}
+        source = self._source_of(stream)
+        while source is not None and source not in seen:
+            if source in failed:
+                return source
+            seen.add(source)
+            source = self._source_of(source)
+        return None
+
+    async def _extend(self, stream: str, quiet: bool = False) -> str | None:
+        """Keep the stream's latest image alive for another image lifetime."""
+        if self._store is None:
+            return None
+        name = await self._store.find_latest_image(stream)
+        if name is None:
+            return None
+        expires_at = int((self._clock.seconds() + self.image_lifetime) * 1e9)
+        try:
+            await self._store.change_image_expiration(name, expires_at)
+        except Exception as exc:
+            _log.info("failed to extend: {name}: {error}", name=name, error=str(exc))
+            return None
+        if not quiet:
+            _log.info("Extended expiration for image: {name}", name=name)
+        return name

@@ -9,10 +9,11 @@ while it runs, and a ``BuildResult`` kept as the stream's last result.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from imaginator.build.bootstrap import build_bootstrap
@@ -25,6 +26,7 @@ from imaginator.config.main import BootstrapStream, MainConfig
 from imaginator.config.streams import StreamConfig, StreamsDocument
 from imaginator.config.streams import lookup as lookup_stream
 from imaginator.config.units import format_duration
+from imaginator.image.compare import same_content
 from imaginator.image.filter import Filter
 from imaginator.image.model import Image
 
@@ -82,6 +84,18 @@ class BuildOptions:
 class UnknownStream(BuildError):
     def __init__(self, stream: str) -> None:
         super().__init__(f"unknown stream: {stream}")
+
+
+def observe(d: Deferred) -> Deferred:
+    """A Deferred firing (with None) when ``d`` fires, leaving ``d``'s result alone."""
+    observer: Deferred = Deferred()
+
+    def fire(result):
+        observer.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return observer
 
 
 def build_deadline_seconds(flag: float, requested: float) -> float:
@@ -159,6 +173,11 @@ class Builder:
         self._running: dict[str, _Running] = {}
         self._last: dict[str, BuildResult] = {}
         self._build_requests_disabled_until: float | None = None
+        self._listeners: list[Callable[[BuildResult], object]] = []
+        self._active = 0
+        self._idle_waiters: list[Deferred] = []
+        self._paused: Deferred | None = None
+        self.shutting_down = False
 
     # -- state for pages and RPC -------------------------------------------------
 
@@ -189,6 +208,68 @@ class Builder:
         if until is not None and until <= self._reactor.seconds():
             return None
         return until
+
+    def disable_build_requests(self, duration: float) -> float | None:
+        """Refuse RPC build requests for ``duration`` seconds (0 re-enables, 24 h at most)."""
+        if duration > DAY:
+            raise BuildError("cannot disable build requests for more than: 24h0m0s")
+        if duration <= 0:
+            self._build_requests_disabled_until = None
+            return None
+        self._build_requests_disabled_until = self._reactor.seconds() + duration
+        return self._build_requests_disabled_until
+
+    def add_listener(self, callback: Callable[[BuildResult], object]) -> None:
+        """Call ``callback(result)`` after every finished build (for the log archive)."""
+        self._listeners.append(callback)
+
+    def running_count(self) -> int:
+        return self._active
+
+    async def exclusive(self, work: Callable[[], Awaitable[object]]) -> object:
+        """Run ``work()`` while no build runs (new builds wait until it is done).
+
+        Used for garbage collection: a running build's objects are not yet
+        referenced by any image, so they must not be collected meanwhile.
+        """
+        while self._paused is not None:
+            await observe(self._paused)
+        paused: Deferred = Deferred()
+        self._paused = paused
+        try:
+            while self._active:
+                waiter: Deferred = Deferred()
+                self._idle_waiters.append(waiter)
+                await waiter
+            return await work()
+        finally:
+            self._paused = None
+            paused.callback(None)
+
+    async def shutdown(self, timeout: float = 60.0) -> None:
+        """Kill running builds' processes and wait until they are recorded as failed."""
+        self.shutting_down = True
+        await self._runner.kill_all("daemon shutting down")
+        while self._active:
+            waiter: Deferred = Deferred()
+            self._idle_waiters.append(waiter)
+            waiter.addTimeout(timeout, self._reactor)
+            try:
+                await waiter
+            except Exception:
+                _log.warn("Builds still running at shutdown: {count}", count=self._active)
+                return
+
+    def _enter(self) -> None:
+        self._active += 1
+
+    def _leave(self) -> None:
+        self._active -= 1
+        if not self._active:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.callback(None)
 
     def redact(self, text: str) -> str:
         return self._secrets.redact(text) if self._secrets is not None else text
@@ -269,6 +350,32 @@ class Builder:
         log: BuildLog,
         chain: tuple[str, ...],
     ) -> BuildResult:
+        if self.shutting_down:
+            return self._refused(stream, options, requestor, log, "daemon shutting down")
+        while self._paused is not None and len(chain) == 1:
+            await observe(self._paused)
+        self._enter()
+        try:
+            return await self._build_counted(stream, options, requestor, log, chain)
+        finally:
+            self._leave()
+
+    def _refused(
+        self, stream: str, options: BuildOptions, requestor: str, log: BuildLog, error: str
+    ) -> BuildResult:
+        log.line(f"Error building image: {stream}: {error}")
+        log.close()
+        now = self._reactor.seconds()
+        return BuildResult(stream, "", now, now, log.getvalue(), error, requestor)
+
+    async def _build_counted(
+        self,
+        stream: str,
+        options: BuildOptions,
+        requestor: str,
+        log: BuildLog,
+        chain: tuple[str, ...],
+    ) -> BuildResult:
         started = self._reactor.seconds()
         started_mono = time.monotonic()
         current = CurrentBuild(stream, started, log, requestor, options.auto)
@@ -285,6 +392,8 @@ class Builder:
         except Exception as exc:  # a bug must fail the build, not the daemon
             _log.failure("Unexpected error building {stream}", stream=stream)
             error = f"internal error: {exc}"
+        if error and self.shutting_down:
+            error = f"daemon shutting down ({error})"
         if error:
             log.line(f"Error building image: {stream}: {error}")
             error = self.redact(error)
@@ -314,6 +423,11 @@ class Builder:
         log.close()
         for waiter in running.waiters:
             waiter.callback(result)
+        for listener in self._listeners:
+            try:
+                listener(result)
+            except Exception:
+                _log.failure("Build result listener failed")
         return result
 
     def _env(self, log: BuildLog, options: BuildOptions) -> BuildEnv:
@@ -398,6 +512,25 @@ class Builder:
             ),
         )
 
+    async def _identical_latest(
+        self, stream: str, image: Image, expires_at: int, log: BuildLog
+    ) -> str | None:
+        """If the stream's latest image has the same content, extend it and name it."""
+        latest_name = await self._store.find_latest_image(stream)
+        if latest_name is None:
+            return None
+        latest = await self._store.get_image(latest_name)
+        if latest is None or not await deferToThreadPool(
+            self._reactor, self._threadpool, same_content, image, latest
+        ):
+            return None
+        extended = await self._store.change_image_expiration(latest_name, expires_at)
+        log.line(
+            f"Identical to {latest_name}: no new image published"
+            + (", extended its expiration" if extended else "")
+        )
+        return latest_name
+
     async def _publish(
         self,
         stream: str,
@@ -409,10 +542,14 @@ class Builder:
     ) -> str:
         upload_started = time.monotonic()
         now = self._reactor.seconds()
+        expires_at = int((now + options.expires_in) * 1e9) if options.expires_in > 0 else 0
+        if not options.return_image:
+            identical = await self._identical_latest(stream, image, expires_at, log)
+            if identical is not None:
+                return identical
         name = await self._store.reserve_image_name(stream, now)
         image.created_for = requestor
-        if options.expires_in > 0:
-            image.expires_at = int((now + options.expires_in) * 1e9)
+        image.expires_at = expires_at
         if not options.return_image:
             try:
                 await self._store.add_image(name, image)

@@ -15,6 +15,7 @@ import socket
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
@@ -23,20 +24,26 @@ from twisted.web.server import Site
 
 from imaginator import __version__
 from imaginator.autobuild import AutoBuilder
+from imaginator.build.archive import BuildInfo, BuildLogArchive, archive_enabled, archive_name
 from imaginator.build.ctime import measure_ctime_resolution
 from imaginator.build.process import ProcessRunner
+from imaginator.build.sandbox import base_environment
 from imaginator.builder import Builder, BuilderSettings
 from imaginator.config.loader import FetchError, fetch_url
 from imaginator.config.main import ConfigError, load_main_config
 from imaginator.config.sources import StreamsRegistry, VariablesFile
-from imaginator.config.units import format_duration, go_arch
+from imaginator.config.units import format_bytes, format_duration, go_arch, image_datestamp
+from imaginator.deps import DependencyGenerator, dependency_order
 from imaginator.flags import FLAGS, FlagError
 from imaginator.logbuffer import LogRing
 from imaginator.store.local import AsyncImageStore, LocalImageStore
+from imaginator.web.archive_pages import ArchivePages
+from imaginator.web.graph_pages import GraphPages
 from imaginator.web.pages import StatusPages
 
 THREADS = 4
-STREAMS_WAIT = 300.0
+GC_INTERVAL = 3600.0
+DOT_TIMEOUT = 60.0
 _log = Logger()
 
 # The exit status the ``imaginator`` command returns once the reactor stops.
@@ -109,6 +116,8 @@ class Daemon(MultiService):
         self.log_ring = LogRing(options["logbufLines"])
         self.port = None
         self.builder: Builder | None = None
+        self.auto: AutoBuilder | None = None
+        self._collector: LoopingCall | None = None
         self.ready: Deferred = Deferred()
 
     def startService(self) -> None:
@@ -117,13 +126,23 @@ class Daemon(MultiService):
         Deferred.fromCoroutine(self._start()).addErrback(self._fatal)
 
     def stopService(self):
-        self.runner.kill_all("daemon shutting down")
-        globalLogPublisher.removeObserver(self.log_ring)
-        stopped = super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        """Kill running builds (recorded as failed), stop every service, stop listening."""
+        if self._collector is not None and self._collector.running:
+            self._collector.stop()
+        if self.auto is not None:
+            await self.auto.stopService()
+        if self.builder is not None:
+            await self.builder.shutdown()
+        else:
+            await self.runner.kill_all("daemon shutting down")
         if self.port is not None:
-            self.port.stopListening()
+            await self.port.stopListening()
             self.port = None
-        return stopped
+        await super().stopService()
+        globalLogPublisher.removeObserver(self.log_ring)
 
     def _fatal(self, failure) -> None:
         if failure.check(ConfigError, FetchError, SystemExit):
@@ -178,6 +197,7 @@ class Daemon(MultiService):
         self.streams = streams
         local_store = LocalImageStore(os.path.join(state_dir, "store"))
         store = AsyncImageStore(local_store, self.reactor, self.pool)
+        self.store = store
         tmpdir = os.path.join(state_dir, "tmp")
         await self._in_thread(_fresh_directory, tmpdir)
         resolution = await self._in_thread(measure_ctime_resolution, tmpdir)
@@ -199,6 +219,19 @@ class Daemon(MultiService):
             streams=streams,
             secrets=variables,
         )
+        archive = await self._start_archive()
+        deps = DependencyGenerator(
+            reactor=self.reactor,
+            clock=self.reactor,
+            threadpool=self.pool,
+            streams=streams,
+            bootstrap_streams=tuple(config.bootstrap_streams),
+            secrets=variables.values,
+            arch=go_arch(),
+            tmpdir=tmpdir,
+        )
+        deps.setServiceParent(self)
+        self.deps = deps
         pages = StatusPages(
             source=self.builder,
             clock=self.reactor,
@@ -206,26 +239,102 @@ class Daemon(MultiService):
             hostname=socket.gethostname(),
             version=__version__,
             log_ring=self.log_ring,
+            archive_enabled=archive is not None,
         )
+        if archive is not None:
+            ArchivePages(archive, self._in_thread, self.reactor).install(pages.app)
+        GraphPages(
+            deps,
+            self.reactor,
+            config.relationships_quick_links,
+            self._run_dot,
+            auto_rebuild=lambda: config.image_streams_to_auto_rebuild,
+            version=__version__,
+        ).install(pages.app)
         endpoint = endpoints.TCP4ServerEndpoint(self.reactor, options["portNum"])
         self.port = await endpoint.listen(Site(pages.resource()))
         _log.info("imaginator listening on port {port}", port=self.port.getHost().port)
-        AutoBuilder(
+        self.auto = AutoBuilder(
             clock=self.reactor,
-            build=self._auto_build,
+            build=self.builder.build,
             streams=lambda: config.image_streams_to_auto_rebuild,
             interval=options["imageRebuildInterval"],
-        ).setServiceParent(self)
+            store=store,
+            order=self._dependency_order,
+            source_of=self._source_of,
+            streams_loaded=lambda: streams.loaded,
+        )
+        self.auto.setServiceParent(self)
+        self._collector = LoopingCall(self._collect_garbage)
+        self._collector.clock = self.reactor
+        self._collector.start(GC_INTERVAL, now=False)
         self.ready.callback(self)
 
-    async def _auto_build(self, stream, options):
-        """Auto builds wait (up to 5 minutes) for the first streams document."""
-        if not self.streams.is_loaded:
-            try:
-                await self.streams.loaded.addTimeout(STREAMS_WAIT, self.reactor)
-            except Exception:
-                _log.warn("Image streams not loaded yet: building {stream} anyway", stream=stream)
-        return await self.builder.build(stream, options)
+    async def _start_archive(self) -> BuildLogArchive | None:
+        top, quota = self.options["buildLogDir"], self.options["buildLogQuota"]
+        if not archive_enabled(top, quota):
+            return None
+        archive = BuildLogArchive(top, quota)
+        await self._in_thread(archive.load)
+
+        def archive_result(result) -> None:
+            name = archive_name(result, image_datestamp(result.finished_at))
+            d = deferToThreadPool(
+                self.reactor,
+                self.pool,
+                archive.add,
+                name,
+                BuildInfo.from_result(result),
+                result.log,
+            )
+            d.addErrback(
+                lambda failure: _log.warn(
+                    "Error archiving build log: {error}", error=failure.getErrorMessage()
+                )
+            )
+
+        self.builder.add_listener(archive_result)
+        return archive
+
+    def _dependency_order(self, streams):
+        data = self.deps.current()
+        if data is None or not data.has_data:
+            return list(streams)
+        return dependency_order(list(streams), data.stream_to_source)
+
+    def _source_of(self, stream: str) -> str | None:
+        data = self.deps.current()
+        return data.stream_to_source.get(stream) if data is not None else None
+
+    async def _run_dot(self, dot: str) -> bytes:
+        result = await self.runner.run(
+            ["dot", "-Tsvg"],
+            log=None,
+            env=base_environment(),
+            stdin=dot.encode("utf-8"),
+            capture_stdout=True,
+            capture_stderr=True,
+            deadline=self.reactor.seconds() + DOT_TIMEOUT,
+            step="dot",
+        )
+        return result.stdout
+
+    async def _collect_garbage(self) -> None:
+        """Remove expired images, then objects no image references (between builds)."""
+        store = self.store
+        try:
+            expired = await store.delete_expired_images()
+            for name in expired:
+                _log.info("Deleted expired image: {name}", name=name)
+            removed, freed = await self.builder.exclusive(store.collect_garbage)
+            if removed:
+                _log.info(
+                    "Collected {count} unreferenced objects ({size})",
+                    count=removed,
+                    size=format_bytes(freed),
+                )
+        except Exception:
+            _log.failure("Garbage collection failed")
 
 
 def makeService(options: Options) -> Daemon:

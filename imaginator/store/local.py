@@ -321,12 +321,20 @@ class LocalImageStore:
             _fsync_dir(os.path.dirname(final))
         return stored
 
-    def change_image_expiration(self, name: str, expires_at_ns: int) -> None:
-        """Set the image's expiry (nanoseconds since the epoch, 0 = never)."""
+    def change_image_expiration(self, name: str, expires_at_ns: int) -> bool:
+        """Lengthen the image's life to ``expires_at_ns`` (ns since the epoch, 0 = never).
+
+        An expiry is only ever lengthened: a request for an earlier time than
+        the image already has (or any time, for an image that never expires)
+        changes nothing. Returns whether the record changed.
+        """
         with self._lock:
             image = self.get_image(name)
             if image is None:
                 raise ImageNotFoundError(f"image not found: {name}")
+            current = image.expires_at
+            if current == 0 or (expires_at_ns != 0 and expires_at_ns <= current):
+                return False
             data = _encode_record(dataclasses.replace(image, expires_at=expires_at_ns))
             final = self.image_file(name)
             with self._new_file(named=True) as new:
@@ -335,6 +343,42 @@ class LocalImageStore:
                 assert new.path is not None
                 os.replace(new.path, final)
             _fsync_dir(os.path.dirname(final))
+            return True
+
+    def referenced_objects(self) -> set[str]:
+        """The hex ids of every object some image record references."""
+        referenced: set[str] = set()
+        for name in self.list_images():
+            image = self.get_image(name)
+            if image is not None:
+                referenced.update(h.hex() for h in image.object_hashes())
+        return referenced
+
+    def collect_garbage(self) -> tuple[int, int]:
+        """Delete every object no image references; returns (objects, bytes) freed.
+
+        The caller must make sure no image is being written meanwhile (a
+        build's objects are unreferenced until its record is added): the
+        daemon runs this only while no build runs.
+        """
+        with self._lock:
+            referenced = self.referenced_objects()
+            removed = freed = 0
+            for top in sorted(os.listdir(self.objects_dir)):
+                first = os.path.join(self.objects_dir, top)
+                if not os.path.isdir(first):
+                    continue
+                for middle in sorted(os.listdir(first)):
+                    second = os.path.join(first, middle)
+                    for rest in os.listdir(second):
+                        if top + middle + rest in referenced:
+                            continue
+                        path = os.path.join(second, rest)
+                        with contextlib.suppress(FileNotFoundError):
+                            freed += os.lstat(path).st_size
+                            os.unlink(path)
+                            removed += 1
+            return removed, freed
 
     def delete_image(self, name: str) -> None:
         """Remove an image record (its objects stay)."""
@@ -572,9 +616,17 @@ class AsyncImageStore:
         """See ``LocalImageStore.add_image``."""
         await self._call(self.local.add_image, name, image)
 
-    async def change_image_expiration(self, name: str, expires_at_ns: int) -> None:
+    async def change_image_expiration(self, name: str, expires_at_ns: int) -> bool:
         """See ``LocalImageStore.change_image_expiration``."""
-        await self._call(self.local.change_image_expiration, name, expires_at_ns)
+        return await self._call(self.local.change_image_expiration, name, expires_at_ns)
+
+    async def delete_expired_images(self) -> list[str]:
+        """See ``LocalImageStore.delete_expired_images``."""
+        return await self._call(self.local.delete_expired_images)
+
+    async def collect_garbage(self) -> tuple[int, int]:
+        """See ``LocalImageStore.collect_garbage``."""
+        return await self._call(self.local.collect_garbage)
 
     async def list_images(self) -> list[str]:
         """See ``LocalImageStore.list_images``."""

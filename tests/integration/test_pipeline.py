@@ -395,8 +395,13 @@ async def test_identical_concurrent_requests_share_one_build(tmp_path):
     finally:
         harness.stop()
     assert not first.error and first.image_name == second.image_name
-    assert different.image_name != first.image_name
-    assert len(harness.store.list_images()) == 2
+    # A second, separate build with the same result publishes nothing new: the
+    # latest image is extended instead.
+    assert different.image_name == first.image_name
+    assert "no new image published, extended its expiration" in different.log.decode()
+    assert len(harness.store.list_images()) == 1
+    image = harness.store.get_image(first.image_name)
+    assert image.expires_at > (different.finished_at + 7000) * 1e9
 
 
 _BB_SCRIPT = (

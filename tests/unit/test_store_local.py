@@ -277,14 +277,18 @@ def test_listing_changing_and_deleting(store):
         "apps/hello/2026-11-27:10:53:18",
         "bootstrap/bb/2026-11-27:10:00:00",
     ]
+    far = 4_000_000_000 * 10**9
     for name in names:
-        store.add_image(name, image_with([]))
+        store.add_image(name, image_with([], expires_at=far))
     assert store.list_images() == sorted(names)
     assert store.list_directories() == ["apps", "apps/hello", "bootstrap", "bootstrap/bb"]
 
-    store.change_image_expiration(names[0], 1234)
-    assert store.get_image(names[0]).expires_at == 1234
-    store.change_image_expiration(names[0], 0)
+    assert store.change_image_expiration(names[0], far + 1234)
+    assert store.get_image(names[0]).expires_at == far + 1234
+    assert not store.change_image_expiration(names[0], far)  # only ever lengthened
+    assert store.get_image(names[0]).expires_at == far + 1234
+    assert store.change_image_expiration(names[0], 0)  # never expires
+    assert not store.change_image_expiration(names[0], far + 5)
     assert store.get_image(names[0]).expires_at == 0
     with pytest.raises(ImageNotFoundError):
         store.change_image_expiration("apps/hello/2000-01-01:00:00:00", 1)
@@ -334,10 +338,10 @@ def test_find_latest_image_filters(store):
 
 def test_find_latest_image_sees_changed_records(store):
     store.add_image("s/2026-01-01:00:00:01", image_with([], created_on=10))
-    store.add_image("s/2026-01-01:00:00:02", image_with([], created_on=20))
+    store.add_image("s/2026-01-01:00:00:02", image_with([], created_on=20, expires_at=1))
+    assert store.find_latest_image("s") == "s/2026-01-01:00:00:01"  # the newer one expired
+    store.change_image_expiration("s/2026-01-01:00:00:02", 0)  # never expires now
     assert store.find_latest_image("s") == "s/2026-01-01:00:00:02"
-    store.change_image_expiration("s/2026-01-01:00:00:02", 1)  # expired
-    assert store.find_latest_image("s") == "s/2026-01-01:00:00:01"
 
 
 def test_reserve_image_name_is_unique_per_stream(store):
@@ -423,13 +427,29 @@ async def test_async_store_runs_the_local_store_in_threads(store, threadpool):
     assert callers and not any(callers)
     assert await async_store.get_object(hash_hex) == b"data"
     name = await async_store.reserve_image_name("s", 1795776798)
-    await async_store.add_image(name, image_with([b"data"]))
+    await async_store.add_image(name, image_with([b"data"], expires_at=5))
     assert await async_store.list_images() == [name]
     assert await async_store.list_directories() == ["s"]
+    await async_store.change_image_expiration(name, 0)
     assert await async_store.find_latest_image("s") == name
-    await async_store.change_image_expiration(name, 7)
-    assert (await async_store.get_image(name)).expires_at == 7
+    assert not await async_store.change_image_expiration(name, 7)
+    assert (await async_store.get_image(name)).expires_at == 0
     await async_store.delete_image(name)
     assert await async_store.get_image(name) is None
     with pytest.raises(ImageNotFoundError):
         await async_store.delete_image(name)
+
+
+def test_garbage_collection_keeps_every_referenced_object(store):
+    keep = store.put_object_bytes(b"kept by an image")
+    orphan = store.put_object_bytes(b"left by a failed build")
+    log = store.put_object_bytes(b"a build log")
+    image = image_with([b"kept by an image"])
+    image.build_log = Annotation(object=bytes.fromhex(log))
+    store.add_image("s/2026-01-01:00:00:01", image)
+    removed, freed = store.collect_garbage()
+    assert (removed, freed) == (1, len(b"left by a failed build"))
+    assert store.has_object(keep) and store.has_object(log)
+    assert not store.has_object(orphan)
+    store.delete_image("s/2026-01-01:00:00:01")
+    assert store.collect_garbage() == (2, len(b"kept by an image") + len(b"a build log"))
