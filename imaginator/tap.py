@@ -14,7 +14,7 @@ import socket
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, globalLogPublisher
@@ -126,23 +126,27 @@ class Daemon(MultiService):
         Deferred.fromCoroutine(self._start()).addErrback(self._fatal)
 
     def stopService(self):
-        return Deferred.fromCoroutine(self._stop())
+        return Deferred.fromCoroutine(self._stop()).addErrback(
+            lambda failure: _log.failure("Error while stopping", failure)
+        )
 
     async def _stop(self) -> None:
         """Kill running builds (recorded as failed), stop every service, stop listening."""
-        if self._collector is not None and self._collector.running:
-            self._collector.stop()
-        if self.auto is not None:
-            await self.auto.stopService()
-        if self.builder is not None:
-            await self.builder.shutdown()
-        else:
-            await self.runner.kill_all("daemon shutting down")
-        if self.port is not None:
-            await self.port.stopListening()
-            self.port = None
-        await super().stopService()
-        globalLogPublisher.removeObserver(self.log_ring)
+        try:
+            if self._collector is not None and self._collector.running:
+                self._collector.stop()
+            if self.auto is not None:
+                await maybeDeferred(self.auto.stopService)
+            if self.builder is not None:
+                await self.builder.shutdown()
+            else:
+                await self.runner.kill_all("daemon shutting down")
+            if self.port is not None:
+                await self.port.stopListening()
+                self.port = None
+        finally:
+            await super().stopService()
+            globalLogPublisher.removeObserver(self.log_ring)
 
     def _fatal(self, failure) -> None:
         if failure.check(ConfigError, FetchError, SystemExit):

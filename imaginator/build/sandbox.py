@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 BWRAP = shutil.which("bwrap") or "/usr/bin/bwrap"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 """The ``PATH`` every build command gets (reference §5.1.3)."""
@@ -76,17 +77,24 @@ def _bind_mount_args(mount: BindMount) -> list[str]:
     return ["--bind" if mount.writable else "--ro-bind", mount.source, mount.target]
 
 
-def host_argv(argv: Sequence[str], *, unshare: str = UNSHARE) -> list[str]:
+def host_argv(
+    argv: Sequence[str], *, unshare: str = UNSHARE, setpriv: str = SETPRIV
+) -> list[str]:
     """The command line that runs ``argv`` on the host tree in new namespaces.
 
     A private mount namespace (with its own ``/proc``) so nothing it mounts
     leaks to the host, and a PID namespace whose init is ``argv``, so every
     process it starts dies with it; ``--kill-child`` kills that init when
-    ``unshare`` itself is killed.
+    ``unshare`` itself is killed. ``setpriv --pdeathsig KILL`` kills
+    ``unshare`` when the daemon dies, even by ``kill -9``, so a crashed daemon
+    leaves no build running.
     """
     if not argv:
         raise ValueError("empty argv")
     return [
+        setpriv,
+        "--pdeathsig",
+        "KILL",
         unshare,
         "--mount",
         "--propagation",

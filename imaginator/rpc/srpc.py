@@ -41,7 +41,7 @@ from typing import Any, Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
-from OpenSSL.crypto import X509, PKey
+from OpenSSL.crypto import X509
 from twisted.internet.defer import Deferred, DeferredLock, fail
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
@@ -53,7 +53,7 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorTime,
 )
-from twisted.internet.protocol import Factory, Protocol, ServerFactory
+from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -79,7 +79,10 @@ CONNECTED_STATUS = "200 Connected to Go SRPC"
 ACCESS_DENIED = "access to method denied"
 
 # Go's unicode.IsSpace, which strings.TrimSpace uses on method lines.
-_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+_GO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 _TRAILING_NEWLINE = re.compile(rb"[ \t\r]*\n")
 
@@ -639,6 +642,7 @@ class _CallChannel(Protocol):
         self._eat_newline = False
         self._closing = False
         self._lost = False
+        self._pumping = False
 
     @property
     def connected_for_calls(self) -> bool:
@@ -676,7 +680,7 @@ class _CallChannel(Protocol):
             return
         self._pump()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         if not self._authenticated and not reason.check(ConnectionDone):
             _log.info("SRPC TLS handshake failed: {reason}", reason=reason.getErrorMessage())
@@ -689,14 +693,29 @@ class _CallChannel(Protocol):
     # ----------------------------------------------------------- input
 
     def _pump(self) -> None:
-        """Process buffered input as far as the current state allows."""
+        """Process buffered input as far as the current state allows.
+
+        Not re-entered: a call that ends while input is being processed
+        (synchronously, e.g. with its request already buffered) lets the
+        running loop go on, so pipelined calls cannot nest the stack.
+        """
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            self._pump_loop()
+        finally:
+            self._pumping = False
+
+    def _pump_loop(self) -> None:
         while not (self._closing or self._lost) and self._authenticated:
             if self._expect_connect:
                 if not self._read_connect():
                     return
             elif self._reader is not None:
                 self._feed_reader()
-                return
+                if self._reader is not None:
+                    return
             elif self._call is not None:
                 return
             else:
@@ -952,7 +971,7 @@ class _Sniffer(Protocol):
         self._buffer += data
         self._classify()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timeout()
         self._site._closed(self)
         downstream, self._downstream = self._downstream, None
@@ -994,8 +1013,6 @@ class _Sniffer(Protocol):
         route = _route_connect(request, self._config)
         if isinstance(route, int):
             self._refuse(route, request.version)
-        elif rest and route == "insecure":
-            self._refuse(400, request.version)  # no pipelining before the 200
         else:
             self._accept(route, request, rest)
 
@@ -1026,7 +1043,7 @@ class _Sniffer(Protocol):
                 method_powers=request.method_powers,
                 on_ready=self._cancel_timeout,
             )
-            self._switch(channel, b"")
+            self._switch(channel, rest)
             return
         channel = _CallChannel(
             self._config,
@@ -1169,11 +1186,8 @@ def _load_certificates(path: str | Path) -> list[x509.Certificate]:
 def _key_and_chain(cert_file: str | Path, key_file: str | Path) -> dict[str, Any]:
     chain = _load_certificates(cert_file)
     key = serialization.load_pem_private_key(Path(key_file).read_bytes(), password=None)
-    return {
-        "privateKey": PKey.from_cryptography_key(key),  # type: ignore[arg-type]
-        "certificate": X509.from_cryptography(chain[0]),
-        "extraCertChain": [X509.from_cryptography(cert) for cert in chain[1:]],
-    }
+    # pyOpenSSL takes cryptography objects for these (its own types are deprecated).
+    return {"privateKey": key, "certificate": chain[0], "extraCertChain": chain[1:]}
 
 
 def make_server_tls_options(
@@ -1185,11 +1199,11 @@ def make_server_tls_options(
     The CA names are sent in the CertificateRequest so that clients holding
     several certificates present one from this CA. Reads files: call at start-up.
     """
-    ca_certs = [X509.from_cryptography(cert) for cert in _load_certificates(ca_file)]
+    ca_certs = _load_certificates(ca_file)
     options = CertificateOptions(
         **_key_and_chain(cert_file, key_file),
         verify=True,
-        caCerts=ca_certs,
+        caCerts=[X509.from_cryptography(cert) for cert in ca_certs],  # the trust store needs X509
         requireCertificate=True,
         raiseMinimumTo=TLSVersion.TLSv1_2,
     )
@@ -1221,8 +1235,15 @@ class _ClientProtocol(Protocol):
         self._waiter: Deferred[None] | None = None
         self._lost: Failure | None = None
         self._eat_newline = False
+        self._tls_started = False
         self.handshake: Deferred[None] = Deferred()
         self.closed: Deferred[None] = Deferred()
+
+    def start_tls(self, options: CertificateOptions) -> Deferred[None]:
+        """Run the TLS client handshake; the Deferred fires when it is done."""
+        self._tls_started = True
+        self.transport.startTLS(options)  # type: ignore[union-attr]
+        return self.handshake
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
@@ -1232,9 +1253,9 @@ class _ClientProtocol(Protocol):
         if not self.handshake.called:
             self.handshake.callback(None)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = reason
-        if not self.handshake.called:
+        if self._tls_started and not self.handshake.called:
             self.handshake.errback(_connection_error(reason))
         self._wake()
         self.closed.callback(None)
@@ -1413,8 +1434,7 @@ async def connect(
         protocol.write(f"CONNECT {path} HTTP/1.0\n\n".encode())
         _check_connect_reply(await protocol.read_head(limits.max_connect_head))
         if options is not None:
-            protocol.transport.startTLS(options)  # type: ignore[attr-defined]
-            await protocol.handshake
+            await protocol.start_tls(options)
     except BaseException:
         protocol.transport.abortConnection()  # type: ignore[attr-defined]
         raise

@@ -1,7 +1,8 @@
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from imaginator.autobuild import AutoBuilder
+from imaginator.autobuild import AutoBuilder, AutoBuildError
 from imaginator.builder import BuildResult
 
 
@@ -118,3 +119,125 @@ def test_stopping_cancels_the_timer():
     clock.advance(10)
     assert builds.requests == []
     assert clock.getDelayedCalls() == []
+
+
+class FakeStore:
+    def __init__(self, latest):
+        self.latest = dict(latest)
+        self.extended = []
+
+    async def find_latest_image(self, stream):
+        return self.latest.get(stream)
+
+    async def change_image_expiration(self, name, expires_at):
+        self.extended.append((name, expires_at))
+        return True
+
+
+def make_chain(streams=("app", "base", "boot"), sources=None, interval=100.0):
+    """A cycle over a bootstrap -> base -> app chain, listed children first."""
+    sources = sources if sources is not None else {"app": "base", "base": "boot"}
+    clock = Clock()
+    builds = FakeBuilds()
+    store = FakeStore({s: f"{s}/old" for s in streams})
+
+    def order(names):
+        from imaginator.deps import dependency_order
+
+        return dependency_order(list(names), sources)
+
+    auto = AutoBuilder(
+        clock=clock,
+        build=builds.build,
+        streams=lambda: streams,
+        interval=interval,
+        store=store,
+        order=order,
+        source_of=sources.get,
+    )
+    return clock, builds, store, auto
+
+
+def finish(builds, errors=()):
+    stream, d = builds.pending.pop(0)
+    error = "boom" if stream in errors else ""
+    d.callback(BuildResult(stream, "" if error else f"{stream}/new", 0, 0, b"", error))
+
+
+def test_streams_are_built_parents_first():
+    clock, builds, _store, auto = make_chain()
+    auto.startService()
+    clock.advance(1)
+    while builds.pending:
+        finish(builds)
+    assert [s for s, _ in builds.requests] == ["boot", "base", "app"]
+
+
+def test_a_failed_build_extends_its_own_and_its_childrens_latest_images():
+    clock, builds, store, auto = make_chain()
+    auto.startService()
+    clock.advance(1)
+    finish(builds)  # boot
+    finish(builds, errors={"base"})
+    assert [s for s, _ in builds.requests] == ["boot", "base"]  # app is not built
+    lifetime_ns = int((clock.seconds() + 200) * 1e9)
+    assert store.extended == [("base/old", lifetime_ns), ("app/old", lifetime_ns)]
+    assert auto.last_cycle[-1] == ("app", "extended app/old")
+
+
+def test_disabled_auto_builds_only_extend():
+    clock, builds, store, auto = make_chain()
+    auto.startService()
+    auto.disable(150)
+    clock.advance(1)
+    assert builds.requests == []
+    assert [name for name, _ in store.extended] == ["boot/old", "base/old", "app/old"]
+    assert auto.disabled_until() == 150
+
+
+def test_disabling_is_capped_at_four_intervals():
+    _clock, _builds, _store, auto = make_chain(interval=100)
+    with pytest.raises(AutoBuildError, match="cannot disable auto building for more than: 6m40s"):
+        auto.disable(401)
+    auto.disable(400)
+
+
+def test_disable_ends_and_building_resumes():
+    clock, builds, _store, auto = make_chain(interval=100)
+    auto.startService()
+    auto.disable(50)
+    clock.advance(1)
+    assert builds.requests == []
+    clock.advance(100)  # the next cycle, after the window
+    assert [s for s, _ in builds.requests] == ["boot"]
+
+
+def test_start_auto_builds_busy_and_waiting():
+    clock, builds, _store, auto = make_chain(interval=100)
+    auto.startService()
+    clock.advance(1)
+    assert auto.busy()
+    refused = Deferred.fromCoroutine(auto.start(wait_to_start=False, wait_for_complete=False))
+    assert isinstance(refused.result.value, AutoBuildError)
+    refused.addErrback(lambda _f: None)
+    waiting = Deferred.fromCoroutine(auto.start(wait_to_start=True, wait_for_complete=True))
+    assert not waiting.called
+    while len(builds.requests) < 6:
+        finish(builds)
+    assert not waiting.called  # the second cycle is running
+    while builds.pending:
+        finish(builds)
+    assert waiting.called and auto.cycles_completed == 2
+
+
+def test_triggered_cycle_rebases_the_schedule():
+    clock, builds, _store, auto = make_chain(streams=("boot",), sources={}, interval=100)
+    auto.startService()
+    clock.advance(50)  # first cycle at t=1
+    finish(builds)
+    Deferred.fromCoroutine(auto.start(wait_to_start=False, wait_for_complete=False))
+    finish(builds)  # the triggered cycle started at t=50
+    clock.advance(99.9)
+    assert len(builds.requests) == 2
+    clock.advance(0.1)
+    assert len(builds.requests) == 3

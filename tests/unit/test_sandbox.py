@@ -59,7 +59,13 @@ def test_bind_mount_defaults_to_read_only() -> None:
 
 
 def test_host_argv() -> None:
-    assert host_argv(["debootstrap", "bookworm", "/tmp/x"], unshare="/usr/bin/unshare") == [
+    argv = host_argv(
+        ["debootstrap", "bookworm", "/tmp/x"],
+        unshare="/usr/bin/unshare",
+        setpriv="/usr/bin/setpriv",
+    )
+    assert argv == [
+        "/usr/bin/setpriv", "--pdeathsig", "KILL",
         "/usr/bin/unshare",
         "--mount", "--propagation", "private",
         "--pid", "--fork", "--kill-child", "--mount-proc",
