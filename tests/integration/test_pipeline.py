@@ -409,3 +409,36 @@ _BB_SCRIPT = (
     + "".join(f"ln -s busybox bin/{a}; " for a in ("sh", "cp", "cat", "true", "echo", "sleep"))
     + "mknod -m 666 dev/null c 1 3"
 )
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_collection_waits_for_running_builds(tmp_path):
+    from twisted.internet.defer import Deferred
+
+    from imaginator.builder import BuildOptions
+
+    harness = await make_harness(tmp_path / "h", conf=_bb_conf_with_command(_BB_SCRIPT))
+    try:
+        seen = []
+
+        async def collect():
+            seen.append(harness.builder.running_count())
+            return await harness.builder._store.collect_garbage()
+
+        build = Deferred.fromCoroutine(
+            harness.builder.build(BB, BuildOptions.make(expires_in=3600.0))
+        )
+        assert harness.builder.running_count() == 1
+        collected = Deferred.fromCoroutine(harness.builder.exclusive(collect))
+        later = Deferred.fromCoroutine(harness.builder.build(BB, BuildOptions.make()))
+        assert not collected.called
+        result = await build
+        removed, _freed = await collected
+        second = await later
+    finally:
+        harness.stop()
+    assert seen == [0]  # it ran only once no build was running
+    assert removed == 0  # the finished build's objects are all referenced
+    assert not result.error and not second.error
+    image = harness.store.get_image(result.image_name)
+    assert all(harness.store.has_object(h.hex()) for h in image.object_hashes())
