@@ -321,7 +321,16 @@ class Builder:
         if running is not None and running.options == options and not _chain:
             waiter: Deferred = Deferred()
             running.waiters.append(waiter)
-            return await waiter
+            if log is None:
+                return await waiter
+            shared = running.current.log
+            log.line(f"Joining the running build of {stream}")
+            log.write(shared.getvalue())
+            stop = shared.subscribe(log.write)
+            try:
+                return await waiter
+            finally:
+                stop()
         lock = self._stream_locks.setdefault(stream, DeferredLock())
         await lock.acquire()
         try:
