@@ -77,9 +77,7 @@ def _bind_mount_args(mount: BindMount) -> list[str]:
     return ["--bind" if mount.writable else "--ro-bind", mount.source, mount.target]
 
 
-def host_argv(
-    argv: Sequence[str], *, unshare: str = UNSHARE, setpriv: str = SETPRIV
-) -> list[str]:
+def host_argv(argv: Sequence[str], *, unshare: str = UNSHARE, setpriv: str = SETPRIV) -> list[str]:
     """The command line that runs ``argv`` on the host tree in new namespaces.
 
     A private mount namespace (with its own ``/proc``) so nothing it mounts

@@ -44,7 +44,7 @@ from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from twisted.internet.defer import Deferred, DeferredLock, fail
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectError, ConnectionDone, DNSLookupError
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -750,7 +750,7 @@ class _CallChannel(Protocol):
         return True
 
     def _take_method_line(self) -> str | None:
-        self._drop_trailing_newline()
+        self._drop_trailing_newline(final=True)
         limit = self._config.limits.max_method_line
         end = self._buffer.find(b"\n", 0, limit + 1)
         if end < 0:
@@ -761,13 +761,20 @@ class _CallChannel(Protocol):
         del self._buffer[: end + 1]
         return raw.decode("utf-8", "replace").strip(_GO_SPACE)
 
-    def _drop_trailing_newline(self) -> None:
-        """Consume the LF a Go client sends after each JSON value."""
-        if self._eat_newline:
+    def _drop_trailing_newline(self, *, final: bool) -> None:
+        """Consume the LF a Go client sends after each JSON value.
+
+        Go clients send it in the same write as the value. If it was not there
+        yet, it is still taken when it arrives before the call ends (``final``
+        is the last look); after that, an LF is a ping again, as in Go.
+        """
+        if not self._eat_newline:
+            return
+        match = _TRAILING_NEWLINE.match(self._buffer)
+        if match is not None:
+            del self._buffer[: match.end()]
+        if match is not None or final:
             self._eat_newline = False
-            match = _TRAILING_NEWLINE.match(self._buffer)
-            if match is not None:
-                del self._buffer[: match.end()]
 
     def read_json(self) -> Deferred[Any]:
         """Deferred firing with the next JSON value of the current call."""
@@ -811,7 +818,7 @@ class _CallChannel(Protocol):
         raw = bytes(self._buffer[start:end])
         del self._buffer[:end]
         self._eat_newline = True
-        self._drop_trailing_newline()
+        self._drop_trailing_newline(final=False)
         if len(raw) > limit:
             raise MessageTooLarge(f"message longer than {limit} bytes")
         return decode_json(raw)
@@ -934,9 +941,10 @@ async def _run_stream(channel: _CallChannel, method: RegisteredMethod, call: Cal
         await method.handler(call)
     except (CallDisconnected, MessageTooLarge):
         return
-    except CallError as exc:
-        _log.info("SRPC stream {method} ended: {error}", method=method.name, error=str(exc))
-        call.write(_error_line(str(exc)))
+    except (CallError, JsonDecodeError) as exc:
+        text = exc.text if isinstance(exc, JsonDecodeError) else str(exc)
+        _log.info("SRPC stream {method} ended: {error}", method=method.name, error=text)
+        call.write(_error_line(text))
         channel.close()
     except Exception:
         _log.failure("SRPC stream handler {method} raised", Failure(), method=method.name)
@@ -1155,6 +1163,12 @@ class SrpcSite(ServerFactory):
         """Connections currently open (HTTP and SRPC)."""
         return len(self._connections)
 
+    def abort_connections(self) -> None:
+        """Drop every open connection at once (at shutdown)."""
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.abortConnection()  # type: ignore[attr-defined]
+
     def buildProtocol(self, addr: IAddress) -> Protocol:
         protocol = _Sniffer(self)
         protocol.factory = self
@@ -1236,6 +1250,7 @@ class _ClientProtocol(Protocol):
         self._lost: Failure | None = None
         self._eat_newline = False
         self._tls_started = False
+        self.closed_locally = False
         self.handshake: Deferred[None] = Deferred()
         self.closed: Deferred[None] = Deferred()
 
@@ -1256,7 +1271,7 @@ class _ClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = reason
         if self._tls_started and not self.handshake.called:
-            self.handshake.errback(_connection_error(reason))
+            self.handshake.errback(self._error())
         self._wake()
         self.closed.callback(None)
 
@@ -1265,15 +1280,21 @@ class _ClientProtocol(Protocol):
         if waiter is not None:
             waiter.callback(None)
 
+    def _error(self) -> SrpcConnectionError:
+        assert self._lost is not None
+        if self.closed_locally:
+            return SrpcConnectionError("connection closed")
+        return _connection_error(self._lost)
+
     def _more(self) -> Deferred[None]:
         if self._lost is not None:
-            return fail(_connection_error(self._lost))
+            return fail(self._error())
         self._waiter = Deferred()
         return self._waiter
 
     def write(self, data: bytes) -> None:
         if self._lost is not None:
-            raise _connection_error(self._lost)
+            raise self._error()
         self.transport.write(data)  # type: ignore[union-attr]
 
     async def read_head(self, limit: int) -> bytes:
@@ -1309,6 +1330,14 @@ class _ClientProtocol(Protocol):
         del self._buffer[:end]
         self._eat_newline = True
         return decode_json(raw)
+
+    async def read_reply(self) -> Any:
+        """:meth:`read_json`, but a bad value ends the (now unusable) connection."""
+        try:
+            return await self.read_json()
+        except JsonDecodeError as exc:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            raise SrpcConnectionError(f"bad message from the server: {exc.text}") from None
 
     async def _drop_trailing_newline(self) -> None:
         while self._eat_newline:
@@ -1355,7 +1384,7 @@ class SrpcClient:
         """A request/reply call; raises :class:`SrpcError` on an error line."""
         async with self._lock:
             await self._begin(method, request)
-            return await self._protocol.read_json()
+            return await self._protocol.read_reply()
 
     async def call_stream(
         self,
@@ -1371,7 +1400,7 @@ class SrpcClient:
         async with self._lock:
             await self._begin(method, request)
             while True:
-                message = await self._protocol.read_json()
+                message = await self._protocol.read_reply()
                 on_message(message)
                 if done(message):
                     return message
@@ -1390,7 +1419,8 @@ class SrpcClient:
     def close(self) -> Deferred[None]:
         """Close the connection; the Deferred fires once it is closed."""
         transport = self._protocol.transport
-        if transport is not None and self._protocol._lost is None:
+        if transport is not None and not self._protocol.closed.called:
+            self._protocol.closed_locally = True
             transport.loseConnection()
         return self._protocol.closed
 
@@ -1419,16 +1449,29 @@ async def connect(
     tls: bool = True,
     timeout: float = 15.0,
     limits: SrpcLimits = SrpcLimits(),
+    tls_options: CertificateOptions | None = None,
 ) -> SrpcClient:
     """Open an SRPC connection: CONNECT, then (``tls``) a TLS client handshake
     presenting ``cert_file``/``key_file``. The server is not verified, as in Go.
     ``timeout`` covers the connection, the CONNECT and the handshake.
+
+    Reading the certificate files is a (small) blocking read; a caller making
+    many connections passes ``tls_options`` from :func:`make_client_tls_options`
+    instead.
     """
-    options = make_client_tls_options(cert_file, key_file) if tls else None
+    options = None
+    if tls:
+        options = tls_options or make_client_tls_options(cert_file, key_file)
     protocol = _ClientProtocol(limits.max_message)
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
-    await connectProtocol(endpoint, protocol)
+    try:
+        await connectProtocol(endpoint, protocol)
+    except (ConnectError, DNSLookupError) as exc:
+        raise SrpcConnectionError(f"cannot connect to {host}:{port}: {exc}") from exc
     assert protocol.transport is not None
+    set_keep_alive = getattr(protocol.transport, "setTcpKeepAlive", None)
+    if set_keep_alive is not None:
+        set_keep_alive(True)
     deadline = reactor.callLater(timeout, protocol.transport.abortConnection)  # type: ignore[attr-defined]
     try:
         protocol.write(f"CONNECT {path} HTTP/1.0\n\n".encode())

@@ -6,6 +6,8 @@ import ast
 import datetime
 import os
 import re
+import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,17 +15,20 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from imaginator.rpc.auth import Authoriser
+from imaginator.rpc.auth import PERMITTED_METHODS_OID, Authoriser, encode_string_sequence
 from imaginator.rpc.srpc import (
     INSECURE_JSON_PATH,
     Call,
@@ -202,9 +207,7 @@ async def start(pki: Pki, **kwargs: Any) -> Server:
 
 async def stop(server: Server) -> None:
     await server.port.stopListening()
-    for connection in list(server.site._connections):
-        if connection.transport is not None:
-            connection.transport.abortConnection()
+    server.site.abort_connections()
     await wait_for(lambda: server.site.active_connections == 0)
 
 
@@ -616,11 +619,6 @@ async def test_expired_certificate_is_refused(server: Server, pki: Pki) -> None:
 async def test_bad_permitted_method_entry_drops_the_connection(server: Server, pki: Pki) -> None:
     cert, key = make_user_cert(pki.ca_cert, pki.ca_key, "x", methods=["Good.One"])
     # make_user_cert refuses bad entries, so forge one with the library's encoder.
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-
-    from imaginator.rpc.auth import PERMITTED_METHODS_OID, encode_string_sequence
-
     ca = x509.load_pem_x509_certificate(pki.ca_cert)
     ca_key = serialization.load_pem_private_key(pki.ca_key, None)
     leaf = x509.load_pem_x509_certificate(cert)
@@ -800,6 +798,21 @@ async def test_client_disconnecting_mid_stream(server: Server, pki: Pki) -> None
 
 
 @pytest_twisted.ensureDeferred
+async def test_client_errors(server: Server, pki: Pki) -> None:
+    port = reactor.listenTCP(0, Factory(), interface=HOST)
+    free = port.getHost().port
+    await port.stopListening()
+    with pytest.raises(SrpcConnectionError, match="cannot connect"):
+        await connect(HOST, free, reactor=reactor, tls=False)
+    client = await server.client(pki.user("alice"))
+    closing = client.close()
+    with pytest.raises(SrpcConnectionError, match=r"^connection closed$"):
+        await client.ping()
+    await closing
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_client_aborting_while_the_handshake_runs(server: Server) -> None:
     client = await raw_connection(server)
     client.send(b"CONNECT /_SRPC_/TLS/JSON HTTP/1.0\n\n\x16\x03\x01\x00")
@@ -826,3 +839,35 @@ async def test_two_hundred_connections_at_once(server: Server, pki: Pki) -> None
     await wait_for(lambda: server.site.active_connections == 0)
     await wait_for(lambda: len(os.listdir("/proc/self/fd")) <= before)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def blocking_stdlib_client(port: int, cert: tuple[Path, Path]) -> list[bytes]:
+    """The vectors' kind of client: socket + stdlib ssl, run in a thread."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(str(cert[0]), str(cert[1]))
+    replies = []
+    with socket.create_connection((HOST, port), timeout=10) as raw:
+        raw.sendall(b"CONNECT /_SRPC_/TLS/JSON HTTP/1.0\n\n")
+        replies.append(raw.recv(100))
+        with context.wrap_socket(raw) as tls:
+            for request in (b"\n", b'Test.Echo\n{"x":"<y>"}\n'):
+                tls.sendall(request)
+                data = b""
+                while data.count(b"\n") < (1 if request == b"\n" else 3):
+                    data += tls.recv(4096)
+                replies.append(data)
+    return replies
+
+
+@pytest_twisted.ensureDeferred
+async def test_stdlib_ssl_client(server: Server, pki: Pki) -> None:
+    cert = pki.user("peer-client", methods=["*.*"])
+    replies = await deferToThread(blocking_stdlib_client, server.number, cert)
+    assert replies == [
+        b"HTTP/1.0 200 Connected to Go SRPC\n\n",
+        b"\n",
+        b'\n\n{"Request":{"x":"\\u003cy\\u003e"},"Username":"peer-client","Groups":[],'
+        b'"HaveMethodAccess":true}\n',
+    ]
