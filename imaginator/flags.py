@@ -138,6 +138,12 @@ FLAGS: tuple[Flag, ...] = (
         "15m",
         "Minimum permitted expiration duration",
     ),
+    Flag(
+        "permitInsecureMode",
+        "bool",
+        "false",
+        "If true, serve RPC without TLS on /_SRPC_/unsecured/JSON, to anyone, with all powers",
+    ),
     Flag("portNum", "uint", "6975", "Port number to allocate and listen on for HTTP/RPC"),
     Flag(
         "presentationImageServerHostname",
@@ -150,6 +156,18 @@ FLAGS: tuple[Flag, ...] = (
         "string",
         "",
         "Name of configuration file for build slaves (not supported yet)",
+    ),
+    Flag(
+        "srpcTrustedGroups",
+        "list",
+        "",
+        "Comma-separated groups whose members may call every RPC method",
+    ),
+    Flag(
+        "srpcTrustedUsers",
+        "list",
+        "",
+        "Comma-separated users who may call every RPC method",
     ),
     Flag("stateDir", "string", "/var/lib/imaginator", "Name of state directory"),
     Flag(

@@ -36,6 +36,9 @@ from imaginator.config.units import format_bytes, format_duration, go_arch, imag
 from imaginator.deps import DependencyGenerator, dependency_order
 from imaginator.flags import FLAGS, FlagError
 from imaginator.logbuffer import LogRing
+from imaginator.rpc.auth import Authoriser
+from imaginator.rpc.service import PUBLIC_METHODS, ExpirationLimits, ImaginatorService
+from imaginator.rpc.srpc import MethodRegistry, SrpcSite, make_server_tls_options
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 from imaginator.web.archive_pages import ArchivePages
 from imaginator.web.graph_pages import GraphPages
@@ -117,6 +120,7 @@ class Daemon(MultiService):
         self.port = None
         self.builder: Builder | None = None
         self.auto: AutoBuilder | None = None
+        self.site: SrpcSite | None = None
         self._collector: LoopingCall | None = None
         self.ready: Deferred = Deferred()
 
@@ -144,6 +148,8 @@ class Daemon(MultiService):
             if self.port is not None:
                 await self.port.stopListening()
                 self.port = None
+            if self.site is not None:
+                self.site.abort_connections()
         finally:
             await super().stopService()
             globalLogPublisher.removeObserver(self.log_ring)
@@ -255,8 +261,9 @@ class Daemon(MultiService):
             auto_rebuild=lambda: config.image_streams_to_auto_rebuild,
             version=__version__,
         ).install(pages.app)
+        site = self._rpc_site(Site(pages.resource()), config, streams)
         endpoint = endpoints.TCP4ServerEndpoint(self.reactor, options["portNum"])
-        self.port = await endpoint.listen(Site(pages.resource()))
+        self.port = await endpoint.listen(site)
         _log.info("imaginator listening on port {port}", port=self.port.getHost().port)
         self.auto = AutoBuilder(
             clock=self.reactor,
@@ -269,10 +276,58 @@ class Daemon(MultiService):
             streams_loaded=lambda: streams.loaded,
         )
         self.auto.setServiceParent(self)
+        self.service.auto = self.auto
         self._collector = LoopingCall(self._collect_garbage)
         self._collector.clock = self.reactor
         self._collector.start(GC_INTERVAL, now=False)
         self.ready.callback(self)
+
+    def _rpc_site(self, http_site: Site, config, streams) -> SrpcSite:
+        """The listening factory: SRPC (TLS client certificates) and the pages on one port."""
+        options = self.options
+        tls_options = None
+        try:
+            tls_options = make_server_tls_options(
+                options["CAfile"], options["certFile"], options["keyFile"]
+            )
+        except Exception as exc:
+            _log.warn(
+                "RPC over TLS disabled: cannot use {ca}, {cert}, {key}: {error} "
+                "(imaginator-certs init creates them)",
+                ca=options["CAfile"],
+                cert=options["certFile"],
+                key=options["keyFile"],
+                error=str(exc),
+            )
+        registry = MethodRegistry()
+        self.service = ImaginatorService(
+            builder=self.builder,
+            auto=None,
+            deps=self.deps,
+            clock=self.reactor,
+            limits=ExpirationLimits.normalised(
+                options["minimumExpirationDuration"],
+                options["maximumExpirationDuration"],
+                options["maximumExpirationDurationPrivileged"],
+            ),
+            streams_loaded=lambda: streams.loaded,
+            per_user_limit=options["maximumConcurrentBuildsPerUser"],
+        )
+        self.service.register(registry)
+        authoriser = Authoriser(
+            trusted_users=frozenset(options["srpcTrustedUsers"]),
+            trusted_groups=frozenset(options["srpcTrustedGroups"]),
+            public_methods=PUBLIC_METHODS,
+        )
+        self.site = SrpcSite(
+            http_site,
+            registry,
+            authoriser,
+            tls_options,
+            reactor=self.reactor,
+            permit_insecure=options["permitInsecureMode"],
+        )
+        return self.site
 
     async def _start_archive(self) -> BuildLogArchive | None:
         top, quota = self.options["buildLogDir"], self.options["buildLogQuota"]
