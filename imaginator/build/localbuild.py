@@ -38,6 +38,7 @@ from imaginator.build.sandbox import BindMount
 from imaginator.config.main import MainConfig
 from imaginator.config.streams import StreamConfig
 from imaginator.config.units import format_duration, go_arch
+from imaginator.image.model import Image
 from imaginator.image.unpack import UnpackError
 from imaginator.manifest import Manifest, ManifestError, load_manifest
 from imaginator.store.base import StoreError
@@ -299,7 +300,7 @@ async def publish(
     env: BuildEnv,
     store: AsyncImageStore,
     stream: str,
-    image,
+    image: Image,
     expires_in: float,
     started_mono: float,
 ) -> str:
