@@ -84,6 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, StoreError, UnpackError, tarfile.TarError) as exc:
         print(f"{PROGRAM}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (``imagetool list | head``): not an error worth a word.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         print(f"{PROGRAM}: {_describe_os_error(exc)}", file=sys.stderr)
         return 1

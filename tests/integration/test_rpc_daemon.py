@@ -263,3 +263,77 @@ def _past(days):
     from datetime import UTC, datetime, timedelta
 
     return datetime.now(UTC) - timedelta(days=days)
+
+
+def _raw_build_exchange(port, cert, key, body):
+    """A BuildImage exchange with a plain stdlib TLS socket; returns every byte received."""
+    import socket
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(cert, key)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as raw:
+        raw.sendall(b"CONNECT /_SRPC_/TLS/JSON HTTP/1.0\n\n")
+        head = b""
+        while not head.endswith(b"\n\n"):
+            head += raw.recv(1)
+        with context.wrap_socket(raw) as tls:
+            tls.sendall(b"Imaginator.BuildImage\n")
+            assert tls.recv(1) == b"\n"
+            tls.sendall(json.dumps(body, separators=(",", ":")).encode() + b"\n")
+            received = b""
+            while b'"ImageName":"' + body["StreamName"].encode() not in received and (
+                b'"ErrorString":""' in received or not received
+            ):
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+            while not received.endswith(b"}\n"):
+                received += tls.recv(65536)
+            return head, received
+
+
+@pytest_twisted.ensureDeferred
+async def test_build_image_wire_bytes(tmp_path, pki):
+    from twisted.internet import threads
+
+    daemon = start_daemon(tmp_path, pki)
+    try:
+        port = await daemon.wait_listening()
+        cert, key = pki.user("admin", methods=["Imaginator.*"])
+        head, received = await threads.deferToThread(
+            _raw_build_exchange, port, str(cert), str(key), request(BUSYBOX)
+        )
+    finally:
+        await daemon.stop()
+    assert head == b"HTTP/1.0 200 Connected to Go SRPC\n\n"
+    assert received.startswith(b"\n{")  # the request accepted, then messages
+    lines = received[1:].split(b"\n")
+    assert lines[-1] == b""
+    messages = [json.loads(line) for line in lines[:-1]]
+    keys = [
+        "Image",
+        "ImageName",
+        "BuildLog",
+        "ErrorString",
+        "NeedSourceImage",
+        "SourceImage",
+        "SourceImageBuildVariables",
+        "SourceImageGitCommitId",
+    ]
+    assert all(list(m) == keys for m in messages)
+    *logs, final = messages
+    assert logs and all(m["Image"] is None and m["ImageName"] == "" for m in logs)
+    first = lines[0]
+    assert first.startswith(b'{"Image":null,"ImageName":"","BuildLog":"')
+    assert first.endswith(
+        b'","ErrorString":"","NeedSourceImage":false,"SourceImage":"",'
+        b'"SourceImageBuildVariables":null,"SourceImageGitCommitId":""}'
+    )
+    log = b"".join(base64.b64decode(m["BuildLog"]) for m in logs).decode()
+    assert log.startswith(f"Building: {BUSYBOX} for: admin\n")
+    assert final["ImageName"].startswith(BUSYBOX + "/") and final["BuildLog"] is None
+    assert f"Uploaded {final['ImageName']}" in log

@@ -7,6 +7,7 @@ import os
 import signal
 
 import pytest_twisted
+import treq
 from twisted.internet import reactor, threads
 
 from imaginator.store.local import LocalImageStore
@@ -53,9 +54,14 @@ async def test_sigterm_kills_builds_records_them_and_leaves_nothing(tmp_path):
     marker = f"imaginator-sigterm-{tmp_path.name}"
     conf = busybox_conf(tmp_path, auto_rebuild=[SLOW], extra_streams=slow_stream(fifo, marker))
     daemon = Daemon(args(tmp_path, conf)).start()
-    await daemon.wait_listening()
+    port = await daemon.wait_listening()
     assert (await wait_started(fifo)).strip() == "started"
     assert processes_mentioning(marker)
+    # The pages answer while the build runs.
+    page = await (await treq.get(f"http://127.0.0.1:{port}/")).text()
+    assert "Current image builds" in page and SLOW in page.replace("&#x2F;", "/")
+    live = await treq.get(f"http://127.0.0.1:{port}/showCurrentBuildLog?{SLOW}")
+    assert "Running command: /bin/bash with args:" in await live.text()
     await daemon.stop(signal.SIGTERM)
     assert processes_mentioning(marker) == []
     assert mounts_under(tmp_path) == []
