@@ -233,7 +233,7 @@ async def build_tree_from_manifest(
             raise _as_build_error(exc) from None
         for path in deleted:
             log.line(f"Deleted: {path}")
-    except BaseException:
+    except Exception:  # a failure, or the run was cancelled (interrupted)
         await env.in_thread(shutil.rmtree, root, True)
         raise
     return root

@@ -2,7 +2,8 @@
 
 Usage: ``builder-tool [flags...] command [args...]``. Flags are Go flags
 (``-expiresIn=2h``, ``-expiresIn 2h``, ``--expiresIn=2h``, a bare ``-flag`` for
-booleans) and stop at the command. Before the command line, ``name=value``
+booleans); unlike Go, flags after the command are accepted too (``--`` ends
+them). Before the command line, ``name=value``
 lines are read from ``/etc/config/builder-tool/flags.default`` and
 ``flags.extra`` (a problem there is only a warning), then from
 ``$HOME/.config/builder-tool/flags.default`` and ``flags.extra``.
@@ -62,6 +63,7 @@ from imaginator.rpc.auth import AuthError, identity_from_chain
 from imaginator.rpc.srpc import (
     INSECURE_JSON_PATH,
     TLS_JSON_PATH,
+    JsonDecodeError,
     SrpcConnectionError,
     SrpcError,
     encode_json,
@@ -304,7 +306,7 @@ FLAGS_BY_NAME: dict[str, FlagSpec] = {flag.name: flag for flag in FLAGS}
 def default_values(environ: Mapping[str, str]) -> dict[str, Any]:
     """Every flag's default; ``-certDirectory`` is ``$HOME/.ssl``."""
     values = {flag.name: flag.default for flag in FLAGS}
-    values["certDirectory"] = os.path.join(environ.get("HOME", ""), ".ssl")
+    values["certDirectory"] = os.path.join(environ.get("HOME") or "/", ".ssl")
     return values
 
 
@@ -317,39 +319,56 @@ def _set_flag(values: MutableMapping[str, Any], flag: FlagSpec, text: str) -> No
     values[flag.name] = value
 
 
+def _parse_flag(argv: Sequence[str], index: int, values: MutableMapping[str, Any]) -> int:
+    """Parse the flag at ``argv[index]`` (and its value); returns the next index."""
+    arg = argv[index]
+    index += 1
+    body = arg[2:] if arg[1] == "-" else arg[1:]
+    if not body or body[0] in "-=":
+        raise FlagError(f"bad flag syntax: {arg}")
+    name, has_value, text = body.partition("=")
+    flag = FLAGS_BY_NAME.get(name)
+    if flag is None:
+        if name in ("h", "help"):
+            raise _HelpRequested()
+        raise FlagError(f"flag provided but not defined: -{name}")
+    if flag.kind == "bool":
+        if not has_value:
+            text = "true"
+    elif not has_value:
+        if index >= len(argv):
+            raise FlagError(f"flag needs an argument: -{name}")
+        text = argv[index]
+        index += 1
+    _set_flag(values, flag, text)
+    return index
+
+
+def _is_flag(arg: str) -> bool:
+    return len(arg) >= 2 and arg[0] == "-"
+
+
 def parse_flags(argv: Sequence[str], values: MutableMapping[str, Any]) -> list[str]:
     """Parse Go-style flags into ``values``; returns the command and its arguments.
 
-    Parsing stops at the first argument that is not a flag, at ``-`` and after
-    ``--``. ``-h``/``-help`` ask for the usage.
+    As in Go, flags come before the command. As a convenience, flags after the
+    command are parsed too (``builder-tool get-digraph -showFetchLog``); ``--``
+    ends the flags, and everything after it is an argument. ``-h``/``-help``
+    ask for the usage.
     """
+    positional: list[str] = []
     index = 0
     while index < len(argv):
         arg = argv[index]
-        if len(arg) < 2 or arg[0] != "-":
-            break
-        index += 1
         if arg == "--":
+            positional.extend(argv[index + 1 :])
             break
-        body = arg[2:] if arg[1] == "-" else arg[1:]
-        if not body or body[0] in "-=":
-            raise FlagError(f"bad flag syntax: {arg}")
-        name, has_value, text = body.partition("=")
-        flag = FLAGS_BY_NAME.get(name)
-        if flag is None:
-            if name in ("h", "help"):
-                raise _HelpRequested()
-            raise FlagError(f"flag provided but not defined: -{name}")
-        if flag.kind == "bool":
-            if not has_value:
-                text = "true"
-        elif not has_value:
-            if index >= len(argv):
-                raise FlagError(f"flag needs an argument: -{name}")
-            text = argv[index]
+        if _is_flag(arg):
+            index = _parse_flag(argv, index, values)
+        else:
+            positional.append(arg)
             index += 1
-        _set_flag(values, flag, text)
-    return list(argv[index:])
+    return positional
 
 
 def parse_flag_file(text: str, source: str, values: MutableMapping[str, Any]) -> None:
@@ -585,20 +604,20 @@ async def dial_imaginator(
     )
 
 
-def describe_dial_error(exc: BaseException) -> str:
-    """A dial failure in words close to Go's."""
+def describe_dial_error(exc: BaseException, address: str) -> str:
+    """A dial failure in Go's words where we know them (``dial tcp …: connect:
+    connection refused``), else the error's own text."""
     from twisted.internet import defer, error
 
+    for candidate in (exc, exc.__cause__):
+        if isinstance(candidate, error.ConnectionRefusedError):
+            return f"dial tcp {address}: connect: connection refused"
+        if isinstance(candidate, error.DNSLookupError):
+            return f"dial tcp: lookup {address.rsplit(':', 1)[0]}: no such host"
+        if isinstance(candidate, error.TimeoutError | defer.TimeoutError):
+            return f"dial tcp {address}: i/o timeout"
     if isinstance(exc, SrpcError):
         return exc.text
-    if isinstance(exc, error.ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, error.DNSLookupError):
-        return "no such host"
-    if isinstance(exc, error.TimeoutError | defer.TimeoutError | defer.CancelledError):
-        return "i/o timeout"
-    if isinstance(exc, error.ConnectError) and exc.osError:
-        return str(exc.osError)
     return str(exc) or type(exc).__name__
 
 
@@ -634,7 +653,7 @@ class Remote:
                 )
             except Exception as exc:
                 raise _DialFailed(
-                    f"Error dialing: {self.address}: {describe_dial_error(exc)}"
+                    f"Error dialing: {self.address}: {describe_dial_error(exc, self.address)}"
                 ) from None
         return self._client
 
@@ -723,7 +742,7 @@ async def cmd_build_image(remote: Remote) -> None:
     try:
         final = await client.call_stream("Imaginator.BuildImage", request, on_message)
         error = str(final.get("ErrorString") or "") if isinstance(final, dict) else ""
-    except SrpcError as exc:
+    except (SrpcError, JsonDecodeError) as exc:
         final, error = {}, exc.text
     except CommandFailed as exc:
         final, error = {}, str(exc)
@@ -888,7 +907,7 @@ async def run_remote(
     except CommandFailed as exc:
         io.err(f"{command.prefix}: {exc}\n")
         return 1
-    except SrpcError as exc:
+    except (SrpcError, JsonDecodeError) as exc:
         io.err(f"{command.prefix}: {exc.text}\n")
         return 1
     finally:
@@ -947,6 +966,7 @@ async def run_local(
     """Run a local mode: the log goes to ``./build.log`` (or, with
     ``-alwaysShowBuildLog``, to standard error between the banners); on failure
     the banners and the log go to standard error."""
+    from twisted.internet.defer import CancelledError
     from twisted.python.threadpool import ThreadPool
 
     from imaginator.build.buildlog import BuildLog
@@ -976,10 +996,20 @@ async def run_local(
         io.err(START_BANNER + "\n")
         log.subscribe(io.err)
     runner = ProcessRunner(reactor)
-    trigger = reactor.addSystemEventTrigger(
-        "before", "shutdown", runner.kill_all, "builder-tool interrupted"
-    )
     pool = ThreadPool(minthreads=0, maxthreads=4, name=PROGRAM)
+
+    def stop_pool() -> None:
+        if pool.started:
+            pool.stop()
+
+    # Interrupted (the reactor stops before the build ends): kill the build's
+    # processes, then let the pool's threads go.
+    triggers = [
+        reactor.addSystemEventTrigger(
+            "before", "shutdown", runner.kill_all, "builder-tool interrupted"
+        ),
+        reactor.addSystemEventTrigger("during", "shutdown", stop_pool),
+    ]
     pool.start()
     try:
         store = None
@@ -988,17 +1018,22 @@ async def run_local(
         job = _LocalJob(values, args, options, LocalResources(reactor, pool, runner, store), log)
         assert command.handler is not None
         await command.handler(job)
-    except (BuildError, StoreError, CommandFailed, OSError) as exc:
+    except (BuildError, StoreError, CommandFailed, OSError, CancelledError) as exc:
         if not always:
             io.err(START_BANNER + "\n")
             io.err(log.getvalue())
         io.err(END_BANNER + "\n")
-        io.err(f"{command.prefix}: {exc}\n")
+        reason = "interrupted" if isinstance(exc, CancelledError) else str(exc)
+        io.err(f"{command.prefix}: {reason}\n")
         return 1
     finally:
         log.close()
-        pool.stop()
-        reactor.removeSystemEventTrigger(trigger)
+        stop_pool()
+        for trigger in triggers:
+            try:
+                reactor.removeSystemEventTrigger(trigger)
+            except (ValueError, KeyError):  # already run: we are being interrupted
+                pass
     if always:
         io.err(END_BANNER + "\n")
     else:
@@ -1137,14 +1172,37 @@ COMMANDS: dict[str, Command] = {
 Work = Callable[[Any], Awaitable[int]]
 
 
-def run_with_reactor(work: Work) -> int:
-    """Run ``work(reactor)`` under ``twisted.internet.task.react``; its exit status."""
+def run_with_reactor(work: Work, *, grace: float = 30.0) -> int:
+    """Run ``work(reactor)`` under ``twisted.internet.task.react``; its exit status.
+
+    If the reactor is stopped first (Ctrl-C, SIGTERM), ``work`` is cancelled,
+    and the shutdown waits up to ``grace`` seconds for it to clean up.
+    """
+    from twisted.internet.defer import Deferred
     from twisted.internet.task import react
 
     finished: list[int] = []
 
     async def entry(reactor: Any) -> None:
-        code = await work(reactor)
+        running = Deferred.fromCoroutine(work(reactor))
+
+        def interrupted() -> Deferred[None] | None:
+            if running.called:
+                return None
+            cleaned_up: Deferred[None] = Deferred()
+
+            def done(result: Any) -> Any:
+                if not cleaned_up.called:
+                    cleaned_up.callback(None)
+                return result
+
+            running.addBoth(done)
+            cleaned_up.addTimeout(grace, reactor, onTimeoutCancel=lambda *_: None)
+            running.cancel()
+            return cleaned_up
+
+        reactor.addSystemEventTrigger("before", "shutdown", interrupted)
+        code = await running
         finished.append(code)
         if code:
             raise SystemExit(code)
@@ -1152,7 +1210,7 @@ def run_with_reactor(work: Work) -> int:
     try:
         react(entry)
     except SystemExit as exc:
-        if not finished:  # interrupted, or work raised
+        if not finished:  # the reactor stopped before the work was done
             return 1
         return exc.code if isinstance(exc.code, int) else 1
     return 0
@@ -1160,8 +1218,13 @@ def run_with_reactor(work: Work) -> int:
 
 def _guarded(work: Work, io: Io) -> Work:
     async def guarded(reactor: Any) -> int:
+        from twisted.internet.defer import CancelledError
+
         try:
             return await work(reactor)
+        except CancelledError:
+            io.err(f"{PROGRAM}: interrupted\n")
+            return 1
         except Exception:
             io.err(f"{PROGRAM}: internal error:\n{traceback.format_exc()}")
             return 1
