@@ -45,6 +45,7 @@ from imaginator.web.graph_pages import GraphPages
 from imaginator.web.pages import StatusPages
 
 THREADS = 4
+BUILD_NICENESS = 10
 GC_INTERVAL = 3600.0
 DOT_TIMEOUT = 60.0
 _log = Logger()
@@ -115,7 +116,7 @@ class Daemon(MultiService):
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=THREADS, name="imaginator")
         _ThreadPoolService(self.pool).setServiceParent(self)
-        self.runner = ProcessRunner(reactor)
+        self.runner = ProcessRunner(reactor, niceness=BUILD_NICENESS)
         self.log_ring = LogRing(options["logbufLines"])
         self.port = None
         self.builder: Builder | None = None

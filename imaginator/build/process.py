@@ -301,8 +301,12 @@ class ProcessRunner:
         *,
         setsid: str = SETSID,
         killpg: Callable[[int, int], None] = os.killpg,
+        niceness: int = 0,
     ) -> None:
         self._reactor = reactor
+        # Children run at a lower CPU priority, so the daemon (its pages, RPC
+        # and log streaming) stays responsive while builds keep the cores busy.
+        self._prefix = ("nice", "-n", str(niceness)) if niceness else ()
         self._kill_grace = kill_grace
         self._setsid = setsid
         self._killpg = killpg
@@ -410,7 +414,11 @@ class ProcessRunner:
         self._jobs.add(job)
         try:
             self._reactor.spawnProcess(
-                protocol, self._setsid, [self._setsid, *argv], env=dict(env), path=cwd
+                protocol,
+                self._setsid,
+                [self._setsid, *self._prefix, *argv],
+                env=dict(env),
+                path=cwd,
             )
         except BaseException:
             self._jobs.discard(job)

@@ -146,3 +146,13 @@ async def test_background_process_dies_with_its_leader() -> None:
         [SH, "-c", script], log=log, env={"PATH": "/usr/bin:/bin"}
     )
     assert await group_survivors(int(log.getvalue())) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_children_run_at_the_configured_lower_priority() -> None:
+    env = {"PATH": "/usr/bin:/bin"}
+    plain = await ProcessRunner(reactor).run(["nice"], log=None, env=env, capture_stdout=True)
+    niced = await ProcessRunner(reactor, niceness=10).run(
+        ["nice"], log=None, env=env, capture_stdout=True
+    )
+    assert int(niced.stdout) == int(plain.stdout) + 10
