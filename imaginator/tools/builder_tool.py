@@ -1024,6 +1024,9 @@ async def run_local(
             io.err(log.getvalue())
         io.err(END_BANNER + "\n")
         reason = "interrupted" if isinstance(exc, CancelledError) else str(exc)
+        # The pipeline's own errors may already carry the prefix; say it once.
+        if reason.startswith(command.prefix + ": "):
+            reason = reason[len(command.prefix) + 2 :]
         io.err(f"{command.prefix}: {reason}\n")
         return 1
     finally:

@@ -337,3 +337,52 @@ async def test_build_image_wire_bytes(tmp_path, pki):
     assert log.startswith(f"Building: {BUSYBOX} for: admin\n")
     assert final["ImageName"].startswith(BUSYBOX + "/") and final["BuildLog"] is None
     assert f"Uploaded {final['ImageName']}" in log
+
+
+@pytest_twisted.ensureDeferred
+async def test_builder_tool_against_the_daemon(tmp_path, pki):
+    import sys
+
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    from tests.support.configs import REPO, clean_env
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    cert, key = pki.user("admin", methods=["Imaginator.*"])
+    (certs / "admin.cert").write_bytes(cert.read_bytes())
+    (certs / "admin.key").write_bytes(key.read_bytes())
+    daemon = start_daemon(tmp_path, pki)
+    try:
+        port = await daemon.wait_listening()
+        tool = [
+            "-m",
+            "imaginator.tools.builder_tool",
+            f"-certDirectory={certs}",
+            "-imaginatorHostname=127.0.0.1",
+            f"-imaginatorPortNum={port}",
+        ]
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, [*tool, "build-image", BUSYBOX], env=clean_env(), path=str(REPO)
+        )
+        assert code == 0, err.decode()
+        name = out.decode().strip()
+        assert name.startswith(BUSYBOX + "/")
+        log = err.decode()
+        assert log.startswith(f"Building: {BUSYBOX} for: admin\n")
+        assert f"Uploaded {name}" in log
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, [*tool, "get-digraph"], env=clean_env(), path=str(REPO)
+        )
+        assert code == 0, err.decode()
+        assert out.decode().startswith("digraph all {\n")
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            [*tool, "build-image", "no/such/stream"],
+            env=clean_env(),
+            path=str(REPO),
+        )
+        assert code == 1
+        assert err.decode().endswith("error building image: unknown stream: no/such/stream\n")
+    finally:
+        await daemon.stop()
