@@ -193,7 +193,9 @@ class ImaginatorService:
         self._in_flight: dict[str, int] = {}
 
     def register(self, registry: MethodRegistry) -> None:
-        registry.register("Imaginator.BuildImage", self.build_image, kind="stream")
+        registry.register(
+            "Imaginator.BuildImage", self.build_image, kind="stream", admit=self.admit_build
+        )
         registry.register("Imaginator.DisableAutoBuilds", self.disable_auto_builds)
         registry.register("Imaginator.DisableBuildRequests", self.disable_build_requests)
         registry.register("Imaginator.GetDependencies", self.get_dependencies)
@@ -202,6 +204,22 @@ class ImaginatorService:
         registry.register("Imaginator.StartAutoBuilds", self.start_auto_builds)
 
     # -- BuildImage ------------------------------------------------------------------
+
+    def admit_build(self, auth: CallAuth):
+        """The per-user limit on concurrent ``BuildImage`` calls (not for method powers)."""
+        user = auth.username
+        if auth.have_method_access or self.per_user_limit <= 0:
+            return None, None
+        if self._in_flight.get(user, 0) >= self.per_user_limit:
+            return f"{user} reached limit of {self.per_user_limit} calls for BuildImage", None
+        self._in_flight[user] = self._in_flight.get(user, 0) + 1
+
+        def release() -> None:
+            self._in_flight[user] -= 1
+            if not self._in_flight[user]:
+                del self._in_flight[user]
+
+        return None, release
 
     async def build_image(self, call: Call) -> None:
         try:
@@ -214,24 +232,7 @@ class ImaginatorService:
             call.send_line(str(exc))
             return
         call.send_line()
-        user = call.auth.username
-        limited = not call.auth.have_method_access and self.per_user_limit > 0
-        if limited and self._in_flight.get(user, 0) >= self.per_user_limit:
-            call.send_json(
-                build_response(
-                    error=f"{user} reached limit of {self.per_user_limit} calls for BuildImage"
-                )
-            )
-            return
-        if limited:
-            self._in_flight[user] = self._in_flight.get(user, 0) + 1
-        try:
-            await self._build_image(call, request)
-        finally:
-            if limited:
-                self._in_flight[user] -= 1
-                if not self._in_flight[user]:
-                    del self._in_flight[user]
+        await self._build_image(call, request)
 
     async def _build_image(self, call: Call, request: dict[str, Any]) -> None:
         stream = request["StreamName"]

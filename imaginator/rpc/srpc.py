@@ -403,13 +403,22 @@ HandlerKind = Literal["request", "stream"]
 Handler = Callable[["Call"], Awaitable[Any]]
 
 
+Admission = Callable[[CallAuth], "tuple[str | None, Callable[[], None] | None]"]
+
+
 @dataclass(frozen=True)
 class RegisteredMethod:
-    """A callable ``Service.Method`` and how it exchanges messages."""
+    """A callable ``Service.Method`` and how it exchanges messages.
+
+    ``admit(auth)``, when given, runs before the call is accepted (Go's
+    ``BlockMethod``): it returns a refusal text, sent as the status line, or
+    ``None`` and a function to call when the call ends (a rate limiter's release).
+    """
 
     name: str
     handler: Handler
     kind: HandlerKind
+    admit: Admission | None = None
 
 
 class MethodRegistry:
@@ -423,7 +432,13 @@ class MethodRegistry:
     def __init__(self) -> None:
         self._services: dict[str, dict[str, RegisteredMethod]] = {"": {}}
 
-    def register(self, name: str, handler: Handler, kind: HandlerKind = "request") -> None:
+    def register(
+        self,
+        name: str,
+        handler: Handler,
+        kind: HandlerKind = "request",
+        admit: Admission | None = None,
+    ) -> None:
         """Offer ``name`` (``Service.Method``) handled by ``handler``.
 
         ``kind="request"``: the server decodes one JSON request into
@@ -439,7 +454,7 @@ class MethodRegistry:
         methods = self._services.setdefault(service, {})
         if method in methods:
             raise ValueError(f"method registered twice: {name}")
-        methods[method] = RegisteredMethod(name, handler, kind)
+        methods[method] = RegisteredMethod(name, handler, kind, admit)
 
     def has_service(self, service: str) -> bool:
         """Whether ``service`` exists (the built-in empty name always does)."""
@@ -859,15 +874,25 @@ class _CallChannel(Protocol):
         if auth is None:
             self.send(_error_line(ACCESS_DENIED))
             return
-        self._start(method, auth)
+        release = None
+        if method.admit is not None:
+            refusal, release = method.admit(auth)
+            if refusal is not None:
+                self.send(_error_line(refusal))
+                return
+        self._start(method, auth, release)
 
-    def _start(self, method: RegisteredMethod, auth: CallAuth) -> None:
+    def _start(
+        self, method: RegisteredMethod, auth: CallAuth, release: Callable[[], None] | None = None
+    ) -> None:
         call = Call(self, method.name, auth)
         self._call = call
         self.send(b"\n")
         runner = _run_request if method.kind == "request" else _run_stream
         done = Deferred.fromCoroutine(runner(self, method, call))
         done.addErrback(self._runner_failed, method.name)
+        if release is not None:
+            done.addBoth(lambda result: (release(), result)[1])
         done.addBoth(lambda _: self._end(call))
 
     def _runner_failed(self, failure: Failure, name: str) -> None:

@@ -68,7 +68,7 @@ def app_manifest(tmp_path):
     return manifest
 
 
-def start_daemon(tmp_path, pki, *extra):
+def start_daemon(tmp_path, pki, *extra, more_streams=None, conf_changes=None):
     manifest = app_manifest(tmp_path)
     streams = tmp_path / "image-streams.json"
     streams.write_text(
@@ -79,7 +79,8 @@ def start_daemon(tmp_path, pki, *extra):
                         "ManifestUrl": f"dir://{manifest}",
                         "BuilderUsers": ["alice"],
                         "BuilderGroups": ["app-devs"],
-                    }
+                    },
+                    **(more_streams or {}),
                 }
             }
         )
@@ -87,6 +88,7 @@ def start_daemon(tmp_path, pki, *extra):
     conf = busybox_conf(tmp_path, auto_rebuild=[])
     document = json.loads(conf.read_text())
     document["ImageStreamsUrl"] = streams.as_uri()
+    document.update(conf_changes or {})
     conf.write_text(json.dumps(document))
     return Daemon(
         [
@@ -384,5 +386,59 @@ async def test_builder_tool_against_the_daemon(tmp_path, pki):
         )
         assert code == 1
         assert err.decode().endswith("error building image: unknown stream: no/such/stream\n")
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_per_user_build_limit_is_refused_at_the_method_line(tmp_path, pki):
+    from twisted.internet import defer, threads
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    fifo = gate / "fifo"
+    os.mkfifo(fifo)
+    slow = tmp_path / "slow-manifest"
+    (slow / "scripts").mkdir(parents=True)
+    (slow / "manifest").write_text(json.dumps({"SourceImage": BUSYBOX}))
+    (slow / "scripts" / "10_wait").write_text(f"#!/bin/sh\necho waiting\ncat {fifo}\n")
+    (slow / "scripts" / "10_wait").chmod(0o755)
+    daemon = start_daemon(
+        tmp_path,
+        pki,
+        more_streams={"apps/slow": {"ManifestUrl": f"dir://{slow}", "BuilderUsers": ["alice"]}},
+        conf_changes={"BindMounts": [str(gate)]},
+    )
+    try:
+        port = await daemon.wait_listening()
+        admin = await client_for(port, pki.user("admin", methods=["Imaginator.*"]))
+        final, log = await build(admin, request(BUSYBOX))
+        assert not final["ErrorString"], log
+        alice_cert = pki.user("alice")
+        first = await client_for(port, alice_cert)
+        second = await client_for(port, alice_cert)
+        waiting = defer.Deferred()
+
+        def on_message(message):
+            text = base64.b64decode(message.get("BuildLog") or b"").decode()
+            if "waiting" in text and not waiting.called:
+                waiting.callback(None)
+
+        running = defer.ensureDeferred(
+            first.call_stream("Imaginator.BuildImage", request("apps/slow"), on_message)
+        )
+        await waiting.addTimeout(60, reactor)
+        with pytest.raises(SrpcError, match=r"^alice reached limit of 1 calls for BuildImage$"):
+            await second.call_stream("Imaginator.BuildImage", request("apps/slow"), lambda m: 0)
+
+        def release():
+            with open(fifo, "w") as handle:
+                handle.write("go\n")
+
+        await threads.deferToThread(release)
+        final = await running
+        assert final["ErrorString"] == "", final
+        final, _ = await build(second, request(APP))  # the slot is free again
+        assert final["ErrorString"] == ""
     finally:
         await daemon.stop()
