@@ -442,3 +442,37 @@ async def test_garbage_collection_waits_for_running_builds(tmp_path):
     assert not result.error and not second.error
     image = harness.store.get_image(result.image_name)
     assert all(harness.store.has_object(h.hex()) for h in image.object_hashes())
+
+
+@pytest_twisted.ensureDeferred
+async def test_manifest_errors_fail_the_build_with_the_reference_texts(tmp_path):
+    cases = {
+        "apps/missing-computed": {
+            "manifest": (0o644, '{"SourceImage": "bootstrap/bb"}'),
+            "computed-files": (0o644, "/etc/nowhere localhost:6972\n"),
+        },
+        "apps/two-filters": {
+            "manifest": (0o644, '{"SourceImage": "bootstrap/bb"}'),
+            "filter": (0o644, "/a\n"),
+            "filter.add": (0o644, "/b\n"),
+        },
+        "apps/bad-manifest": {"manifest": (0o644, "{not json")},
+    }
+    streams = {"Streams": {}}
+    for name, files in cases.items():
+        directory = _manifest(tmp_path / name.replace("/", "_"), files)
+        streams["Streams"][name] = {"ManifestUrl": f"dir://{directory}"}
+    harness = await make_harness(
+        tmp_path / "h", conf=_bb_conf_with_command(_BB_SCRIPT), streams=streams
+    )
+    try:
+        assert not (await harness.build(BB)).error
+        results = {name: await harness.build(name) for name in cases}
+    finally:
+        harness.stop()
+    assert results["apps/missing-computed"].error == (
+        "error splicing computed files: /etc/nowhere: missing from image"
+    )
+    assert results["apps/two-filters"].error == "filter and filter.add files both present"
+    assert results["apps/bad-manifest"].error.startswith("error reading manifest file: ")
+    assert [n for n in harness.store.list_images() if n.startswith("apps/")] == []
