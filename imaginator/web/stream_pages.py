@@ -1,0 +1,658 @@
+"""Image stream pages, image pages of the embedded store, the image list and ``/metrics``.
+
+``/showImageStreams`` and ``/showImageStream?<name>`` follow the Go
+imaginator (reference §9) with two deliberate differences: every inserted
+value is HTML-escaped, and the stream page never fetches the manifest (a page
+view must not start network or git work); it shows what the stream's latest
+image records instead (``BuildCommitId``, ``BuildBranch``, ``SourceImage``),
+the last build result and the stream's images.
+
+``/showImage?<name>``, ``/showImageBuildLog?<name>`` and ``/listImages`` are
+our additions for the embedded store, ``/metrics`` serves the Prometheus text
+format. Store reads go through the ``AsyncImageStore`` (its thread pool), so
+no handler blocks the reactor; what is rendered on the reactor is capped
+(``MAX_FILES`` file entries, ``MAX_IMAGE_DETAILS`` image records read per
+stream page).
+
+Displayed manifest locations are expanded with the stream environment only
+(never with the variables file, which holds the secrets), and a password in a
+URL's userinfo is shown as ``***``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from imaginator.build.packager import generic_packager_script
+from imaginator.config.loader import redact_url
+from imaginator.config.main import BootstrapStream, MainConfig, PackagerType
+from imaginator.config.streams import StreamConfig, public_manifest_location
+from imaginator.config.units import format_bytes, format_duration, format_time
+from imaginator.image.model import (
+    ComputedRegularInode,
+    DirectoryInode,
+    FileSystem,
+    Image,
+    Inode,
+    RegularInode,
+    SpecialInode,
+    SymlinkInode,
+    dumps_go_json,
+)
+from imaginator.image.triggers import Trigger, triggers_to_json
+from imaginator.store.base import InvalidNameError, StoreError
+from imaginator.web.archive_pages import quote_query
+from imaginator.web.pages import HTML, TEXT, make_environment, query_argument, set_security_headers
+
+__all__ = ["MAX_FILES", "MAX_IMAGE_DETAILS", "METRICS_CONTENT_TYPE", "StreamPages"]
+
+#: File entries listed on an image page; the rest is summarised in a note.
+MAX_FILES = 2000
+#: Image records read (in the thread pool) for the image table of a stream page.
+MAX_IMAGE_DETAILS = 20
+
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+NOT_FOUND = b"404 page not found\n"
+_NS = 1_000_000_000
+
+_log = Logger()
+
+
+class StreamSource(Protocol):
+    """What the pages read from the builder (all cheap, in-memory)."""
+
+    config: MainConfig
+
+    def normal_streams(self) -> Mapping[str, StreamConfig]: ...
+
+    def stream_names(self) -> list[str]: ...
+
+    def auto_rebuild_streams(self) -> frozenset[str]: ...
+
+    def last_result(self, stream: str) -> Any: ...
+
+    def last_results(self) -> list[Any]: ...
+
+    def current_builds(self) -> list[Any]: ...
+
+    def running_count(self) -> int: ...
+
+
+class ImageSource(Protocol):
+    """The asynchronous image store calls the pages use (``AsyncImageStore``)."""
+
+    async def list_images(self) -> list[str]: ...
+
+    async def get_image(self, name: str) -> Image | None: ...
+
+    async def find_latest_image(self, directory: str) -> str | None: ...
+
+    async def get_object(self, hash_hex: str) -> bytes: ...
+
+
+# ------------------------------------------------------------------ view data
+
+
+@dataclass(frozen=True)
+class StreamRow:
+    """One row of ``/showImageStreams``; bootstrap streams have empty manifest columns."""
+
+    name: str
+    auto: bool
+    normal: bool = False
+    manifest_url: str = ""
+    manifest_directory: str = ""
+    expanded_directory: str = ""
+
+
+@dataclass(frozen=True)
+class SourceLink:
+    """A ``SourceImage`` value: ``image`` links ``showImage?``, ``stream`` ``showImageStream?``."""
+
+    image: str
+    stream: str
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """An image of a stream; ``created``/``expires`` are empty when its record was not read."""
+
+    name: str
+    created: str = ""
+    expires: str = ""
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """One file-system entry as ``ls -l`` would show it."""
+
+    path: str
+    mode: str
+    uid: int
+    gid: int
+    size: str
+    mtime: str
+    target: str
+
+
+@dataclass(frozen=True)
+class PackagerView:
+    """A packager type as the bootstrap stream page shows it."""
+
+    commands: tuple[tuple[str, str], ...]
+    size_multiplier: int
+    verbatim_json: str
+    script: str
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def pretty_json(value: Any) -> str:
+    """JSON as Go's ``libjson.WriteWithIndent`` writes it (4 spaces, final newline)."""
+    return dumps_go_json(value, indent=4) + "\n"
+
+
+def directory_of(image_name: str) -> str:
+    """The stream (directory) part of an image name: all before the last ``/``."""
+    return image_name.rpartition("/")[0]
+
+
+def expiry_text(expires_at_ns: int) -> str:
+    return format_time(expires_at_ns / _NS) if expires_at_ns else "never"
+
+
+def created_text(created_on_ns: int) -> str:
+    return format_time(created_on_ns / _NS) if created_on_ns else ""
+
+
+def mode_text(inode: Inode) -> str:
+    """The ``ls -l`` mode string (symbolic links have no mode in the image model)."""
+    if isinstance(inode, SymlinkInode):
+        return "lrwxrwxrwx"
+    return stat.filemode(inode.mode)
+
+
+def _size_text(inode: Inode) -> str:
+    if isinstance(inode, RegularInode):
+        return str(inode.size)
+    if isinstance(inode, SpecialInode) and (stat.S_ISCHR(inode.mode) or stat.S_ISBLK(inode.mode)):
+        return f"{os.major(inode.rdev)}, {os.minor(inode.rdev)}"
+    return ""
+
+
+def _mtime_text(inode: Inode) -> str:
+    if isinstance(inode, RegularInode | SpecialInode):
+        return format_time(inode.mtime_seconds)
+    return ""
+
+
+def _target_text(inode: Inode, path: str, first_path: str) -> str:
+    if isinstance(inode, SymlinkInode):
+        return f"-> {inode.symlink}"
+    if isinstance(inode, ComputedRegularInode):
+        return f"computed by {inode.source}"
+    if first_path != path:
+        return f"hard link to {first_path}"
+    return ""
+
+
+def file_rows(fs: FileSystem, limit: int = MAX_FILES) -> list[FileRow]:
+    """The first ``limit`` entries of ``fs`` in walk order (directories before contents)."""
+    rows: list[FileRow] = []
+    first_paths: dict[int, str] = {}
+    for path, inum, inode in fs.walk():
+        if len(rows) >= limit:
+            break
+        first = first_paths.setdefault(inum, path)
+        rows.append(
+            FileRow(
+                path=path,
+                mode=mode_text(inode),
+                uid=inode.uid,
+                gid=inode.gid,
+                size=_size_text(inode),
+                mtime=_mtime_text(inode),
+                target=_target_text(inode, path, first),
+            )
+        )
+    return rows
+
+
+def count_entries(fs: FileSystem) -> int:
+    """How many paths ``fs.walk()`` yields (hard links counted once per path)."""
+    directories = (i for i in fs.inode_table.values() if isinstance(i, DirectoryInode))
+    return len(fs.root.entries) + sum(len(d.entries) for d in directories)
+
+
+def packager_view(packager: PackagerType) -> PackagerView:
+    """Commands joined by spaces (as Go shows them), verbatim lines and the generated script."""
+    commands = (
+        ("Clean", packager.clean_command),
+        ("Install", packager.install_command),
+        ("List", packager.list_command.arg_list),
+        ("Remove", packager.remove_command),
+        ("Update", packager.update_command),
+        ("Upgrade", packager.upgrade_command),
+    )
+    return PackagerView(
+        commands=tuple((label, " ".join(argv)) for label, argv in commands),
+        size_multiplier=packager.list_command.size_multiplier,
+        verbatim_json=pretty_json(list(packager.verbatim)) if packager.verbatim else "",
+        script=generic_packager_script(packager),
+    )
+
+
+def triggers_json(triggers: tuple[Trigger, ...] | None) -> str:
+    """The trigger list as JSON, or ``""`` when there are no triggers (``None``)."""
+    value = triggers_to_json(triggers)
+    return "" if value is None else pretty_json(value["Triggers"])
+
+
+def lines_json(lines: Iterable[str] | None) -> str:
+    """Filter lines as a JSON list, or ``""`` when there are none."""
+    values = list(lines or ())
+    return pretty_json(values) if values else ""
+
+
+def mapping_json(values: Mapping[str, str] | None) -> str:
+    return pretty_json(dict(values)) if values else ""
+
+
+def escape_label(value: str) -> str:
+    """A Prometheus label value escaped for the text exposition format."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+class _Metrics:
+    """Collects the lines of a Prometheus text exposition."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> None:
+        """One gauge: ``samples`` are ``(stream label or "", value)``."""
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} gauge")
+        for stream, value in samples:
+            labels = f'{{stream="{escape_label(stream)}"}}' if stream else ""
+            self.lines.append(f"{name}{labels} {_number(value)}")
+
+    def text(self) -> bytes:
+        return "".join(line + "\n" for line in self.lines).encode("utf-8")
+
+
+# ------------------------------------------------------------------ the pages
+
+
+class StreamPages:
+    """The stream, image, image list and metrics pages, installed on a Klein app.
+
+    ``builder`` gives the configuration and build state (``Builder``),
+    ``store`` the images (``AsyncImageStore``), ``clock`` the time (page
+    footers, uptime), ``arch`` the ``$ARCH`` of stream environments and
+    ``version`` the footer's version.
+    """
+
+    def __init__(
+        self,
+        builder: StreamSource,
+        store: ImageSource,
+        clock: IReactorTime,
+        arch: str,
+        version: str,
+        *,
+        started_at: float | None = None,
+    ) -> None:
+        self._builder = builder
+        self._store = store
+        self._clock = clock
+        self._arch = arch
+        self._version = version
+        self._started_at = clock.seconds() if started_at is None else started_at
+        env = make_environment()
+        env.filters["query"] = quote_query
+        self._templates = {
+            name: env.get_template(f"{name}.html")
+            for name in ("streams", "stream", "image", "images")
+        }
+
+    def install(self, app: Klein) -> None:
+        """Add the routes to ``app``."""
+        routes: tuple[tuple[str, Callable[[IRequest], Any]], ...] = (
+            ("/showImageStreams", self.show_streams),
+            ("/showImageStream", self.show_stream),
+            ("/showImage", self.show_image),
+            ("/showImageBuildLog", self.show_image_build_log),
+            ("/listImages", self.list_images),
+            ("/metrics", self.metrics),
+        )
+        for path, handler in routes:
+            app.route(path, methods=["GET", "HEAD"], endpoint=f"streams:{path}")(handler)
+
+    # -- answers ---------------------------------------------------------------
+
+    def _html(self, request: IRequest, template: str, **context: Any) -> bytes:
+        set_security_headers(request)
+        request.setHeader(b"Content-Type", HTML)
+        body = self._templates[template].render(
+            generated_at=format_time(self._clock.seconds()), version=self._version, **context
+        )
+        return body.encode("utf-8")
+
+    @staticmethod
+    def _plain(request: IRequest, body: bytes, code: int = 200, ctype: bytes = TEXT) -> bytes:
+        set_security_headers(request)
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", ctype)
+        return body
+
+    def _not_found(self, request: IRequest) -> bytes:
+        return self._plain(request, NOT_FOUND, 404)
+
+    def _store_error(self, request: IRequest, exc: StoreError) -> bytes:
+        _log.warn("Error reading the image store: {error}", error=str(exc))
+        return self._plain(request, f"error reading the image store: {exc}\n".encode(), 500)
+
+    # -- store access ----------------------------------------------------------
+
+    async def _image(self, name: str) -> Image | None:
+        """The image ``name``; ``None`` for a missing image or an impossible name."""
+        try:
+            return await self._store.get_image(name)
+        except InvalidNameError:
+            return None
+
+    async def _image_quietly(self, name: str) -> Image | None:
+        """Like ``_image`` but an unreadable record is logged and reads as missing."""
+        try:
+            return await self._image(name)
+        except StoreError as exc:
+            _log.warn("Cannot read image {name}: {error}", name=name, error=str(exc))
+            return None
+
+    async def _latest_name(self, stream: str) -> str | None:
+        try:
+            return await self._store.find_latest_image(stream)
+        except StoreError:
+            return None
+
+    # -- configuration ----------------------------------------------------------
+
+    def _known_streams(self) -> set[str]:
+        return set(self._builder.config.bootstrap_streams) | set(self._builder.normal_streams())
+
+    def _stream_rows(self) -> list[StreamRow]:
+        bootstrap = self._builder.config.bootstrap_streams
+        normal = self._builder.normal_streams()
+        auto = self._builder.auto_rebuild_streams()
+        rows = []
+        for name in sorted(set(bootstrap) | set(normal)):
+            config = None if name in bootstrap else normal.get(name)
+            if config is None:
+                rows.append(StreamRow(name, name in auto))
+                continue
+            _url, expanded = public_manifest_location(name, config, self._arch)
+            rows.append(
+                StreamRow(
+                    name,
+                    name in auto,
+                    normal=True,
+                    manifest_url=redact_url(config.manifest_url),
+                    manifest_directory=config.manifest_directory,
+                    expanded_directory=expanded,
+                )
+            )
+        return rows
+
+    def _source_link(self, source: str) -> SourceLink | None:
+        if not source:
+            return None
+        known = self._known_streams()
+        if source in known:
+            return SourceLink(image="", stream=source)
+        directory = directory_of(source)
+        return SourceLink(image=source, stream=directory if directory in known else "")
+
+    def _bootstrap_context(self, stream: BootstrapStream) -> dict[str, Any]:
+        packager = self._builder.config.packager_types.get(stream.packager_type)
+        return {
+            "bootstrap_command": " ".join(stream.bootstrap_command),
+            "filter_json": lines_json(stream.filter_lines),
+            "packager_type": stream.packager_type,
+            "packager": packager_view(packager) if packager is not None else None,
+            "image_filter_json": lines_json(stream.image_filter),
+            "image_triggers_json": triggers_json(stream.image_triggers),
+            "image_tags_json": mapping_json(stream.image_tags),
+        }
+
+    def _normal_context(self, name: str, stream: StreamConfig) -> dict[str, Any]:
+        url, directory = public_manifest_location(name, stream, self._arch)
+        return {
+            "builder_groups": ", ".join(stream.builder_groups),
+            "builder_users": ", ".join(stream.builder_users),
+            "manifest_url": redact_url(stream.manifest_url),
+            "expanded_url": redact_url(url),
+            "manifest_directory": stream.manifest_directory,
+            "expanded_directory": directory,
+            "variables_json": mapping_json(stream.variables),
+        }
+
+    def _kind_context(self, name: str) -> dict[str, Any] | None:
+        """The kind-specific part of a stream page; ``None`` for an unknown stream."""
+        bootstrap = self._builder.config.bootstrap_streams.get(name)
+        if bootstrap is not None:
+            return {"bootstrap": True, **self._bootstrap_context(bootstrap)}
+        normal = self._builder.normal_streams().get(name)
+        if normal is not None:
+            return {"bootstrap": False, **self._normal_context(name, normal)}
+        return None
+
+    # -- build state ------------------------------------------------------------
+
+    def _build_context(self, stream: str) -> dict[str, Any]:
+        now = self._clock.seconds()
+        current = next((b for b in self._builder.current_builds() if b.stream == stream), None)
+        building = None
+        if current is not None:
+            building = {
+                "started": format_time(current.started_at),
+                "duration": format_duration(max(0.0, now - current.started_at)),
+            }
+        result = self._builder.last_result(stream)
+        last = None
+        if result is not None:
+            last = {
+                "ok": not result.error and bool(result.image_name),
+                "error": result.error,
+                "image_name": result.image_name,
+                "finished": format_time(result.finished_at),
+                "ago": format_duration(max(0.0, now - result.finished_at)),
+                "duration": format_duration(max(0.0, result.finished_at - result.started_at)),
+            }
+        return {"building": building, "last": last}
+
+    # -- images of a stream -------------------------------------------------------
+
+    async def _stream_image_names(self, stream: str) -> list[str]:
+        """The images directly in ``stream``'s directory, newest name first."""
+        try:
+            names = await self._store.list_images()
+        except StoreError as exc:
+            _log.warn("Cannot list images: {error}", error=str(exc))
+            return []
+        return sorted((n for n in names if directory_of(n) == stream), reverse=True)
+
+    async def _image_rows(self, names: list[str], known: Mapping[str, Image]) -> list[ImageRow]:
+        """A row per name; the records of the first ``MAX_IMAGE_DETAILS`` are read."""
+        rows = []
+        for index, name in enumerate(names):
+            image = known.get(name)
+            if image is None and index < MAX_IMAGE_DETAILS:
+                image = await self._image_quietly(name)
+            if image is None:
+                rows.append(ImageRow(name))
+            else:
+                rows.append(
+                    ImageRow(name, created_text(image.created_on), expiry_text(image.expires_at))
+                )
+        return rows
+
+    async def _store_context(self, stream: str) -> dict[str, Any]:
+        latest_name = await self._latest_name(stream)
+        latest = await self._image_quietly(latest_name) if latest_name else None
+        names = await self._stream_image_names(stream)
+        known = {latest_name: latest} if latest_name and latest is not None else {}
+        return {
+            "latest_name": latest_name or "",
+            "latest": latest,
+            "source": self._source_link(latest.source_image) if latest is not None else None,
+            "images": await self._image_rows(names, known),
+            "max_details": MAX_IMAGE_DETAILS,
+        }
+
+    # -- pages -----------------------------------------------------------------
+
+    def show_streams(self, request: IRequest) -> bytes:
+        """``/showImageStreams``: every bootstrap and normal stream with its manifest location."""
+        return self._html(request, "streams", streams=self._stream_rows())
+
+    async def show_stream(self, request: IRequest) -> bytes:
+        """``/showImageStream?<name>``: configuration, latest image, last build, images."""
+        name = query_argument(request)
+        kind = self._kind_context(name)
+        if kind is None:
+            return self._html(request, "stream", name=name, exists=False)
+        store = await self._store_context(name)
+        return self._html(
+            request, "stream", name=name, exists=True, **kind, **store, **self._build_context(name)
+        )
+
+    async def show_image(self, request: IRequest) -> bytes:
+        """``/showImage?<name>``: an image of the store; 404 if there is none."""
+        name = query_argument(request)
+        try:
+            image = await self._image(name)
+        except StoreError as exc:
+            return self._store_error(request, exc)
+        if image is None:
+            return self._not_found(request)
+        return self._html(request, "image", **self._image_context(name, image))
+
+    def _image_context(self, name: str, image: Image) -> dict[str, Any]:
+        fs = image.file_system
+        stream = directory_of(name)
+        return {
+            "name": name,
+            "image": image,
+            "stream": stream,
+            "stream_known": stream in self._known_streams(),
+            "created": created_text(image.created_on),
+            "expires": expiry_text(image.expires_at),
+            "source": self._source_link(image.source_image),
+            "build_log_object": image.build_log is not None and image.build_log.object is not None,
+            "build_log_url": _http_url(image.build_log.url if image.build_log else ""),
+            "fs": fs,
+            "total_size": format_bytes(fs.total_data_bytes) if fs is not None else "",
+            "num_entries": count_entries(fs) if fs is not None else 0,
+            "files": file_rows(fs) if fs is not None else [],
+            "packages": [(p.name, p.version, format_bytes(p.size)) for p in image.packages or ()],
+            "tags_json": mapping_json(image.tags),
+            "filter_json": lines_json(image.filter),
+            "triggers_json": triggers_json(image.triggers),
+            "owner_groups": ", ".join(image.owner_groups or ()),
+            "owner_users": ", ".join(image.owner_users or ()),
+        }
+
+    async def show_image_build_log(self, request: IRequest) -> bytes:
+        """``/showImageBuildLog?<name>``: the BuildLog object of an image, as plain text."""
+        name = query_argument(request)
+        try:
+            image = await self._image(name)
+            annotation = image.build_log if image is not None else None
+            if annotation is None or annotation.object is None:
+                return self._not_found(request)
+            log = await self._store.get_object(annotation.object.hex())
+        except StoreError:
+            # MissingObjectError included: the image names a log that is not there.
+            return self._not_found(request)
+        return self._plain(request, log)
+
+    async def list_images(self, request: IRequest) -> bytes:
+        """``/listImages``: every image name, grouped by stream, newest first."""
+        try:
+            names = await self._store.list_images()
+        except StoreError as exc:
+            return self._store_error(request, exc)
+        groups: dict[str, list[str]] = {}
+        for name in names:
+            groups.setdefault(directory_of(name), []).append(name)
+        known = self._known_streams()
+        rows = [
+            (stream, stream in known, sorted(groups[stream], reverse=True))
+            for stream in sorted(groups)
+        ]
+        return self._html(request, "images", groups=rows, count=len(names))
+
+    async def metrics(self, request: IRequest) -> bytes:
+        """``/metrics``: build state, image count and uptime in the Prometheus text format."""
+        now = self._clock.seconds()
+        out = _Metrics()
+        out.family(
+            "imaginator_builds_running",
+            "Builds running now.",
+            [("", self._builder.running_count())],
+        )
+        self._build_metrics(out)
+        count = await self._image_count()
+        if count is not None:
+            out.family("imaginator_images_total", "Images in the store.", [("", count)])
+        out.family(
+            "imaginator_uptime_seconds",
+            "Seconds since the daemon started.",
+            [("", max(0.0, now - self._started_at))],
+        )
+        return self._plain(request, out.text(), ctype=METRICS_CONTENT_TYPE)
+
+    def _build_metrics(self, out: _Metrics) -> None:
+        results = sorted(self._builder.last_results(), key=lambda r: r.stream)
+        out.family(
+            "imaginator_stream_last_build_success",
+            "Whether the stream's last build succeeded (1) or failed (0).",
+            [(r.stream, 0 if r.error or not r.image_name else 1) for r in results],
+        )
+        out.family(
+            "imaginator_stream_last_build_duration_seconds",
+            "Duration of the stream's last build.",
+            [(r.stream, max(0.0, r.finished_at - r.started_at)) for r in results],
+        )
+        out.family(
+            "imaginator_stream_last_build_timestamp_seconds",
+            "When the stream's last build finished (Unix time).",
+            [(r.stream, r.finished_at) for r in results],
+        )
+
+    async def _image_count(self) -> int | None:
+        try:
+            return len(await self._store.list_images())
+        except (StoreError, OSError) as exc:
+            _log.warn("Cannot count images: {error}", error=str(exc))
+            return None
+
+
+def _http_url(url: str) -> str:
+    """``url`` if it is an http(s) URL (safe to link), else ``""``."""
+    return url if url.startswith(("http://", "https://")) else ""
