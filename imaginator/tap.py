@@ -40,9 +40,10 @@ from imaginator.rpc.auth import Authoriser
 from imaginator.rpc.service import PUBLIC_METHODS, ExpirationLimits, ImaginatorService
 from imaginator.rpc.srpc import MethodRegistry, SrpcSite, make_server_tls_options
 from imaginator.store.local import AsyncImageStore, LocalImageStore
-from imaginator.web.archive_pages import ArchivePages
+from imaginator.web.archive_pages import ArchivePages, quote_query
 from imaginator.web.graph_pages import GraphPages
 from imaginator.web.pages import StatusPages
+from imaginator.web.stream_pages import StreamPages
 
 THREADS = 4
 BUILD_NICENESS = 10
@@ -243,15 +244,20 @@ class Daemon(MultiService):
         )
         deps.setServiceParent(self)
         self.deps = deps
+        started_at = self.reactor.seconds()
         pages = StatusPages(
             source=self.builder,
             clock=self.reactor,
-            started_at=self.reactor.seconds(),
+            started_at=started_at,
             hostname=socket.gethostname(),
             version=__version__,
             log_ring=self.log_ring,
+            image_link=lambda name: f"showImage?{quote_query(name)}",
             archive_enabled=archive is not None,
         )
+        StreamPages(
+            self.builder, store, self.reactor, go_arch(), __version__, started_at=started_at
+        ).install(pages.app)
         if archive is not None:
             ArchivePages(archive, self._in_thread, self.reactor).install(pages.app)
         GraphPages(

@@ -79,6 +79,20 @@ async def test_daemon_builds_busybox_image_and_shows_it(tmp_path):
         assert "Uploaded " + name in await response.text()
         response = await treq.get(f"http://127.0.0.1:{port}/healthz")
         assert response.code == 200
+        pages = {
+            "/showImageStreams": BUSYBOX,
+            f"/showImageStream?{BUSYBOX}": "Bootstrap command",
+            f"/showImage?{name}": "/bin/busybox",
+            f"/showImageBuildLog?{name}": "Scanning file-system and uploading objects",
+            "/listImages": name,
+            "/showDirectedGraph": "relationships",
+            "/metrics": f'imaginator_stream_last_build_success{{stream="{BUSYBOX}"}} 1',
+        }
+        for path, expected in pages.items():
+            response = await treq.get(f"http://127.0.0.1:{port}{path}")
+            text = (await response.text()).replace("&#x2F;", "/")
+            assert response.code == 200, path
+            assert expected in text, path
     finally:
         await daemon.stop()
     assert not os.listdir(tmp_path / "state" / "tmp")

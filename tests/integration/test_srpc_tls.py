@@ -211,7 +211,7 @@ async def stop(server: Server) -> None:
     await wait_for(lambda: server.site.active_connections == 0)
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     """Poll ``condition`` on the reactor until it holds (real sockets need real time)."""
     waited = 0.0
     while not condition():

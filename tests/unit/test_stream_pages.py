@@ -1,0 +1,827 @@
+"""The stream, image, image list and metrics pages (imaginator.web.stream_pages)."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from klein import Klein
+from klein.resource import KleinResource
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.test.requesthelper import DummyChannel
+
+from imaginator.builder import BuildResult, CurrentBuild
+from imaginator.config.main import MainConfig, parse_main_config
+from imaginator.config.streams import StreamConfig, parse_streams
+from imaginator.config.units import format_time
+from imaginator.image.model import (
+    Annotation,
+    DirectoryInode,
+    FileSystem,
+    Image,
+    Package,
+    RegularInode,
+    SymlinkInode,
+    image_from_json,
+)
+from imaginator.image.triggers import Trigger
+from imaginator.store.base import MissingObjectError, StoreError
+from imaginator.store.local import (
+    AsyncImageStore,
+    LocalImageStore,
+    check_directory_name,
+    check_image_name,
+)
+from imaginator.web.pages import StatusPages
+from imaginator.web.stream_pages import (
+    MAX_FILES,
+    MAX_IMAGE_DETAILS,
+    ImageSource,
+    StreamPages,
+    StreamSource,
+    count_entries,
+    escape_label,
+    file_rows,
+)
+from tests.support.vectors import VECTORS
+
+NOW = 1_800_000_000.0
+STARTED = NOW - 100.0
+NS = 1_000_000_000
+EVIL = "<script>alert(1)</script>&"
+SECRET = "hunter2-secret"
+BUILD_LOG_HASH = bytes(range(64))
+
+
+def vector_text(name: str) -> str:
+    return (VECTORS / name).read_text("utf-8")
+
+
+def vector_config() -> MainConfig:
+    return parse_main_config(
+        (VECTORS / "config-imaginator-conf.json").read_bytes(), "conf.json", "amd64"
+    )
+
+
+def vector_streams() -> dict[str, StreamConfig]:
+    doc = parse_streams((VECTORS / "config-image-streams.json").read_bytes(), "s.json", "amd64")
+    return dict(doc.streams)
+
+
+# -- fakes -----------------------------------------------------------------------------
+
+
+@dataclass
+class FakeBuilder:
+    """The builder state the pages read; ``secrets`` must never show up on a page."""
+
+    config: MainConfig = field(default_factory=vector_config)
+    streams: dict[str, StreamConfig] = field(default_factory=vector_streams)
+    auto: frozenset[str] = frozenset()
+    results: dict[str, BuildResult] = field(default_factory=dict)
+    current: list[CurrentBuild] = field(default_factory=list)
+    running: int = 0
+
+    def normal_streams(self) -> dict[str, StreamConfig]:
+        return self.streams
+
+    def stream_names(self) -> list[str]:
+        return sorted(set(self.config.bootstrap_streams) | set(self.streams))
+
+    def auto_rebuild_streams(self) -> frozenset[str]:
+        return self.auto
+
+    def last_result(self, stream: str) -> BuildResult | None:
+        return self.results.get(stream)
+
+    def last_results(self) -> list[BuildResult]:
+        return [self.results[s] for s in sorted(self.results)]
+
+    def current_builds(self) -> list[CurrentBuild]:
+        return list(self.current)
+
+    def running_count(self) -> int:
+        return self.running
+
+    def secret_values(self) -> dict[str, str]:
+        return {"SECRET": SECRET}
+
+
+@dataclass
+class FakeStore:
+    """An in-memory store with the AsyncImageStore calls; records what was read."""
+
+    images: dict[str, Image] = field(default_factory=dict)
+    objects: dict[str, bytes] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    broken: set[str] = field(default_factory=set)
+
+    async def list_images(self) -> list[str]:
+        self.calls.append(("list_images", ""))
+        return sorted(self.images)
+
+    async def get_image(self, name: str) -> Image | None:
+        self.calls.append(("get_image", name))
+        check_image_name(name)
+        if name in self.broken:
+            raise StoreError(f"image {name}: bad record")
+        return self.images.get(name)
+
+    async def find_latest_image(self, directory: str) -> str | None:
+        self.calls.append(("find_latest_image", directory))
+        check_directory_name(directory)
+        mine = [
+            (i.created_on, n) for n, i in self.images.items() if n.rpartition("/")[0] == directory
+        ]
+        return max(mine)[1] if mine else None
+
+    async def get_object(self, hash_hex: str) -> bytes:
+        self.calls.append(("get_object", hash_hex))
+        if hash_hex not in self.objects:
+            raise MissingObjectError(f"object: {hash_hex} is not available")
+        return self.objects[hash_hex]
+
+    def read(self, method: str) -> list[str]:
+        return [arg for m, arg in self.calls if m == method]
+
+
+def _protocols(builder: FakeBuilder, store: FakeStore) -> tuple[StreamSource, ImageSource]:
+    return builder, store  # lets a type checker confirm the fakes satisfy the Protocols
+
+
+def small_fs() -> FileSystem:
+    """``/bin`` (dir), ``/bin/sh`` (file), ``/bin/ls`` (hard link), ``/sh`` (symlink)."""
+    table = {
+        2: DirectoryInode([("ls", 3), ("sh", 3)], stat.S_IFDIR | 0o755),
+        3: RegularInode(stat.S_IFREG | 0o755, 0, 0, int(NOW), 0, 1234, b"\x01" * 64),
+        4: SymlinkInode(0, 0, "/bin/sh"),
+    }
+    fs = FileSystem(table, DirectoryInode([("bin", 2), ("sh", 4)]))
+    fs.recompute_totals()
+    return fs
+
+
+def make_image(created: float, **kwargs: Any) -> Image:
+    values: dict[str, Any] = {
+        "created_on": int(created * NS),
+        "expires_at": int((created + 3600) * NS),
+        "created_by": "imaginator",
+        "file_system": small_fs(),
+    }
+    values.update(kwargs)
+    return Image(**values)
+
+
+def make_clock() -> Clock:
+    clock = Clock()
+    clock.advance(NOW)
+    return clock
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+class Request(server.Request):
+    """A twisted.web request on a dummy channel, recording what is written."""
+
+    def __init__(self, target: bytes, method: bytes = b"GET") -> None:
+        super().__init__(DummyChannel(), False)
+        path = target.partition(b"?")[0]
+        self.uri = target
+        self.path = path
+        self.method = method
+        self.clientproto = b"HTTP/1.1"
+        self.prepath: list[bytes] = []
+        self.postpath = path.split(b"/")[1:]
+        self.setHost(b"localhost", 6975)
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def finish(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self._cleanup()
+
+
+@dataclass
+class Answer:
+    code: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+
+def make_pages(builder: FakeBuilder | None = None, store: FakeStore | None = None) -> StreamPages:
+    builder = builder or FakeBuilder()
+    store = store or FakeStore()
+    return StreamPages(builder, store, make_clock(), "amd64", "9.9.9", started_at=STARTED)
+
+
+def get(
+    target: str,
+    builder: FakeBuilder | None = None,
+    store: FakeStore | None = None,
+    method: bytes = b"GET",
+) -> Answer:
+    app = Klein()
+    make_pages(builder, store).install(app)
+    req = Request(target.encode("utf-8"), method)
+    KleinResource(app).render(req)
+    assert req.finished, f"{target}: request not finished"
+    headers = {
+        name.decode().lower(): b", ".join(values).decode()
+        for name, values in req.responseHeaders.getAllRawHeaders()
+    }
+    answer = Answer(req.code, headers, b"".join(req.written))
+    assert_security_headers(answer)
+    return answer
+
+
+def assert_security_headers(a: Answer) -> None:
+    assert a.headers["x-frame-options"] == "DENY"
+    assert a.headers["x-xss-protection"] == "1"
+    assert a.headers["x-content-type-options"] == "nosniff"
+    assert (
+        a.headers["content-security-policy"]
+        == "default-src 'self' ;style-src 'self' 'unsafe-inline'"
+    )
+
+
+def tables(body: str) -> list[list[tuple[str, list[str]]]]:
+    """Every table: its rows as (``<tr>`` attributes, cell HTML), header rows included."""
+    out = []
+    for table in re.findall(r"<table[^>]*>(.*?)</table>", body, re.S):
+        rows = []
+        for attrs, inner in re.findall(r"<tr([^>]*)>(.*?)</tr>", table, re.S):
+            cells = [c.strip() for c in re.findall(r"<t[dh]>(.*?)</t[dh]>", inner, re.S)]
+            rows.append((attrs.strip(), cells))
+        out.append(rows)
+    return out
+
+
+def assert_no_raw_evil(text: str) -> None:
+    assert "<script>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&amp;" in text
+
+
+# -- /showImageStreams ------------------------------------------------------------------
+
+
+def test_show_streams_matches_the_go_table():
+    a = get("/showImageStreams")
+    assert a.code == 200
+    assert a.headers["content-type"] == "text/html; charset=utf-8"
+    assert "<title>imaginator image streams</title>" in a.text
+    ours = tables(a.text)
+    theirs = tables(vector_text("html-showImageStreams.html"))
+    assert len(ours) == len(theirs) == 1
+
+    def unescaped(rows: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+        return [(attrs, [html.unescape(c) for c in cells]) for attrs, cells in rows]
+
+    assert unescaped(ours[0]) == unescaped(theirs[0])
+    assert "<td>broken&nbsp;</td>" in a.text
+
+
+def test_show_streams_bold_auto_and_expands_without_secrets():
+    builder = FakeBuilder()
+    builder.streams["apps/leaf"] = StreamConfig(
+        manifest_url="https://git.example/$IMAGE_STREAM_DIRECTORY_NAME.git",
+        manifest_directory="d/${IMAGE_STREAM_LEAF_NAME}/$SECRET",
+    )
+    builder.auto = frozenset({"apps/hello"})
+    a = get("/showImageStreams", builder)
+    rows = {html.unescape(re.sub("<[^>]+>", "", cells[0])): cells for _, cells in tables(a.text)[0]}
+    assert rows["apps/hello"][0] == '<b><a href="showImageStream?apps/hello">apps/hello</a></b>'
+    assert "<b>" not in rows["apps/broken"][0]
+    # ManifestUrl raw (unexpanded); the directory raw plus &nbsp; and expanded with
+    # the stream environment only: $SECRET stays unknown (empty).
+    assert rows["apps/leaf"][1:] == [
+        "https://git.example/$IMAGE_STREAM_DIRECTORY_NAME.git",
+        "d/${IMAGE_STREAM_LEAF_NAME}/$SECRET&nbsp;",
+        "d/leaf/",
+    ]
+    assert SECRET not in a.text
+
+
+def test_show_streams_escapes_and_hides_url_passwords():
+    builder = FakeBuilder()
+    builder.streams[EVIL] = StreamConfig(
+        manifest_url="https://bob:pw@git.example/r.git", manifest_directory=EVIL
+    )
+    a = get("/showImageStreams", builder)
+    assert_no_raw_evil(a.text)
+    assert 'href="showImageStream?%3Cscript%3Ealert(1)%3C/script%3E%26"' in a.text
+    assert "https://bob:***@git.example/r.git" in a.text
+    assert ":pw@" not in a.text
+
+
+# -- /showImageStream: bootstrap --------------------------------------------------------
+
+
+def _between(text: str, start: str, end: str) -> str:
+    i = text.index(start)
+    return text[i : text.index(end, i) + len(end)]
+
+
+def test_bootstrap_stream_matches_the_go_page():
+    a = get("/showImageStream?bootstrap/bb")
+    assert a.code == 200
+    assert "<title>image stream bootstrap/bb</title>" in a.text
+    assert "<h3>Information for stream: bootstrap/bb</h3>" in a.text
+    start = "Bootstrap command:"
+    theirs = _between(vector_text("html-showImageStream-bootstrap-bb.html"), start, "exit 2\n")
+    ours = html.unescape(_between(a.text, start, "exit 2\n"))
+    # The one intended difference: our packager script quotes single quotes correctly.
+    theirs = theirs.replace("exec echo 'it's Bob's'", "exec echo 'it'\\''s Bob'\\''s'")
+    assert ours == theirs
+    assert 'exit 2\n</pre><p style="clear: both;">\n' in a.text
+
+
+def test_bootstrap_stream_image_filter_triggers_tags_and_unknown_packager():
+    builder = FakeBuilder()
+    bb = builder.config.bootstrap_streams["bootstrap/bb"]
+    stream = replace(
+        bb,
+        packager_type="nope",
+        image_filter=("/etc/x",),
+        image_triggers=(Trigger(match_lines=("/etc/ssh/.*",), service="sshd"),),
+        image_tags={"Role": EVIL},
+    )
+    builder.config = replace(builder.config, bootstrap_streams={"bootstrap/bb": stream})
+    a = get("/showImageStream?bootstrap/bb", builder)
+    assert "<b>Packager type: <code>nope</code> unknown</b>" in a.text
+    assert "Package installer script" not in a.text
+    assert (
+        'Image filter lines:<br>\n<pre style="background-color: #eee; border: 1px solid' in a.text
+    )
+    assert "[\n    &#34;/etc/x&#34;\n]\n</pre>" in a.text
+    triggers = html.unescape(_between(a.text, "Image triggers:", "</pre>"))
+    assert json.loads(triggers.split("\n", 2)[2].removesuffix("</pre>")) == [
+        {"MatchLines": ["/etc/ssh/.*"], "Service": "sshd"}
+    ]
+    assert "Image tags:" in a.text
+    assert "<script>" not in a.text
+    assert "\\u003cscript\\u003e" in a.text  # Go's JSON escaping, then HTML-escaped
+
+
+def test_stream_page_shows_latest_image_last_build_and_images():
+    store = FakeStore()
+    names = [f"bootstrap/bb/2027-01-15:08:00:0{i}" for i in range(3)]
+    for i, name in enumerate(names):
+        store.images[name] = make_image(NOW - 1000 + i)
+    store.images["bootstrap/bb/sub/2027-01-15:08:00:09"] = make_image(NOW)  # not this stream
+    builder = FakeBuilder()
+    builder.results["bootstrap/bb"] = BuildResult(
+        "bootstrap/bb", names[-1], NOW - 60, NOW - 30, b"log", requestor="alice"
+    )
+    a = get("/showImageStream?bootstrap/bb", builder, store)
+    latest = f'Latest image: <a href="showImage?{names[-1]}">{names[-1]}</a><br>'
+    assert latest in a.text
+    assert (
+        'Last build: <a href="showLastBuildLog?bootstrap/bb">succeeded</a> at '
+        f"{format_time(NOW - 30)} (30s ago) in 30s: "
+        f'<a href="showImage?{names[-1]}">{names[-1]}</a><br>'
+    ) in a.text
+    (images,) = tables(a.text)
+    assert images[0][1] == ["Name", "Created", "Expires"]
+    assert [cells[0] for _, cells in images[1:]] == [
+        f'<a href="showImage?{n}">{n}</a>' for n in reversed(names)
+    ]
+    assert images[1][1][1:] == [format_time(NOW - 998), format_time(NOW - 998 + 3600)]
+    assert "Images of this stream (3)" in a.text
+
+
+def test_stream_page_failed_and_running_build():
+    builder = FakeBuilder()
+    builder.results["apps/broken"] = BuildResult(
+        "apps/broken", "", NOW - 50, NOW - 40, b"", error=f"exit status 1 {EVIL}"
+    )
+    builder.current = [CurrentBuild("apps/broken", NOW - 5, log=None)]  # type: ignore[arg-type]
+    a = get("/showImageStream?apps/broken", builder)
+    assert 'Last build: <a href="showLastBuildLog?apps/broken">failed</a>' in a.text
+    assert "after 10s: <b>exit status 1 &lt;script&gt;" in a.text
+    assert '<a href="showCurrentBuildLog?apps/broken#bottom">log</a>' in a.text
+    assert "No unexpired image in the store<br>" in a.text
+    assert "No images of this stream in the store<br>" in a.text
+    assert_no_raw_evil(a.text)
+
+
+def test_stream_page_reads_a_bounded_number_of_image_records():
+    store = FakeStore()
+    count = MAX_IMAGE_DETAILS + 15
+    for i in range(count):
+        store.images[f"apps/hello/2027-01-15:08:{i // 60:02d}:{i % 60:02d}"] = make_image(NOW + i)
+    a = get("/showImageStream?apps/hello", store=store)
+    assert len(store.read("get_image")) == MAX_IMAGE_DETAILS  # the latest is among them
+    rows = tables(a.text)[0][1:]
+    assert len(rows) == count
+    assert all(cells[1] for _, cells in rows[:MAX_IMAGE_DETAILS])
+    assert not any(cells[1] for _, cells in rows[MAX_IMAGE_DETAILS:])
+    assert f"Dates shown for the newest {MAX_IMAGE_DETAILS} images only." in a.text
+
+
+def test_stream_page_survives_an_unreadable_record():
+    store = FakeStore()
+    store.images["apps/hello/2027-01-15:08:00:00"] = make_image(NOW)
+    store.broken.add("apps/hello/2027-01-15:08:00:00")
+    a = get("/showImageStream?apps/hello", store=store)
+    assert a.code == 200
+    assert "No unexpired image in the store" in a.text
+
+
+# -- /showImageStream: normal -----------------------------------------------------------
+
+
+def test_normal_stream_matches_the_go_header_lines():
+    a = get("/showImageStream?apps/hello")
+    assert "<title>image stream apps/hello</title>" in a.text
+    theirs = vector_text("html-showImageStream-apps-hello.html").split("\n")
+    ours = [html.unescape(line) for line in a.text.split("\n")]
+    for line in theirs[2:5]:  # h3, Manifest URL, Manifest Directory
+        assert line in ours
+    assert "(expanded)" not in a.text
+
+
+def test_normal_stream_shows_the_latest_image_instead_of_fetching():
+    builder = FakeBuilder()
+    builder.streams["apps/hello"] = StreamConfig(
+        builder_groups=("devs", "ops"),
+        builder_users=("alice",),
+        manifest_url="https://u:pw@git.example/${IMAGE_STREAM_LEAF_NAME}.git",
+        manifest_directory="$IMAGE_STREAM/$SECRET",
+        variables={"VERSION": "1.2", "EVIL": EVIL},
+    )
+    store = FakeStore()
+    name = "apps/hello/2027-01-15:08:00:00"
+    store.images[name] = make_image(
+        NOW,
+        build_branch="main",
+        build_commit_id="c0ffee",
+        source_image="bootstrap/bb/2027-01-15:07:00:00",
+    )
+    a = get("/showImageStream?apps/hello", builder, store)
+    text = a.text
+    assert "BuilderGroups: devs, ops<br>" in text
+    assert "BuilderUsers: alice<br>" in text
+    assert (
+        "Manifest URL: <code>https://u:***@git.example/${IMAGE_STREAM_LEAF_NAME}.git</code>" in text
+    )
+    assert "Manifest URL (expanded): <code>https://u:***@git.example/hello.git</code>" in text
+    assert "Manifest Directory: <code>$IMAGE_STREAM/$SECRET</code><br>" in text
+    assert "Manifest Directory (expanded): <code>apps/hello/</code><br>" in text
+    assert "BuildBranch: <code>main</code><br>" in text
+    assert "BuildCommitId: <code>c0ffee</code><br>" in text
+    assert (
+        'SourceImage: <a href="showImage?bootstrap/bb/2027-01-15:07:00:00">'
+        "<code>bootstrap/bb/2027-01-15:07:00:00</code></a> "
+        '(stream <a href="showImageStream?bootstrap/bb"><code>bootstrap/bb</code></a>)<br>'
+    ) in text
+    assert '"VERSION": "1.2"' in html.unescape(text)
+    assert "Contents of" not in text and "Logging output" not in text
+    assert SECRET not in text and ":pw@" not in text
+    assert "<script>" not in text
+    assert store.read("find_latest_image") == ["apps/hello"]
+
+
+def test_source_image_that_is_a_stream_name_links_the_stream():
+    store = FakeStore()
+    store.images["apps/hello/2027-01-15:08:00:00"] = make_image(NOW, source_image="bootstrap/bb")
+    a = get("/showImageStream?apps/hello", store=store)
+    assert (
+        'SourceImage: <a href="showImageStream?bootstrap/bb"><code>bootstrap/bb</code></a><br>'
+    ) in a.text
+
+
+@pytest.mark.parametrize("name", ["no/such", "", EVIL, "pattern/only"])
+def test_unknown_stream(name):
+    builder = FakeBuilder()
+    store = FakeStore()
+    a = get(f"/showImageStream?{name}", builder, store)
+    assert a.code == 200
+    assert f"<b>Stream: {html.escape(name)} does not exist!</b>" in a.text
+    assert "<script>" not in a.text
+    assert store.calls == []
+
+
+# -- /showImage -------------------------------------------------------------------------
+
+
+def bb_image() -> Image:
+    return image_from_json(json.loads(vector_text("image-bb.json"))["Image"])
+
+
+def hello_image() -> Image:
+    return image_from_json(json.loads(vector_text("image-hello.json"))["Image"])
+
+
+def test_show_image_of_the_vector():
+    store = FakeStore()
+    name = "apps/hello/2026-11-27:10:53:19"
+    store.images[name] = hello_image()
+    a = get(f"/showImage?{name}", store=store)
+    assert a.code == 200
+    text = a.text
+    assert f"<title>image {name}</title>" in text
+    assert 'Image stream: <a href="showImageStream?apps/hello">apps/hello</a><br>' in text
+    image = store.images[name]
+    assert f"CreatedOn: {format_time(image.created_on / NS)}<br>" in text
+    assert f"ExpiresAt: {format_time(image.expires_at / NS)}<br>" in text
+    assert "CreatedFor: peer-client<br>" in text
+    assert '(stream <a href="showImageStream?bootstrap/bb">' in text
+    assert f'Build log: <a href="showImageBuildLog?{name}">log</a><br>' in text
+    assert "OwnerGroups: devs<br>" in text and "OwnerUsers: alice<br>" in text
+    plain = html.unescape(text)
+    assert '"Role": "hello"' in plain
+    assert '"/etc/motd\\\\.local"' in plain
+    assert '"Service": "motd-svc"' in plain
+    packages, files = tables(text)
+    assert packages[1][1] == ["busybox", "1.35", "42 KiB"]
+    paths = {html.unescape(re.sub("<[^>]+>", "", c[0])): c for _, c in files[1:]}
+    assert paths["/etc/motd"][1] == "<code>-rw-r--r--</code>"
+
+
+def test_show_image_file_listing():
+    store = FakeStore()
+    store.images["bootstrap/bb/2026-11-27:10:53:19"] = bb_image()
+    a = get("/showImage?bootstrap/bb/2026-11-27:10:53:19", store=store)
+    files = tables(a.text)[1]
+    assert files[0][1] == ["Path", "Mode", "Uid", "Gid", "Size", "Modified", "Target"]
+    rows = {re.sub("<[^>]+>", "", c[0]): c for _, c in files[1:]}
+    assert rows["/dev/null"][1] == "<code>crw-rw-rw-</code>" and rows["/dev/null"][4] == "1, 3"
+    assert rows["/tmp"][1] == "<code>drwxrwxrwt</code>"
+    assert rows["/bin/sh"][1] == "<code>lrwxrwxrwx</code>"
+    assert rows["/bin/sh"][6] == "-&gt; busybox"
+    assert rows["/etc/greeting.hl"][6] == "hard link to /etc/greeting"
+    assert rows["/bin/busybox"][4] == "1982256"
+    assert "Number of files: " in a.text and "Total size: " in a.text
+
+
+def test_show_image_caps_the_listing():
+    count = MAX_FILES + 500
+    table: dict[int, Any] = {
+        i + 10: RegularInode(stat.S_IFREG | 0o644, 0, 0, 0, 0, 0) for i in range(count)
+    }
+    fs = FileSystem(table, DirectoryInode([(f"f{i:05d}", i + 10) for i in range(count)]))
+    fs.recompute_totals()
+    assert count_entries(fs) == count
+    assert len(file_rows(fs)) == MAX_FILES
+    store = FakeStore()
+    store.images["big/2027-01-01:00:00:00"] = make_image(NOW, file_system=fs)
+    a = get("/showImage?big/2027-01-01:00:00:00", store=store)
+    assert len(tables(a.text)[-1]) == MAX_FILES + 1
+    assert f"Showing the first {MAX_FILES} of {count} entries." in a.text
+    assert f"Files ({count}):" in a.text
+
+
+def test_show_image_escapes_everything():
+    store = FakeStore()
+    name = "apps/x/2027-01-01:00:00:00"
+    fs = FileSystem(
+        {5: SymlinkInode(0, 0, EVIL)},
+        DirectoryInode([(EVIL, 5)]),
+    )
+    store.images[name] = make_image(
+        NOW,
+        created_for=EVIL,
+        build_git_url=EVIL,
+        build_branch=EVIL,
+        packages=(Package(EVIL, 1, EVIL),),
+        tags={EVIL: EVIL},
+        owner_users=(EVIL,),
+        file_system=fs,
+        build_log=Annotation(url="javascript:alert(1)"),
+    )
+    a = get(f"/showImage?{name}", store=store)
+    assert_no_raw_evil(a.text)
+    assert "javascript:" not in a.text
+    assert "Image stream: apps/x<br>" in a.text  # not a known stream: not linked
+
+
+@pytest.mark.parametrize("target", ["/showImage?no/such/image", "/showImage?noslash", "/showImage"])
+def test_show_image_unknown_is_404(target):
+    a = get(target)
+    assert a.code == 404
+    assert a.body == b"404 page not found\n"
+
+
+def test_show_image_unreadable_record_is_500():
+    store = FakeStore()
+    store.images["apps/x/1"] = make_image(NOW)
+    store.broken.add("apps/x/1")
+    a = get("/showImage?apps/x/1", store=store)
+    assert a.code == 500
+    assert a.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+# -- /showImageBuildLog -----------------------------------------------------------------
+
+
+def test_show_image_build_log():
+    store = FakeStore()
+    name = "apps/hello/2027-01-01:00:00:00"
+    store.images[name] = make_image(NOW, build_log=Annotation(object=BUILD_LOG_HASH))
+    store.objects[BUILD_LOG_HASH.hex()] = f"line 1\n{EVIL}\n".encode()
+    a = get(f"/showImageBuildLog?{name}", store=store)
+    assert a.code == 200
+    assert a.headers["content-type"] == "text/plain; charset=utf-8"
+    assert a.body == f"line 1\n{EVIL}\n".encode()
+    assert store.read("get_object") == [BUILD_LOG_HASH.hex()]
+
+
+@pytest.mark.parametrize(
+    ("name", "image"),
+    [
+        ("apps/a/1", None),
+        ("apps/b/1", make_image(NOW)),
+        ("apps/c/1", make_image(NOW, build_log=Annotation(object=BUILD_LOG_HASH))),
+        ("noslash", None),
+    ],
+)
+def test_show_image_build_log_missing_is_404(name, image):
+    store = FakeStore()
+    if image is not None:
+        store.images[name] = image
+    a = get(f"/showImageBuildLog?{name}", store=store)
+    assert a.code == 404
+
+
+# -- /listImages ------------------------------------------------------------------------
+
+
+def test_list_images_grouped_by_stream():
+    store = FakeStore()
+    for name in [
+        "apps/hello/2027-01-01:00:00:00",
+        "apps/hello/2027-01-02:00:00:00",
+        "bootstrap/bb/2027-01-01:00:00:00",
+        "gone/stream/2027-01-01:00:00:00",
+        f"{EVIL}/1",
+    ]:
+        store.images[name] = make_image(NOW)
+    a = get("/listImages", store=store)
+    assert a.code == 200
+    text = a.text
+    assert "Images in the store: 5" in text
+    assert '<b><a href="showImageStream?apps/hello">apps/hello</a></b> (2):' in text
+    assert "<b>gone/stream</b> (1):" in text
+    hello = text.index("apps/hello/2027-01-02")
+    assert hello < text.index("apps/hello/2027-01-01") < text.index("bootstrap/bb/2027")
+    assert '<li><a href="showImage?bootstrap/bb/2027-01-01:00:00:00">' in text
+    assert_no_raw_evil(text)
+    assert store.read("get_image") == []
+
+
+# -- /metrics ---------------------------------------------------------------------------
+
+
+def metric_lines(text: str) -> dict[str, str]:
+    return dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+
+
+def test_metrics():
+    builder = FakeBuilder(running=2)
+    builder.results = {
+        "apps/hello": BuildResult("apps/hello", "apps/hello/1", NOW - 30, NOW - 10, b""),
+        "apps/broken": BuildResult("apps/broken", "", NOW - 5, NOW - 4.5, b"", error="x"),
+        'we"ird\\\n': BuildResult('we"ird\\\n', "", NOW - 1, NOW, b"", error="x"),
+    }
+    store = FakeStore()
+    store.images = {f"apps/hello/{i}": make_image(NOW) for i in range(3)}
+    a = get("/metrics", builder, store)
+    assert a.code == 200
+    assert a.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    values = metric_lines(a.text)
+    assert values == {
+        "imaginator_builds_running": "2",
+        'imaginator_stream_last_build_success{stream="apps/broken"}': "0",
+        'imaginator_stream_last_build_success{stream="apps/hello"}': "1",
+        'imaginator_stream_last_build_success{stream="we\\"ird\\\\\\n"}': "0",
+        'imaginator_stream_last_build_duration_seconds{stream="apps/broken"}': "0.5",
+        'imaginator_stream_last_build_duration_seconds{stream="apps/hello"}': "20.0",
+        'imaginator_stream_last_build_duration_seconds{stream="we\\"ird\\\\\\n"}': "1.0",
+        'imaginator_stream_last_build_timestamp_seconds{stream="apps/broken"}': repr(NOW - 4.5),
+        'imaginator_stream_last_build_timestamp_seconds{stream="apps/hello"}': repr(NOW - 10),
+        'imaginator_stream_last_build_timestamp_seconds{stream="we\\"ird\\\\\\n"}': repr(NOW),
+        "imaginator_images_total": "3",
+        "imaginator_uptime_seconds": "100.0",
+    }
+    for family in ("imaginator_builds_running", "imaginator_uptime_seconds"):
+        assert f"# TYPE {family} gauge\n" in a.text
+    assert a.text.endswith("\n")
+
+
+def test_escape_label():
+    assert escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
+
+
+def test_metrics_without_store_still_answers():
+    class BrokenStore(FakeStore):
+        async def list_images(self) -> list[str]:
+            raise StoreError("disk gone")
+
+    a = get("/metrics", store=BrokenStore())
+    assert a.code == 200
+    assert "imaginator_images_total" not in a.text
+    assert "imaginator_uptime_seconds 100.0" in a.text
+
+
+# -- wiring -----------------------------------------------------------------------------
+
+
+def test_installs_beside_the_status_pages():
+    status = StatusPages(
+        source=FakeBuilder(),  # type: ignore[arg-type]
+        clock=make_clock(),
+        started_at=STARTED,
+        hostname="vm",
+        version="9.9.9",
+        log_ring=None,
+        image_link=lambda name: f"showImage?{name}",
+    )
+    make_pages().install(status.app)
+    for target in ("/showImageStreams", "/metrics", "/listImages", "/healthz"):
+        req = Request(target.encode())
+        status.resource().render(req)
+        assert req.code == 200, target
+    req = Request(b"/showImage?a/b")
+    status.resource().render(req)
+    assert req.code == 404
+
+
+def test_head_requests():
+    a = get("/showImageStreams", method=b"HEAD")
+    assert a.code == 200
+
+
+# -- with the real embedded store -------------------------------------------------------
+
+
+class SyncReactor(Clock):
+    """A Clock that also takes thread-pool results (delivered at once)."""
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+class SyncThreadPool:
+    """Runs "thread-pool" work at once, in the calling thread."""
+
+    def callInThreadWithCallback(
+        self, on_result: Callable[[bool, Any], None], f: Callable[..., Any], *a: Any, **kw: Any
+    ) -> None:
+        try:
+            result = f(*a, **kw)
+        except BaseException:
+            on_result(False, Failure())
+            return
+        on_result(True, result)
+
+
+def test_pages_over_the_real_store(tmp_path):
+    local = LocalImageStore(str(tmp_path / "store"))
+    data_hex = local.put_object_bytes(b"hello\n")
+    log_hex = local.put_object_bytes(b"build log line\n")
+    fs = FileSystem(
+        {2: RegularInode(stat.S_IFREG | 0o644, 0, 0, int(NOW), 0, 6, bytes.fromhex(data_hex))},
+        DirectoryInode([("motd", 2)]),
+    )
+    fs.recompute_totals()
+    name = local.reserve_image_name("apps/hello", NOW)
+    image = Image(file_system=fs, build_log=Annotation(object=bytes.fromhex(log_hex)))
+    local.add_image(name, image)
+    reactor = SyncReactor()
+    reactor.advance(NOW)
+    store = AsyncImageStore(local, reactor, SyncThreadPool())
+    app = Klein()
+    StreamPages(FakeBuilder(), store, reactor, "amd64", "1").install(app)
+
+    def fetch(target: str) -> Answer:
+        req = Request(target.encode())
+        KleinResource(app).render(req)
+        assert req.finished, target
+        return Answer(req.code, {}, b"".join(req.written))
+
+    stream = fetch("/showImageStream?apps/hello")
+    assert f'Latest image: <a href="showImage?{name}">{name}</a><br>' in stream.text
+    page = fetch(f"/showImage?{name}")
+    assert page.code == 200 and "<code>/motd</code>" in page.text
+    assert fetch(f"/showImageBuildLog?{name}").body == b"build log line\n"
+    assert fetch("/showImage?apps/hello/../x").code == 404
+    assert name in fetch("/listImages").text
+    assert "imaginator_images_total 1\n" in fetch("/metrics").text
