@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imaginator.config.expand import expand
+from imaginator.config.fields import FieldReader
 from imaginator.config.jsonc import ConfigError as _JsoncError
 from imaginator.config.jsonc import loads as jsonc_loads
 from imaginator.config.main import ConfigError
 from imaginator.image.filter import FilterError, compile_re2
-
-_MISSING: Any = object()
 
 
 @dataclass(frozen=True)
@@ -56,46 +55,12 @@ class StreamsDocument:
 # ------------------------------------------------------------ typed fields
 
 
-def _get_field(obj: Mapping[str, Any], name: str) -> Any:
-    """The value of struct field ``name`` as Go decodes it (case-insensitive, last wins)."""
-    value = _MISSING
-    folded = name.casefold()
-    for key, item in obj.items():
-        if key == name or key.casefold() == folded:
-            value = item
-    return None if value is _MISSING else value
-
-
-def _string(value: Any, where: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string")
-    return value
-
-
-def _string_list(value: Any, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str | None) for v in value):
-        raise ConfigError(f"{where}: expected a list of strings")
-    return tuple(v or "" for v in value)
-
-
-def _string_map(value: Any, where: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected an object of strings")
-    return {key: _string(item, f"{where}.{key}") for key, item in value.items()}
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected an object")
-    return value
+_fields = FieldReader(ConfigError)
+_get_field = _fields.get
+_string = _fields.string
+_string_list = _fields.string_list
+_string_map = _fields.string_map
+_object = _fields.object
 
 
 def parse_stream_config(obj: Any, where: str) -> StreamConfig:
