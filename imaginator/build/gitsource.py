@@ -44,6 +44,7 @@ from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 from dulwich.objects import Blob, Commit, ShaFile, Tag, Tree
 from dulwich.repo import Repo
 
+from imaginator.build.treecopy import open_chain
 from imaginator.config.units import format_bytes, format_duration
 
 __all__ = [
@@ -475,20 +476,6 @@ def _select_tree(
     return tree_id
 
 
-def _open_subdir(root_fd: int, components: list[bytes]) -> int:
-    """Open ``components`` below ``root_fd`` one level at a time, never following links."""
-    fd = os.dup(root_fd)
-    try:
-        for component in components:
-            next_fd = os.open(component, _O_DIR, dir_fd=fd)
-            os.close(fd)
-            fd = next_fd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _write_blob(dir_fd: int, name: bytes, blob: Blob, mode: int) -> None:
     fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=dir_fd)
     try:
@@ -519,7 +506,7 @@ def _checkout(repo: Repo, tree_id: bytes, dest: str, fail: Callable[[str], GitFe
             if not isinstance(tree, Tree):
                 raise fail("corrupt repository: tree object expected")
             parent = b"/".join(components)
-            dir_fd = _open_subdir(root_fd, components)
+            dir_fd = open_chain(root_fd, components)
             try:
                 for entry in tree.iteritems():
                     name, mode, object_id = entry.path, entry.mode, entry.sha

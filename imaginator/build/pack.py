@@ -283,7 +283,7 @@ async def _run_test(env: BuildEnv, root: str, path: str) -> tuple[str, str, floa
 
 async def run_tests(env: BuildEnv, root: str, fs: FileSystem) -> None:
     """Run every test of the image concurrently; any failure fails the build."""
-    tests = find_tests(fs)
+    tests = await env.in_thread(find_tests, fs)
     if not tests:
         return
     env.log.line(f"Running {len(tests)} tests")
@@ -321,7 +321,7 @@ async def pack(env: BuildEnv, spec: PackSpec) -> Image:
     except ScanError as exc:
         raise BuildError(f"error building file-system: {exc}") from None
     fs = result.file_system
-    splice_computed_files(fs, spec.computed_files)
+    await env.in_thread(splice_computed_files, fs, spec.computed_files)
     env.log.line(
         f"Skipped {result.objects_skipped} unchanged objects ({format_bytes(result.bytes_skipped)})"
     )

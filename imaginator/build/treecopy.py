@@ -142,7 +142,7 @@ def _reopen(dir_fd: int) -> int:
     return os.open(".", _O_ROOT, dir_fd=dir_fd)
 
 
-def _open_chain(base_fd: int, parts: Sequence[str]) -> int:
+def open_chain(base_fd: int, parts: Sequence[str | bytes]) -> int:
     """Open the real directories ``parts`` below ``base_fd``, never following a link."""
     fd = _reopen(base_fd)
     try:
@@ -369,7 +369,7 @@ class _Walk:
             self.virtual.pop()
         elif self.parts:
             self.parts.pop()
-            self._switch(_open_chain(self.root_fd, self.parts))
+            self._switch(open_chain(self.root_fd, self.parts))
 
     def follow(self, name: str) -> None:
         """Replace the symlink ``name`` by its target's components."""
@@ -948,7 +948,7 @@ def _scan_for_deletion(
     else:
         parts = [*parent.parts, name]
         if parent.fd is None:
-            fd = _open_chain(root_fd, parts)
+            fd = open_chain(root_fd, parts)
         else:
             fd = os.open(name, _O_DIR, dir_fd=parent.fd)
     try:
