@@ -21,6 +21,7 @@ from imaginator.build.buildlog import BuildLog
 from imaginator.build.pack import BuildEnv, BuildError
 from imaginator.build.pipeline import NeedSourceImage, NormalBuild, build_normal
 from imaginator.build.process import ProcessRunner
+from imaginator.build.rootfs import SourceTrees
 from imaginator.config.jsonc import ConfigError
 from imaginator.config.main import BootstrapStream, MainConfig
 from imaginator.config.streams import StreamConfig, StreamsDocument
@@ -114,6 +115,10 @@ class BuilderSettings:
     tmpdir: str | None = None
     arch: str = "amd64"
     ctime_resolution: float = 0.0
+    # Where pristine trees of source images are cached, to mount build roots
+    # as overlays over them (None: unpack every source image into its root).
+    tree_cache_dir: str | None = None
+    tree_cache_images: int = 4
 
 
 @dataclass
@@ -178,6 +183,17 @@ class Builder:
         self._idle_waiters: list[Deferred] = []
         self._paused: Deferred | None = None
         self.shutting_down = False
+        self.source_trees = (
+            SourceTrees(
+                settings.tree_cache_dir,
+                keep=settings.tree_cache_images,
+                reactor=reactor,
+                threadpool=threadpool,
+                store=local_store,
+            )
+            if settings.tree_cache_dir
+            else None
+        )
 
     # -- state for pages and RPC -------------------------------------------------
 
@@ -518,6 +534,7 @@ class Builder:
                 secrets=self.secret_values(),
                 tmpdir=self._settings.tmpdir,
                 ctime_resolution=self._settings.ctime_resolution,
+                source_trees=self.source_trees,
             ),
         )
 

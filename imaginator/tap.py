@@ -27,6 +27,7 @@ from imaginator.autobuild import AutoBuilder
 from imaginator.build.archive import BuildInfo, BuildLogArchive, archive_enabled, archive_name
 from imaginator.build.ctime import measure_ctime_resolution
 from imaginator.build.process import ProcessRunner
+from imaginator.build.rootfs import unmount_all_under
 from imaginator.build.sandbox import base_environment
 from imaginator.builder import Builder, BuilderSettings
 from imaginator.config.loader import FetchError, fetch_url
@@ -89,11 +90,15 @@ class _ThreadPoolService(Service):
         self.pool.stop()
 
 
-def _fresh_directory(path: str) -> None:
-    """Create ``path`` empty: whatever an earlier, killed daemon left there goes."""
+def _fresh_directory(path: str) -> list[str]:
+    """Create ``path`` empty: whatever an earlier, killed daemon left there goes,
+    mounts (overlay build roots) first. Returns the mount points detached."""
+    detached = []
     if os.path.isdir(path):
+        detached = unmount_all_under(path)
         shutil.rmtree(path)
     os.makedirs(path, mode=0o755)
+    return detached
 
 
 def check_process_environment() -> None:
@@ -211,7 +216,8 @@ class Daemon(MultiService):
         store = AsyncImageStore(local_store, self.reactor, self.pool)
         self.store = store
         tmpdir = os.path.join(state_dir, "tmp")
-        await self._in_thread(_fresh_directory, tmpdir)
+        for mount_point in await self._in_thread(_fresh_directory, tmpdir):
+            _log.info("Unmounted leftover mount: {path}", path=mount_point)
         resolution = await self._in_thread(measure_ctime_resolution, tmpdir)
         _log.info("Inode Ctime resolution: {resolution}", resolution=format_duration(resolution))
         self.builder = Builder(
@@ -227,6 +233,7 @@ class Daemon(MultiService):
                 tmpdir=tmpdir,
                 arch=go_arch(),
                 ctime_resolution=resolution,
+                tree_cache_dir=os.path.join(state_dir, "trees"),
             ),
             streams=streams,
             secrets=variables,

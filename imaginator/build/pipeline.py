@@ -5,6 +5,10 @@ the latest image of its ``SourceImage`` stream, run the manifest's steps in a
 ``bwrap`` sandbox on that tree, and pack the result. Every step logs what the
 Go imaginator logs; errors carry its texts. The working directories are always
 removed.
+
+With a source tree cache (``imaginator.build.rootfs``) the build root is an
+overlay mount over the source image's cached tree instead of a copy of it; it
+is unmounted before the working directories go, however the build ends.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet.task import deferLater
 
-from imaginator.build import treecopy
+from imaginator.build import rootfs, treecopy
 from imaginator.build.bootstrap import make_work_dir
 from imaginator.build.gitsource import GitFetchError, fetch_manifest, public_url
 from imaginator.build.pack import (
@@ -40,6 +44,7 @@ from imaginator.config.streams import (
 )
 from imaginator.config.units import format_bytes, format_duration
 from imaginator.image.model import ComputedRegularInode, Image
+from imaginator.image.scan import TreeCache
 from imaginator.image.unpack import UnpackError, materialise
 from imaginator.manifest import (
     FILES,
@@ -102,6 +107,19 @@ class NormalBuild:
     secrets: Mapping[str, str] = field(default_factory=dict)
     tmpdir: str | None = None
     ctime_resolution: float = 0.0
+    source_trees: rootfs.SourceTrees | None = None
+
+
+@dataclass
+class RootMount:
+    """What the build root is mounted from, if it is an overlay: undone by
+    ``release_root`` (in that order: unmount, end the lease, remove the
+    upper and work directories)."""
+
+    trees: rootfs.SourceTrees | None = None
+    tree: rootfs.SourceTree | None = None
+    overlay_dir: str | None = None
+    mounted: bool = False
 
 
 # -- fetching the manifest -----------------------------------------------------
@@ -187,9 +205,18 @@ def computed_files_of(image: Image) -> tuple[ComputedFile, ...]:
 
 
 async def unpack_source(
-    env: BuildEnv, request: NormalBuild, manifest: Manifest, root: str
+    env: BuildEnv,
+    request: NormalBuild,
+    manifest: Manifest,
+    root: str,
+    mount: RootMount | None = None,
 ) -> tuple[str, Image, dict]:
-    """Find, check and unpack the source image; returns name, image and tree cache."""
+    """Find, check and unpack the source image; returns name, image and tree cache.
+
+    With a source tree cache (``request.source_trees``) and a ``mount`` to
+    record it in, the root becomes an overlay over the image's cached tree;
+    otherwise, or if that fails, the image is written into ``root``.
+    """
     need = NeedSourceImage
     if not manifest.source_image:
         raise BuildError("error reading manifest file: no SourceImage")
@@ -218,22 +245,105 @@ async def unpack_source(
                 manifest.source_image_build_variables,
             )
     env.log.line(f"Downloaded {name} in {format_duration(time.monotonic() - started)}")
+    cache = None
+    if request.source_trees is not None and mount is not None:
+        cache = await _overlay_root(env, request, name, image, root, mount)
+    if cache is None:
+        cache = await _materialise_root(env, image, root)
+    env.log.line(f"Source image: {name}")
+    await wait_ctime_resolution(env, request)
+    return name, image, cache
+
+
+def _log_copied(env: BuildEnv, image: Image, took: float) -> None:
+    fs = image.file_system
+    assert fs is not None
+    objects = len(fs.object_hashes())
+    env.log.line(
+        f"Copied {objects} objects ({format_bytes(fs.total_data_bytes)}) in "
+        f"{format_duration(took)} ({format_bytes(int(fs.total_data_bytes / max(took, 1e-9)))}/s)"
+    )
+
+
+async def _materialise_root(env: BuildEnv, image: Image, root: str) -> TreeCache:
     started = time.monotonic()
     try:
         cache = await env.in_thread(materialise, image, env.local_store, root)
     except (UnpackError, OSError) as exc:
         raise BuildError(f"error unpacking image: {exc}") from None
     took = time.monotonic() - started
-    fs = image.file_system
-    objects = len(fs.object_hashes())
-    env.log.line(
-        f"Copied {objects} objects ({format_bytes(fs.total_data_bytes)}) in "
-        f"{format_duration(took)} ({format_bytes(int(fs.total_data_bytes / max(took, 1e-9)))}/s)"
-    )
+    _log_copied(env, image, took)
     env.log.line(f"Unpacked file-system in {format_duration(took)}")
-    env.log.line(f"Source image: {name}")
-    await wait_ctime_resolution(env, request)
-    return name, image, cache
+    return cache
+
+
+async def _overlay_root(
+    env: BuildEnv, request: NormalBuild, name: str, image: Image, root: str, mount: RootMount
+) -> TreeCache | None:
+    """Mount an overlay of the image's cached tree at ``root``; ``None`` (and
+    one line in the log) when that cannot be done here."""
+    trees = request.source_trees
+    assert trees is not None
+    try:
+        tree = await trees.acquire(name, image, os.path.dirname(root))
+    except UnpackError as exc:
+        raise BuildError(f"error unpacking image: {exc}") from None
+    except (rootfs.TreeCacheUnavailable, OSError) as exc:
+        reason = rootfs.describe(exc)
+        env.log.line(f"Source tree cache not used ({reason}): unpacking into the root")
+        return None
+    mount.trees, mount.tree = trees, tree
+    if tree.reused:
+        env.log.line(f"Source tree cache: reusing {name}")
+    else:
+        _log_copied(env, image, tree.duration)
+        env.log.line(f"Source tree cache: unpacked {name} in {format_duration(tree.duration)}")
+    started = time.monotonic()
+    try:
+        mount.overlay_dir = await env.in_thread(
+            make_work_dir, request.stream, ".overlay", request.tmpdir
+        )
+        upper, work = await env.in_thread(_make_layer_dirs, mount.overlay_dir)
+        await env.in_thread(rootfs.mount_overlay, tree.path, upper, work, root)
+    except (rootfs.TreeCacheUnavailable, OSError) as exc:
+        reason = rootfs.describe(exc)
+        env.log.line(f"Overlay root not mounted ({reason}): unpacking into the root")
+        await release_root(env, root, mount)
+        return None
+    mount.mounted = True
+    env.log.line(f"Mounted overlay root in {format_duration(time.monotonic() - started)}")
+    return tree.tree_cache
+
+
+def _make_layer_dirs(overlay_dir: str) -> tuple[str, str]:
+    upper, work = os.path.join(overlay_dir, "upper"), os.path.join(overlay_dir, "work")
+    os.mkdir(upper, 0o755)
+    os.mkdir(work, 0o700)
+    return upper, work
+
+
+async def release_root(env: BuildEnv, root: str, mount: RootMount) -> None:
+    """Unmount the overlay at ``root`` (lazily if busy), end the tree's lease
+    and remove the overlay's directories. Leaves ``mount.mounted`` set if the
+    root could not be unmounted (then nothing under it may be removed)."""
+    # Also when the mount is not known to have happened (an interrupted
+    # mount call may still have made it): unmounting a plain directory is a no-op.
+    if mount.mounted or mount.overlay_dir is not None:
+        try:
+            lazy = await env.in_thread(rootfs.unmount, root)
+        except OSError as exc:
+            env.log.line(f"Cannot unmount the overlay root: {rootfs.describe(exc)}")
+            mount.mounted = True
+            return
+        mount.mounted = False
+        if lazy:
+            env.log.line("Overlay root busy: unmounted lazily")
+    if mount.tree is not None and mount.trees is not None:
+        mount.trees.release(mount.tree)
+        mount.tree = None
+    if mount.overlay_dir is not None:
+        await env.in_thread(shutil.rmtree, mount.overlay_dir, True)
+        mount.overlay_dir = None
 
 
 async def wait_ctime_resolution(env: BuildEnv, request: NormalBuild) -> None:
@@ -450,6 +560,7 @@ async def build_normal(env: BuildEnv, request: NormalBuild) -> Image:
     """Build a normal stream; raises ``BuildError`` (or ``NeedSourceImage``)."""
     manifest_dir = await env.in_thread(make_work_dir, request.stream, ".manifest", request.tmpdir)
     root = None
+    mount = RootMount()
     try:
         git, variables = await fetch_manifest_tree(env, request, manifest_dir)
         env.start_deadline()
@@ -464,7 +575,7 @@ async def build_normal(env: BuildEnv, request: NormalBuild) -> Image:
                 env.log.line(line)
         root = await env.in_thread(make_work_dir, request.stream, ".root", request.tmpdir)
         env.log.line(f"Created image working directory: {root}")
-        source_name, source, tree_cache = await unpack_source(env, request, manifest, root)
+        source_name, source, tree_cache = await unpack_source(env, request, manifest, root, mount)
         started = time.monotonic()
         try:
             await process_manifest(env, request, manifest, root, variables, bind_mounts)
@@ -523,4 +634,6 @@ async def build_normal(env: BuildEnv, request: NormalBuild) -> Image:
     finally:
         await env.in_thread(shutil.rmtree, manifest_dir, True)
         if root is not None:
-            await env.in_thread(shutil.rmtree, root, True)
+            await release_root(env, root, mount)
+            if not mount.mounted:  # never remove through a mount still in place
+                await env.in_thread(shutil.rmtree, root, True)

@@ -11,6 +11,7 @@ import treq
 from twisted.internet import reactor, threads
 
 from imaginator.store.local import LocalImageStore
+from tests.integration._procfs import matching_processes, wait_until_exited
 from tests.integration.test_daemon_busybox import mounts_under, processes_mentioning
 from tests.support.configs import BUSYBOX, busybox_conf, sample_document
 from tests.support.daemon import Daemon
@@ -63,7 +64,7 @@ async def test_sigterm_kills_builds_records_them_and_leaves_nothing(tmp_path):
     live = await treq.get(f"http://127.0.0.1:{port}/showCurrentBuildLog?{SLOW}")
     assert "Running command: /bin/bash with args:" in await live.text()
     await daemon.stop(signal.SIGTERM)
-    assert processes_mentioning(marker) == []
+    assert await wait_until_exited(matching_processes(marker.encode())) == []
     assert mounts_under(tmp_path) == []
     assert os.listdir(tmp_path / "state" / "tmp") == []
     assert LocalImageStore(str(tmp_path / "state" / "store")).list_images() == []
@@ -89,7 +90,8 @@ async def test_kill_9_during_a_build_then_restart_leaves_a_consistent_store(tmp_
     tmp = tmp_path / "state" / "tmp"
     assert os.listdir(tmp)  # the slow build's working directory
     await daemon.stop(signal.SIGKILL)
-    assert processes_mentioning(marker) == []  # the build died with the daemon
+    # The build dies with the daemon (parent-death signal), a moment after it.
+    assert await wait_until_exited(matching_processes(marker.encode())) == []
     assert os.listdir(tmp)  # a crash leaves its working directory behind
 
     conf = busybox_conf(tmp_path, auto_rebuild=[BUSYBOX], extra_streams=slow_stream(fifo, marker))

@@ -838,7 +838,7 @@ async def test_two_hundred_connections_at_once(server: Server, pki: Pki) -> None
     assert sorted(done) == list(range(200))
     await wait_for(lambda: server.site.active_connections == 0)
     await wait_for(lambda: len(os.listdir("/proc/self/fd")) <= before)
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert len(os.listdir("/proc/self/fd")) <= before  # no descriptor leaked
 
 
 def blocking_stdlib_client(port: int, cert: tuple[Path, Path]) -> list[bytes]:

@@ -63,7 +63,11 @@ async def make_harness(
     streams: dict[str, Any] | None = None,
     secrets: str = "",
     max_builds: int = 2,
+    tree_cache: bool = False,
+    tree_cache_images: int = 4,
 ) -> Harness:
+    """A builder in ``tmp``; ``tree_cache`` mounts build roots as overlays over
+    source trees cached in ``tmp/trees`` (as the daemon does)."""
     tmp.mkdir(parents=True, exist_ok=True)
     document = dict(conf if conf is not None else vector_conf())
     if streams is not None:
@@ -113,6 +117,8 @@ async def make_harness(
             tmpdir=str(work),
             arch=ARCH,
             ctime_resolution=0.01,
+            tree_cache_dir=str(tmp / "trees") if tree_cache else None,
+            tree_cache_images=tree_cache_images,
         ),
         streams=registry,
         secrets=variables,

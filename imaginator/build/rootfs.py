@@ -1,0 +1,566 @@
+"""Build roots as overlay mounts over a cache of pristine unpacked source trees.
+
+Writing the whole source image (160 to 200 MB, thousands of files) into every
+build root costs seconds. Instead each source image is materialised once into
+``<cache>/<image name, / → _>/tree`` and every build that starts from it
+mounts an overlay at its build root: that tree as the (never written) lower
+layer, a fresh upper and work directory in the daemon's temporary directory.
+Scripts copy up what they change, deletions become whiteouts, and since all
+layers live on one file-system the merged tree reports the lower inode
+numbers and ctimes of untouched files, so the scanner reuses their hashes
+from the tree cache saved next to the tree.
+
+A slot is complete once its ``tree-cache.json`` exists: the tree is
+materialised under a temporary name, renamed into place, handed to the build
+that asked for it, and only after the file-system has been synced is the
+saved tree cache written, so neither a crash nor a power cut leaves a half
+tree that looks complete. The ``used`` file names the image and its mtime
+says when the tree was last used: the cache keeps the most recently used
+trees, and drops trees of images the store no longer has first.
+
+Mounts are made and removed with ``mount(2)``/``umount2(2)`` from pool threads
+in the daemon's own mount namespace; a busy mount is detached lazily. Every
+blocking call here runs in the thread pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from imaginator.image.model import Image
+from imaginator.image.scan import CacheEntry, TreeCache
+from imaginator.image.unpack import materialise
+
+TREE = "tree"
+CACHE_FILE = "tree-cache.json"
+USED_FILE = "used"
+_FORMAT = 1
+_STAGING = ".new-"
+_REMOVING = ".old-"
+_PROBE = ".probe-"
+
+# index=on keeps hard links whole when one of their names is copied up;
+# redirect_dir=on lets directories of the lower layer be renamed. Kernels or
+# file-systems without them get a plain overlay.
+_OPTION_SETS = (("index=on", "redirect_dir=on"), ())
+_MNT_DETACH = 2
+_UMOUNT_NOFOLLOW = 8
+_log = Logger()
+
+
+class TreeCacheUnavailable(Exception):
+    """The tree cache or overlay mounts cannot be used here: unpack instead."""
+
+
+# ---------------------------------------------------------------------- mounts
+
+_libc: Any = None
+
+
+def _c() -> Any:
+    global _libc
+    if _libc is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mount.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_char_p,
+        ]
+        libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        _libc = libc
+    return _libc
+
+
+def _check(result: int, path: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), path)
+
+
+def _escape(path: str) -> str:
+    """A path as an overlay mount option value (``:`` separates lower layers,
+    ``,`` options)."""
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+
+
+def mount_overlay(lower: str, upper: str, work: str, target: str) -> None:
+    """Mount an overlay of ``lower`` (read-only) and ``upper`` at ``target``.
+
+    All four must be on one file-system (else the merged tree would report
+    the lower layer's device for untouched files and the scanner would skip
+    them): ``TreeCacheUnavailable`` otherwise, and ``OSError`` if the kernel
+    refuses the mount. ``upper`` gets the owner and mode of ``lower``'s root,
+    which the merged root shows. Blocking.
+    """
+    lower_st = os.lstat(lower)
+    for path in (upper, work, target):
+        if os.lstat(path).st_dev != lower_st.st_dev:
+            raise TreeCacheUnavailable(f"{path} is not on the file-system of {lower}")
+    os.chown(upper, lower_st.st_uid, lower_st.st_gid)
+    os.chmod(upper, stat.S_IMODE(lower_st.st_mode))
+    base = f"lowerdir={_escape(lower)},upperdir={_escape(upper)},workdir={_escape(work)}"
+    error: OSError | None = None
+    for extra in _OPTION_SETS:
+        data = ",".join((base, *extra))
+        try:
+            _check(
+                _c().mount(b"overlay", os.fsencode(target), b"overlay", 0, os.fsencode(data)),
+                target,
+            )
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            error = exc
+            # A failed attempt may leave the work directory half set up.
+            _empty_directory(work)
+    assert error is not None
+    raise error
+
+
+def _empty_directory(path: str) -> None:
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        else:
+            os.unlink(full)
+
+
+def unmount(target: str) -> bool:
+    """Unmount ``target``; a busy mount is detached lazily. Returns whether
+    it had to be lazy. Not mounted is not an error. Blocking."""
+    path = os.fsencode(target)
+    try:
+        _check(_c().umount2(path, _UMOUNT_NOFOLLOW), target)
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # not a mount point (any more)
+            return False
+        if exc.errno != errno.EBUSY:
+            raise
+    _check(_c().umount2(path, _MNT_DETACH | _UMOUNT_NOFOLLOW), target)
+    return True
+
+
+def _unescape_mountinfo(field: str) -> str:
+    r"""Mount points in mountinfo have space, tab, newline and ``\`` as octal
+    escapes."""
+    if "\\" not in field:
+        return field
+    raw = os.fsencode(field)
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        digits = raw[i + 1 : i + 4]
+        if raw[i] == 0x5C and len(digits) == 3 and all(0x30 <= d <= 0x37 for d in digits):
+            out.append(int(digits, 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def mounts_under(path: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mount points strictly below ``path``, the most recent (topmost) first."""
+    base = os.path.realpath(path).rstrip("/") + "/"
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as handle:
+        points = [_unescape_mountinfo(line.split(" ")[4]) for line in handle if line.strip()]
+    under = [point for point in reversed(points) if point.startswith(base)]
+    return list(dict.fromkeys(under))  # a point mounted over twice is detached at once
+
+
+def unmount_all_under(path: str) -> list[str]:
+    """Detach every mount below ``path`` (what a killed daemon left); returns
+    their mount points. ``path`` itself stays mounted if it is a mount point.
+    Blocking."""
+    detached = []
+    for point in mounts_under(path):
+        try:
+            _check(_c().umount2(os.fsencode(point), _MNT_DETACH | _UMOUNT_NOFOLLOW), point)
+        except OSError as exc:
+            # Gone already: detaching a parent detaches what is mounted below it.
+            if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                raise
+        detached.append(point)
+    return detached
+
+
+def _syncfs(path: str) -> None:
+    syncfs = getattr(_c(), "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _check(syncfs(fd), path)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------- the tree cache
+
+
+@dataclass
+class SourceTree:
+    """A cached tree leased to a build: the overlay's lower layer."""
+
+    name: str
+    slot: str
+    path: str
+    tree_cache: TreeCache
+    reused: bool
+    duration: float  # materialising it (0 when reused)
+
+
+@dataclass(frozen=True)
+class _Known:
+    name: str
+    created_on: int
+    tree_cache: TreeCache
+
+
+def slot_name(image_name: str) -> str:
+    """The directory of an image's tree in the cache: its name, ``/`` → ``_``."""
+    return image_name.replace("/", "_")
+
+
+def encode_tree_cache(name: str, image: Image, cache: TreeCache) -> bytes:
+    return json.dumps(
+        {
+            "Format": _FORMAT,
+            "Image": name,
+            "CreatedOn": image.created_on,
+            "Entries": {
+                path: [e.ino, e.ctime_ns, e.size, e.hash.hex()] for path, e in cache.items()
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_tree_cache(data: bytes) -> tuple[str, int, TreeCache]:
+    """(image name, its ``created_on``, the tree cache); ``ValueError`` if bad."""
+    try:
+        document = json.loads(data)
+        if document.get("Format") != _FORMAT:
+            raise ValueError("unknown format")
+        cache = {
+            path: CacheEntry(int(ino), int(ctime), int(size), bytes.fromhex(digest))
+            for path, (ino, ctime, size, digest) in document["Entries"].items()
+        }
+        return str(document["Image"]), int(document["CreatedOn"]), cache
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed tree cache: {exc}") from None
+
+
+class SourceTrees:
+    """Pristine unpacked source trees, kept for the ``keep`` most recently
+    used images, leased to builds as overlay lower layers.
+
+    Bookkeeping (locks, leases) happens in the reactor thread, file work in
+    ``threadpool``. A tree is never removed while leased; a lock per image
+    makes concurrent builds from one source materialise it once.
+    """
+
+    def __init__(
+        self, directory: str, *, keep: int = 4, reactor: Any, threadpool: Any, store: Any
+    ) -> None:
+        self.directory = os.path.abspath(directory)
+        self.keep = max(1, keep)
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self._store = store  # LocalImageStore, used from threads
+        self._locks: dict[str, DeferredLock] = {}
+        self._in_use: dict[str, int] = {}
+        self._known: dict[str, _Known] = {}
+        self._prepare_lock = DeferredLock()
+        self._unusable: str | None = None
+        self._prepared = False
+        self._pending = 0  # durability jobs still running
+        self._settled_waiters: list[Deferred] = []
+
+    async def _in_thread(self, fn, *args, **kwargs):
+        return await deferToThreadPool(self._reactor, self._threadpool, fn, *args, **kwargs)
+
+    # -- leases --------------------------------------------------------------------
+
+    async def acquire(self, name: str, image: Image, build_dir: str) -> SourceTree:
+        """The tree of image ``name``, materialised now if the cache lacks it,
+        leased until ``release``. ``build_dir`` is where the build's overlay
+        directories go (it must share the cache's file-system).
+
+        Raises ``TreeCacheUnavailable`` when overlay roots cannot work here,
+        and ``UnpackError`` when the image cannot be materialised at all.
+        """
+        await self._prepare()
+        if self._unusable is not None:
+            raise TreeCacheUnavailable(self._unusable)
+        slot = slot_name(name)
+        if not slot or slot.startswith("."):
+            raise TreeCacheUnavailable(f"no cache slot for image name {name!r}")
+        await self._in_thread(self._check_same_file_system, build_dir)
+        lock = self._locks.setdefault(slot, DeferredLock())
+        await lock.acquire()
+        try:
+            known = self._known.get(slot)
+            if known is None:
+                known = await self._in_thread(self._load, slot)
+                if known is not None:
+                    self._known[slot] = known
+            if known is not None and (known.name, known.created_on) == (name, image.created_on):
+                self._lease(slot)
+                await self._in_thread(self._touch, slot)
+                return SourceTree(name, slot, self._tree(slot), known.tree_cache, True, 0.0)
+            if self._in_use.get(slot):
+                raise TreeCacheUnavailable(f"cache slot {slot} holds another image in use")
+            await self._make_room(slot)
+            started = time.monotonic()
+            cache = await self._in_thread(self._materialise, slot, name, image)
+            took = time.monotonic() - started
+            self._known[slot] = _Known(name, image.created_on, cache)
+            self._lease(slot)
+            self._lease(slot)  # the lease of the durability job below
+            self._finish_in_background(slot, name, image, cache)
+            return SourceTree(name, slot, self._tree(slot), cache, False, took)
+        finally:
+            lock.release()
+
+    def release(self, tree: SourceTree) -> None:
+        """End a lease (after the overlay using the tree is unmounted)."""
+        self._unlease(tree.slot)
+
+    def _lease(self, slot: str) -> None:
+        self._in_use[slot] = self._in_use.get(slot, 0) + 1
+
+    def _unlease(self, slot: str) -> None:
+        left = self._in_use.get(slot, 0) - 1
+        if left > 0:
+            self._in_use[slot] = left
+        else:
+            self._in_use.pop(slot, None)
+
+    async def settled(self) -> None:
+        """Wait until every materialised tree is durably marked complete."""
+        if self._pending:
+            waiter: Deferred = Deferred()
+            self._settled_waiters.append(waiter)
+            await waiter
+
+    def _finish_in_background(self, slot: str, name: str, image: Image, cache: TreeCache) -> None:
+        self._pending += 1
+
+        async def finish() -> None:
+            try:
+                await self._in_thread(self._write_tree_cache, slot, name, image, cache)
+            except Exception as exc:
+                # The tree stays usable in this process; a restart unpacks it again.
+                _log.warn(
+                    "Source tree cache: cannot save the tree cache of {name}: {error}",
+                    name=name,
+                    error=str(exc),
+                )
+            finally:
+                self._unlease(slot)
+                self._pending -= 1
+                if not self._pending:
+                    waiters, self._settled_waiters = self._settled_waiters, []
+                    for waiter in waiters:
+                        waiter.callback(None)
+
+        Deferred.fromCoroutine(finish())
+
+    # -- blocking parts --------------------------------------------------------------
+
+    def _tree(self, slot: str) -> str:
+        return os.path.join(self.directory, slot, TREE)
+
+    def _check_same_file_system(self, build_dir: str) -> None:
+        if os.stat(build_dir).st_dev != os.stat(self.directory).st_dev:
+            raise TreeCacheUnavailable(
+                f"{build_dir} and {self.directory} are on different file-systems"
+            )
+
+    def _load(self, slot: str) -> _Known | None:
+        """The complete tree in ``slot``, or ``None`` (missing or incomplete)."""
+        try:
+            with open(os.path.join(self.directory, slot, CACHE_FILE), "rb") as handle:
+                name, created_on, cache = decode_tree_cache(handle.read())
+        except (OSError, ValueError):
+            return None
+        if not os.path.isdir(self._tree(slot)):
+            return None
+        return _Known(name, created_on, cache)
+
+    def _touch(self, slot: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(os.path.join(self.directory, slot, USED_FILE))
+
+    def _materialise(self, slot: str, name: str, image: Image) -> TreeCache:
+        final = os.path.join(self.directory, slot)
+        if os.path.lexists(final):  # incomplete, or another image's
+            self._remove(slot)
+        staging = tempfile.mkdtemp(prefix=f"{_STAGING}{slot}.", dir=self.directory)
+        try:
+            cache = materialise(image, self._store, os.path.join(staging, TREE))
+            with open(os.path.join(staging, USED_FILE), "w", encoding="utf-8") as handle:
+                handle.write(name + "\n")
+            os.chmod(staging, 0o755)
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return cache
+
+    def _write_tree_cache(self, slot: str, name: str, image: Image, cache: TreeCache) -> None:
+        """Make the tree durable, then mark it complete with its saved tree cache."""
+        directory = os.path.join(self.directory, slot)
+        _syncfs(directory)
+        data = encode_tree_cache(name, image, cache)
+        fd, temp = tempfile.mkstemp(prefix=".tree-cache.", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(temp, os.path.join(directory, CACHE_FILE))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _remove(self, slot: str) -> None:
+        """Take a tree out of the cache (first out of its name, so a crash
+        halfway leaves only a leftover that ``_prepare`` removes)."""
+        path = os.path.join(self.directory, slot)
+        doomed = tempfile.mkdtemp(prefix=f"{_REMOVING}{slot}.", dir=self.directory)
+        os.rename(path, os.path.join(doomed, "slot"))
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def _survey(self) -> list[tuple[str, float, bool]]:
+        """(slot, last use, whether its image is gone) of every tree in the cache."""
+        found = []
+        for slot in os.listdir(self.directory):
+            if slot.startswith("."):
+                continue
+            used = os.path.join(self.directory, slot, USED_FILE)
+            try:
+                with open(used, encoding="utf-8") as handle:
+                    name = handle.read().strip()
+                mtime = os.stat(used).st_mtime
+            except OSError:
+                name, mtime = "", 0.0
+            found.append((slot, mtime, not name or not self._image_exists(name)))
+        return found
+
+    def _image_exists(self, name: str) -> bool:
+        try:
+            return os.path.lexists(self._store.image_file(name))
+        except Exception:  # an invalid name names no image
+            return False
+
+    # -- making room -------------------------------------------------------------------
+
+    async def _make_room(self, keep_slot: str) -> None:
+        """Before adding a tree: drop trees of images that are gone, then the
+        least recently used ones beyond ``keep - 1``; leased trees stay."""
+        survey = await self._in_thread(self._survey)
+        others = sorted((mtime, slot, stale) for slot, mtime, stale in survey if slot != keep_slot)
+        count = len(others)
+        for _mtime, slot, stale in others:
+            if not stale and count < self.keep:
+                continue
+            lock = self._locks.setdefault(slot, DeferredLock())
+            if self._in_use.get(slot) or lock.locked:
+                continue
+            await lock.acquire()  # free: checked just above, in the reactor thread
+            try:
+                self._known.pop(slot, None)
+                await self._in_thread(self._remove, slot)
+                count -= 1
+            except OSError as exc:
+                _log.warn(
+                    "Source tree cache: cannot remove {slot}: {error}", slot=slot, error=str(exc)
+                )
+            finally:
+                lock.release()
+
+    # -- once per process ----------------------------------------------------------------
+
+    async def _prepare(self) -> None:
+        if self._prepared:
+            return
+        await self._prepare_lock.acquire()
+        try:
+            if not self._prepared:
+                try:
+                    await self._in_thread(self._clean_leftovers)
+                    await self._in_thread(probe_overlay, self.directory)
+                except (OSError, TreeCacheUnavailable) as exc:
+                    self._unusable = f"overlay roots unavailable: {describe(exc)}"
+                self._prepared = True
+        finally:
+            self._prepare_lock.release()
+
+    def _clean_leftovers(self) -> None:
+        os.makedirs(self.directory, mode=0o755, exist_ok=True)
+        for name in os.listdir(self.directory):
+            if name.startswith((_STAGING, _REMOVING, _PROBE)):
+                path = os.path.join(self.directory, name)
+                unmount_all_under(path)
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def describe(exc: BaseException) -> str:
+    """An error for a log line: an ``OSError`` as "path: reason"."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
+
+
+def probe_overlay(directory: str) -> None:
+    """Mount a tiny overlay in ``directory`` to learn whether overlay roots
+    work there, and keep inode numbers and one device; raises
+    ``TreeCacheUnavailable`` or ``OSError`` if not. Blocking."""
+    scratch = tempfile.mkdtemp(prefix=_PROBE, dir=directory)
+    try:
+        lower, upper, work, merged = (
+            os.path.join(scratch, name) for name in ("lower", "upper", "work", "merged")
+        )
+        for path in (lower, upper, work, merged):
+            os.mkdir(path)
+        with open(os.path.join(lower, "file"), "wb") as handle:
+            handle.write(b"probe\n")
+        expected = os.lstat(os.path.join(lower, "file")).st_ino
+        mount_overlay(lower, upper, work, merged)
+        try:
+            root_st = os.lstat(merged)
+            file_st = os.lstat(os.path.join(merged, "file"))
+        finally:
+            unmount(merged)
+        if file_st.st_dev != root_st.st_dev or file_st.st_ino != expected:
+            raise TreeCacheUnavailable("the overlay does not keep inode numbers")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
