@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,6 @@ from klein.resource import KleinResource
 from markupsafe import escape
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.web import server
-from twisted.web.test.requesthelper import DummyChannel
 
 from imaginator.build.archive import (
     ArchivedBuild,
@@ -29,6 +26,7 @@ from imaginator.config.units import format_time
 from imaginator.web.archive_pages import ArchivePages, ArchiveSource, clean_argument, quote_query
 from imaginator.web.pages import StatusPages
 from tests.support.vectors import VECTORS
+from tests.support.web import Answer, answer, assert_security_headers, start, tables
 
 NOW = 1_800_000_000.0
 EVIL = "<script>alert(1)</script>&"
@@ -122,56 +120,6 @@ def make_clock() -> Clock:
 # -- requests --------------------------------------------------------------------------
 
 
-class Request(server.Request):
-    """A twisted.web request on a dummy channel, recording what is written."""
-
-    def __init__(self, target: bytes, method: bytes = b"GET") -> None:
-        super().__init__(DummyChannel(), False)
-        path = target.partition(b"?")[0]
-        self.uri = target
-        self.path = path
-        self.method = method
-        self.clientproto = b"HTTP/1.1"
-        self.prepath: list[bytes] = []
-        self.postpath = path.split(b"/")[1:]
-        self.setHost(b"localhost", 6975)
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def finish(self) -> None:
-        if not self.finished:
-            self.finished = True
-            self._cleanup()
-
-
-@dataclass
-class Answer:
-    code: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8")
-
-
-def start(resource: KleinResource, target: str) -> Request:
-    req = Request(target.encode("utf-8"))
-    resource.render(req)
-    return req
-
-
-def answer(req: Request) -> Answer:
-    assert req.finished, "request not finished"
-    headers = {
-        name.decode().lower(): b", ".join(values).decode()
-        for name, values in req.responseHeaders.getAllRawHeaders()
-    }
-    return Answer(req.code, headers, b"".join(req.written))
-
-
 def make_resource(archive: FakeArchive, runner: Runner | None = None) -> KleinResource:
     app = Klein()
     ArchivePages(archive, runner or Runner(), make_clock()).install(app)
@@ -179,29 +127,9 @@ def make_resource(archive: FakeArchive, runner: Runner | None = None) -> KleinRe
 
 
 def get(archive: FakeArchive, target: str, runner: Runner | None = None) -> Answer:
-    return answer(start(make_resource(archive, runner), target))
-
-
-def assert_security_headers(a: Answer) -> None:
-    assert a.headers["x-frame-options"] == "DENY"
-    assert a.headers["x-xss-protection"] == "1"
-    assert a.headers["x-content-type-options"] == "nosniff"
-    assert (
-        a.headers["content-security-policy"]
-        == "default-src 'self' ;style-src 'self' 'unsafe-inline'"
-    )
-
-
-def tables(body: str) -> list[list[tuple[str, list[str]]]]:
-    """Every table: its rows as (``<tr>`` attributes, cell HTML), header rows included."""
-    out = []
-    for table in re.findall(r"<table[^>]*>(.*?)</table>", body, re.S):
-        rows = []
-        for attrs, inner in re.findall(r"<tr([^>]*)>(.*?)</tr>", table, re.S):
-            cells = [c.strip() for c in re.findall(r"<t[dh]>(.*?)</t[dh]>", inner, re.S)]
-            rows.append((attrs.strip(), cells))
-        out.append(rows)
-    return out
+    req = start(make_resource(archive, runner), target)
+    assert req.finished, "request not finished"
+    return answer(req)
 
 
 def vector_text(name: str) -> str:

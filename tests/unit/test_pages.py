@@ -12,14 +12,13 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.web import server
-from twisted.web.test.requesthelper import DummyChannel
 
 from imaginator.build.buildlog import BuildLog
 from imaginator.builder import BuildResult, CurrentBuild
 from imaginator.config.units import format_duration, format_time
 from imaginator.logbuffer import LogRing
 from imaginator.web.pages import StatusPages, StatusSource
+from tests.support.web import Answer, Request, answer, assert_security_headers, start
 
 STARTED = 1_800_000_000.0
 NOW = STARTED + 62.0
@@ -81,73 +80,14 @@ def make_pages(source: FakeSource, clock: Clock | None = None, **kwargs) -> Stat
     return StatusPages(**args)
 
 
-@dataclass
-class Answer:
-    code: int
-    headers: dict[str, str]
-    body: bytes
-    request: Request
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8")
-
-
-class Request(server.Request):
-    """A twisted.web request with a dummy channel that records what is written."""
-
-    def __init__(self, target: bytes, method: bytes = b"GET") -> None:
-        super().__init__(DummyChannel(), False)
-        path = target.partition(b"?")[0]
-        self.uri = target
-        self.path = path
-        self.method = method
-        self.clientproto = b"HTTP/1.1"
-        self.prepath: list[bytes] = []
-        self.postpath = path.split(b"/")[1:]
-        self.setHost(b"localhost", 8080)
-        self.written: list[bytes] = []
-        self.finish_count = 0
-
-    def write(self, data: bytes) -> None:
-        assert not self.finished, "write after finish"
-        self.written.append(data)
-
-    def finish(self) -> None:
-        self.finish_count += 1
-        if not self.finished:
-            self.finished = True
-            self._cleanup()
-
-
 def request(pages: StatusPages, target: str, method: bytes = b"GET") -> Request:
-    req = Request(target.encode("utf-8"), method)
-    pages.resource().render(req)
-    return req
-
-
-def answer(req: Request) -> Answer:
-    headers = {
-        name.decode().lower(): b", ".join(values).decode()
-        for name, values in req.responseHeaders.getAllRawHeaders()
-    }
-    return Answer(req.code, headers, b"".join(req.written), req)
+    return start(pages.resource(), target, method)
 
 
 def get(pages: StatusPages, target: str, method: bytes = b"GET") -> Answer:
     req = request(pages, target, method)
     assert req.finish_count == 1, f"{target} did not finish once"
     return answer(req)
-
-
-def assert_security_headers(a: Answer) -> None:
-    assert a.headers["x-frame-options"] == "DENY"
-    assert a.headers["x-xss-protection"] == "1"
-    assert (
-        a.headers["content-security-policy"]
-        == "default-src 'self' ;style-src 'self' 'unsafe-inline'"
-    )
-    assert a.headers["x-content-type-options"] == "nosniff"
 
 
 def result(stream: str, image: str = "", error: str = "", log: bytes = b"log\n", **kw):

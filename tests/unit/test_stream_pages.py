@@ -15,8 +15,6 @@ from klein import Klein
 from klein.resource import KleinResource
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.web import server
-from twisted.web.test.requesthelper import DummyChannel
 
 from imaginator.builder import BuildResult, CurrentBuild
 from imaginator.config.main import MainConfig, parse_main_config
@@ -52,6 +50,7 @@ from imaginator.web.stream_pages import (
     file_rows,
 )
 from tests.support.vectors import VECTORS
+from tests.support.web import Answer, Request, answer, assert_security_headers, start, tables
 
 NOW = 1_800_000_000.0
 STARTED = NOW - 100.0
@@ -189,41 +188,6 @@ def make_clock() -> Clock:
 # -- requests ----------------------------------------------------------------------------
 
 
-class Request(server.Request):
-    """A twisted.web request on a dummy channel, recording what is written."""
-
-    def __init__(self, target: bytes, method: bytes = b"GET") -> None:
-        super().__init__(DummyChannel(), False)
-        path = target.partition(b"?")[0]
-        self.uri = target
-        self.path = path
-        self.method = method
-        self.clientproto = b"HTTP/1.1"
-        self.prepath: list[bytes] = []
-        self.postpath = path.split(b"/")[1:]
-        self.setHost(b"localhost", 6975)
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def finish(self) -> None:
-        if not self.finished:
-            self.finished = True
-            self._cleanup()
-
-
-@dataclass
-class Answer:
-    code: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8")
-
-
 def make_pages(builder: FakeBuilder | None = None, store: FakeStore | None = None) -> StreamPages:
     builder = builder or FakeBuilder()
     store = store or FakeStore()
@@ -238,38 +202,11 @@ def get(
 ) -> Answer:
     app = Klein()
     make_pages(builder, store).install(app)
-    req = Request(target.encode("utf-8"), method)
-    KleinResource(app).render(req)
+    req = start(KleinResource(app), target, method)
     assert req.finished, f"{target}: request not finished"
-    headers = {
-        name.decode().lower(): b", ".join(values).decode()
-        for name, values in req.responseHeaders.getAllRawHeaders()
-    }
-    answer = Answer(req.code, headers, b"".join(req.written))
-    assert_security_headers(answer)
-    return answer
-
-
-def assert_security_headers(a: Answer) -> None:
-    assert a.headers["x-frame-options"] == "DENY"
-    assert a.headers["x-xss-protection"] == "1"
-    assert a.headers["x-content-type-options"] == "nosniff"
-    assert (
-        a.headers["content-security-policy"]
-        == "default-src 'self' ;style-src 'self' 'unsafe-inline'"
-    )
-
-
-def tables(body: str) -> list[list[tuple[str, list[str]]]]:
-    """Every table: its rows as (``<tr>`` attributes, cell HTML), header rows included."""
-    out = []
-    for table in re.findall(r"<table[^>]*>(.*?)</table>", body, re.S):
-        rows = []
-        for attrs, inner in re.findall(r"<tr([^>]*)>(.*?)</tr>", table, re.S):
-            cells = [c.strip() for c in re.findall(r"<t[dh]>(.*?)</t[dh]>", inner, re.S)]
-            rows.append((attrs.strip(), cells))
-        out.append(rows)
-    return out
+    result = answer(req)
+    assert_security_headers(result)
+    return result
 
 
 def assert_no_raw_evil(text: str) -> None:
