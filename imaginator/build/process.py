@@ -355,30 +355,6 @@ class ProcessRunner:
             return ProcessResult(0, stdout, stderr)
         raise _command_error(step, status, job.killed_because, stdout, stderr)
 
-    async def run_checked_output(
-        self,
-        argv: Sequence[str],
-        *,
-        log: BuildLog | None,
-        env: Mapping[str, str],
-        cwd: str = "/",
-        stdin: bytes | None = None,
-        deadline: float | None = None,
-        step: str = "",
-    ) -> bytes:
-        """Run ``argv`` like :meth:`run` and return its stdout (stderr is logged)."""
-        result = await self.run(
-            argv,
-            log=log,
-            env=env,
-            cwd=cwd,
-            stdin=stdin,
-            deadline=deadline,
-            capture_stdout=True,
-            step=step,
-        )
-        return result.stdout
-
     def kill_all(self, reason: str) -> Deferred[None]:
         """SIGKILL every running process group (daemon shutdown).
 

@@ -153,3 +153,12 @@ def mounted(*args: str) -> Iterator[None]:
         yield
     finally:
         subprocess.run(["umount", "-l", args[-1]], check=False)
+
+
+async def scan(root, threadpool, store, **kwargs):
+    """Scan ``root`` on the real reactor (what the tests of scanning and unpacking share)."""
+    from twisted.internet import reactor
+
+    from imaginator.image.scan import scan_tree
+
+    return await scan_tree(str(root), reactor=reactor, threadpool=threadpool, store=store, **kwargs)

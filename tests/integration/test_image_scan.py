@@ -25,7 +25,6 @@ from imaginator.image.scan import (
     _Batches,
     _FileToHash,
     hash_file,
-    scan_tree,
 )
 from imaginator.store.local import LocalImageStore
 from tests.integration.crafted_tree import (
@@ -37,29 +36,11 @@ from tests.integration.crafted_tree import (
     TOOL,
     make_tree,
     mounted,
+    scan,
 )
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners, device nodes)")
 SCAN_FILTER = Filter(("/skipme", "/var/log/.*"))
-
-
-@pytest.fixture
-def threadpool():
-    pool = ThreadPool(minthreads=2, maxthreads=4, name="test-scan")
-    pool.start()
-    yield pool
-    pool.stop()
-
-
-@pytest.fixture
-def store(tmp_path):
-    return LocalImageStore(str(tmp_path / "store"))
-
-
-async def scan(root, threadpool, store, **kwargs):
-    from twisted.internet import reactor
-
-    return await scan_tree(str(root), reactor=reactor, threadpool=threadpool, store=store, **kwargs)
 
 
 def sha512(data: bytes) -> bytes:

@@ -7,7 +7,6 @@ import stat
 
 import pytest
 import pytest_twisted
-from twisted.python.threadpool import ThreadPool
 
 from imaginator.image.filter import Filter
 from imaginator.image.model import (
@@ -18,32 +17,11 @@ from imaginator.image.model import (
     RegularInode,
     SymlinkInode,
 )
-from imaginator.image.scan import scan_tree
 from imaginator.image.unpack import UnpackError, materialise
-from imaginator.store.local import LocalImageStore
-from tests.integration.crafted_tree import describe, make_tree
+from tests.integration.crafted_tree import describe, make_tree, scan
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners, device nodes)")
 NAME = "test/stream/2026-11-27:10:53:19"
-
-
-@pytest.fixture
-def threadpool():
-    pool = ThreadPool(minthreads=2, maxthreads=4, name="test-unpack")
-    pool.start()
-    yield pool
-    pool.stop()
-
-
-@pytest.fixture
-def store(tmp_path):
-    return LocalImageStore(str(tmp_path / "store"))
-
-
-async def scan(root, threadpool, store, **kwargs):
-    from twisted.internet import reactor
-
-    return await scan_tree(str(root), reactor=reactor, threadpool=threadpool, store=store, **kwargs)
 
 
 @needs_root

@@ -394,14 +394,6 @@ def test_cancelling_the_caller_kills_the_child() -> None:
     assert h.runner.running() == 0
 
 
-def test_run_checked_output_returns_stdout() -> None:
-    h = Harness()
-    d = ensureDeferred(h.runner.run_checked_output(["list"], log=None, env={}))
-    h.protocol.childDataReceived(1, b"busybox 1.35 42\n")
-    h.finish(0)
-    assert result_of(d) == b"busybox 1.35 42\n"
-
-
 def test_empty_argv_rejected() -> None:
     h = Harness()
     with pytest.raises(ValueError):
