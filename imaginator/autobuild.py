@@ -20,8 +20,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from imaginator.builder import BuildOptions, BuildResult, observe
-from imaginator.config.units import format_duration, format_go_duration, format_time
+from imaginator.goformats.units import format_duration, format_go_duration, format_time
+from imaginator.scheduler import BuildOptions, BuildResult, observe
 
 FIRST_CYCLE_DELAY = 1.0
 MINIMUM_GAP = 1.0

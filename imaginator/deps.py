@@ -35,16 +35,16 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from imaginator.build.gitsource import fetch_manifest, public_url
+from imaginator.config.manifest import ManifestError, read_manifest_file
 from imaginator.config.streams import (
     StreamConfig,
     StreamsDocument,
     manifest_location,
     stream_environment,
 )
-from imaginator.config.units import format_duration
 from imaginator.config.variables import make_redactor
-from imaginator.manifest import ManifestError, read_manifest_file
+from imaginator.goformats.units import format_duration
+from imaginator.sources.git import fetch_manifest, public_url
 
 __all__ = [
     "INITIAL_INTERVAL",

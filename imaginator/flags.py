@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imaginator.config.units import parse_duration, parse_size
+from imaginator.goformats.units import parse_duration, parse_size
 
 FLAG_FILES = ("/etc/imaginator/flags.default", "/etc/imaginator/flags.extra")
 

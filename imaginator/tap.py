@@ -24,22 +24,22 @@ from twisted.web.server import Site
 
 from imaginator import __version__
 from imaginator.autobuild import AutoBuilder
-from imaginator.build.archive import BuildInfo, BuildLogArchive, archive_enabled, archive_name
-from imaginator.build.ctime import measure_ctime_resolution
-from imaginator.build.process import ProcessRunner
-from imaginator.build.rootfs import unmount_all_under
-from imaginator.build.sandbox import base_environment
-from imaginator.builder import Builder, BuilderSettings
-from imaginator.config.loader import FetchError, fetch_url
 from imaginator.config.main import ConfigError, load_main_config
-from imaginator.config.sources import StreamsRegistry, VariablesFile
-from imaginator.config.units import format_bytes, format_duration, go_arch, image_datestamp
 from imaginator.deps import DependencyGenerator, dependency_order
 from imaginator.flags import FLAGS, FlagError
-from imaginator.logbuffer import LogRing
+from imaginator.goformats.units import format_bytes, format_duration, go_arch, image_datestamp
+from imaginator.pipeline.rootfs import unmount_all_under
 from imaginator.rpc.auth import Authoriser
 from imaginator.rpc.service import PUBLIC_METHODS, ExpirationLimits, ImaginatorService
 from imaginator.rpc.srpc import MethodRegistry, SrpcSite, make_server_tls_options
+from imaginator.runtime.archive import BuildInfo, BuildLogArchive, archive_enabled, archive_name
+from imaginator.runtime.ctime import measure_ctime_resolution
+from imaginator.runtime.logbuffer import LogRing
+from imaginator.runtime.process import ProcessRunner
+from imaginator.runtime.sandbox import base_environment
+from imaginator.scheduler import Builder, BuilderSettings
+from imaginator.sources.documents import FetchError, fetch_url
+from imaginator.sources.streams import StreamsRegistry, VariablesFile
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 from imaginator.web.archive_pages import ArchivePages, quote_query
 from imaginator.web.graph_pages import GraphPages

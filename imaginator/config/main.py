@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imaginator.config.expand import expand, expand_opportunistic
-from imaginator.config.jsonc import ConfigError
-from imaginator.config.jsonc import loads as jsonc_loads
-from imaginator.config.loader import redact_url, resolve_url
+from imaginator.goformats.jsonc import ConfigError
+from imaginator.goformats.jsonc import loads as jsonc_loads
 from imaginator.image.filter import Filter, FilterError, parse_filter_lines
 from imaginator.image.triggers import Trigger, TriggersError, parse_triggers
+from imaginator.sources.documents import redact_url, resolve_url
 
 __all__ = [
     "BootstrapStream",
@@ -397,7 +397,7 @@ async def load_main_config(url: str, fetch: Fetch, arch: str) -> MainConfig:
     """Fetch, parse and complete the main configuration at ``url``.
 
     ``fetch`` is an async ``fetch(url) -> bytes`` (normally
-    ``imaginator.config.loader.fetch_url`` bound to the reactor and thread
+    ``imaginator.sources.documents.fetch_url`` bound to the reactor and thread
     pool). The per-stream ``ImageFilterUrl``, ``ImageTagsUrl`` and
     ``ImageTriggersUrl`` documents are read too; any failure is a
     ``ConfigError`` naming the stream key and the URL.

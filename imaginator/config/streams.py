@@ -22,9 +22,9 @@ from typing import Any
 
 from imaginator.config.expand import expand
 from imaginator.config.fields import FieldReader
-from imaginator.config.jsonc import ConfigError as _JsoncError
-from imaginator.config.jsonc import loads as jsonc_loads
 from imaginator.config.main import ConfigError
+from imaginator.goformats.jsonc import ConfigError as _JsoncError
+from imaginator.goformats.jsonc import loads as jsonc_loads
 from imaginator.image.filter import FilterError, compile_re2
 
 

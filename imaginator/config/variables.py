@@ -12,8 +12,8 @@ import json
 import re
 from collections.abc import Callable, Mapping
 
-from imaginator.config.jsonc import loads as jsonc_loads
 from imaginator.config.main import ConfigError
+from imaginator.goformats.jsonc import loads as jsonc_loads
 
 REDACTED = "[REDACTED]"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

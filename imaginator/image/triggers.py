@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from imaginator.config.jsonc import ConfigError
-from imaginator.config.jsonc import loads as jsonc_loads
+from imaginator.goformats.jsonc import ConfigError
+from imaginator.goformats.jsonc import loads as jsonc_loads
 from imaginator.image.filter import FilterError, compile_path_expression
 
 

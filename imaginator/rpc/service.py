@@ -17,14 +17,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from imaginator.autobuild import AutoBuilder, AutoBuildError
-from imaginator.build.pack import BuildError
-from imaginator.builder import Builder, BuildOptions, BuildResult
 from imaginator.config.main import BootstrapStream
-from imaginator.config.units import format_duration, format_time
 from imaginator.deps import DependencyGenerator, graphviz_dot
+from imaginator.goformats.units import format_duration, format_time
 from imaginator.image.model import format_go_time, image_to_json
+from imaginator.pipeline.pack import BuildError
 from imaginator.rpc.auth import CallAuth
 from imaginator.rpc.srpc import Call, CallError, JsonDecodeError, MethodRegistry
+from imaginator.scheduler import Builder, BuildOptions, BuildResult
 
 NS = 1_000_000_000
 STREAMS_WAIT = 60.0

@@ -18,7 +18,7 @@ has no TLS path; without certificates on ``/_SRPC_/unsecured/JSON`` directly.
 
 Local commands (``process-manifest``, ``build-tree-from-manifest``,
 ``build-from-manifest``) build on this machine (as root) with the embedded
-image store in ``-stateDir`` (see :mod:`imaginator.build.localbuild`).
+image store in ``-stateDir`` (see :mod:`imaginator.tools.builder_local`).
 
 Exit status: 0 success, 1 a command failed (``<prefix>: <error>`` on standard
 error) or could not dial (``Error dialing: <host:port>: <error>``), 2 a bad
@@ -50,9 +50,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from imaginator import __version__
-from imaginator.config.jsonc import ConfigError
-from imaginator.config.jsonc import loads as jsonc_loads
-from imaginator.config.units import (
+from imaginator.goformats.jsonc import ConfigError
+from imaginator.goformats.jsonc import loads as jsonc_loads
+from imaginator.goformats.units import (
     MINUTE,
     SECOND,
     format_go_duration_ns,
@@ -929,20 +929,20 @@ class _LocalJob:
 
 
 async def cmd_process_manifest(job: _LocalJob) -> None:
-    from imaginator.build.localbuild import process_manifest_dir
+    from imaginator.tools.builder_local import process_manifest_dir
 
     await process_manifest_dir(job.resources, job.log, job.options, job.args[0], job.args[1])
 
 
 async def cmd_build_tree_from_manifest(job: _LocalJob) -> None:
-    from imaginator.build.localbuild import build_tree_from_manifest
+    from imaginator.tools.builder_local import build_tree_from_manifest
 
     root = await build_tree_from_manifest(job.resources, job.log, job.options, job.args[0])
     job.stdout.append(root)
 
 
 async def cmd_build_from_manifest(job: _LocalJob) -> None:
-    from imaginator.build.localbuild import build_from_manifest
+    from imaginator.tools.builder_local import build_from_manifest
 
     name = await build_from_manifest(job.resources, job.log, job.options, job.args[0], job.args[1])
     job.stdout.append(name)
@@ -969,12 +969,12 @@ async def run_local(
     from twisted.internet.defer import CancelledError
     from twisted.python.threadpool import ThreadPool
 
-    from imaginator.build.buildlog import BuildLog
-    from imaginator.build.localbuild import LocalOptions, LocalResources
-    from imaginator.build.pack import BuildError
-    from imaginator.build.process import ProcessRunner
+    from imaginator.pipeline.pack import BuildError
+    from imaginator.runtime.buildlog import BuildLog
+    from imaginator.runtime.process import ProcessRunner
     from imaginator.store.base import StoreError
     from imaginator.store.local import LocalImageStore
+    from imaginator.tools.builder_local import LocalOptions, LocalResources
 
     try:
         if command.needs_store and values["imageServerHostname"]:

@@ -18,13 +18,13 @@ from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
-from imaginator.build.archive import (
+from imaginator.goformats.units import format_duration, format_time
+from imaginator.runtime.archive import (
     INTERNAL_REQUESTOR,
     ArchivedBuild,
     BuildCounts,
     Kind,
 )
-from imaginator.config.units import format_duration, format_time
 from imaginator.web.pages import HTML, TEXT, make_environment, query_argument, set_security_headers
 
 #: ``async run_in_thread(fn, *args)``: runs blocking ``fn(*args)`` off the reactor thread.

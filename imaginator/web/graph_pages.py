@@ -28,8 +28,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
-from imaginator.config.units import format_time
 from imaginator.deps import MIN_MAX_AGE, DependencyData, graphviz_dot
+from imaginator.goformats.units import format_time
 from imaginator.web.pages import HTML, make_environment, set_security_headers
 
 __all__ = ["PATH", "DotError", "GraphPages", "RunDot", "spawn_dot"]

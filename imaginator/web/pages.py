@@ -27,14 +27,14 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, NotFound
 
-from imaginator.config.units import format_bytes, format_duration, format_time
+from imaginator.goformats.units import format_bytes, format_duration, format_time
 
 if TYPE_CHECKING:
     # Only for annotations: the pages read these records, they never build them,
     # and importing the builder here would pull the whole build machinery in.
-    from imaginator.build.buildlog import BuildLog
-    from imaginator.builder import BuildResult, CurrentBuild
-    from imaginator.logbuffer import LogRing
+    from imaginator.runtime.buildlog import BuildLog
+    from imaginator.runtime.logbuffer import LogRing
+    from imaginator.scheduler import BuildResult, CurrentBuild
 
 _HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = _HERE / "templates"

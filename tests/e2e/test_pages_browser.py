@@ -14,9 +14,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from imaginator.build.buildlog import BuildLog
-from imaginator.builder import BuildResult, CurrentBuild
-from imaginator.logbuffer import LogRing
+from imaginator.runtime.buildlog import BuildLog
+from imaginator.runtime.logbuffer import LogRing
+from imaginator.scheduler import BuildResult, CurrentBuild
 from imaginator.web.pages import StatusPages
 
 pytestmark = pytest.mark.slow

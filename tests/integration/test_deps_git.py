@@ -2,7 +2,7 @@
 
 Two repositories made with dulwich (default branch ``main``, so the fetch
 must follow the remote's HEAD) are fetched through ``file://`` URLs by the
-real :func:`~imaginator.build.gitsource.fetch_manifest`, on the real
+real :func:`~imaginator.sources.git.fetch_manifest`, on the real
 reactor and its thread pool. The graph page is then rendered with the real
 ``dot``.
 """
@@ -24,9 +24,9 @@ from dulwich.repo import Repo
 from twisted.internet import reactor as _reactor
 from twisted.web.test.requesthelper import DummyRequest
 
-from imaginator.build.gitsource import fetch_manifest
 from imaginator.config.streams import StreamsDocument, parse_streams
 from imaginator.deps import DependencyData, DependencyGenerator, graphviz_dot
+from imaginator.sources.git import fetch_manifest
 from imaginator.web.graph_pages import DotError, GraphPages, spawn_dot
 
 reactor: Any = _reactor

@@ -29,8 +29,8 @@ from dulwich.repo import Repo
 from dulwich.server import DictBackend
 from dulwich.web import make_wsgi_chain
 
-from imaginator.build import gitsource
-from imaginator.build.gitsource import FetchResult, GitFetchError, fetch_manifest
+from imaginator.sources import git as gitsource
+from imaginator.sources.git import FetchResult, GitFetchError, fetch_manifest
 
 IDENTITY = b"Test <test@example.org>"
 USER = "builder"

@@ -347,7 +347,7 @@ async def test_packages_bind_mounts_cache_and_post_cleanup_scripts(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_a_hanging_test_is_killed_and_nothing_is_published(tmp_path, monkeypatch):
-    from imaginator.build import pack
+    from imaginator.pipeline import pack
 
     monkeypatch.setattr(pack, "TEST_TIMEOUT", 1.0)
     marker = f"imaginator-test-{tmp_path.name}"
@@ -380,7 +380,7 @@ async def test_a_hanging_test_is_killed_and_nothing_is_published(tmp_path, monke
 async def test_identical_concurrent_requests_share_one_build(tmp_path):
     from twisted.internet.defer import Deferred, gatherResults
 
-    from imaginator.builder import BuildOptions
+    from imaginator.scheduler import BuildOptions
 
     harness = await make_harness(tmp_path / "h", conf=_bb_conf_with_command(_BB_SCRIPT))
     try:
@@ -415,7 +415,7 @@ _BB_SCRIPT = (
 async def test_garbage_collection_waits_for_running_builds(tmp_path):
     from twisted.internet.defer import Deferred
 
-    from imaginator.builder import BuildOptions
+    from imaginator.scheduler import BuildOptions
 
     harness = await make_harness(tmp_path / "h", conf=_bb_conf_with_command(_BB_SCRIPT))
     try:

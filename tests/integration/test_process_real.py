@@ -9,8 +9,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from imaginator.build.buildlog import BuildLog
-from imaginator.build.process import CommandError, ProcessRunner
+from imaginator.runtime.buildlog import BuildLog
+from imaginator.runtime.process import CommandError, ProcessRunner
 from tests.integration._procfs import group_survivors
 
 SH = "/bin/sh"

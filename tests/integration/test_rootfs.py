@@ -16,10 +16,10 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from imaginator.build import rootfs
-from imaginator.builder import BuildOptions
 from imaginator.image.compare import canonical_file_system
 from imaginator.image.model import RegularInode
+from imaginator.pipeline import rootfs
+from imaginator.scheduler import BuildOptions
 from tests.support.harness import make_harness, vector_conf
 
 BB = "bootstrap/bb"

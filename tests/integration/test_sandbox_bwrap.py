@@ -10,9 +10,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from imaginator.build.buildlog import BuildLog
-from imaginator.build.process import CommandError, ProcessResult, ProcessRunner
-from imaginator.build.sandbox import (
+from imaginator.runtime.buildlog import BuildLog
+from imaginator.runtime.process import CommandError, ProcessResult, ProcessRunner
+from imaginator.runtime.sandbox import (
     BWRAP,
     BindMount,
     base_environment,

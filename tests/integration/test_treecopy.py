@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from imaginator.build.treecopy import (
+from imaginator.runtime.treecopy import (
     MAX_SYMLINKS,
     TreeCopyError,
     append_tree,

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from imaginator.config.jsonc import loads
+from imaginator.goformats.jsonc import loads
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_CONF = REPO / "sample-config" / "conf.json"

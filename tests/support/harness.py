@@ -10,12 +10,12 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.python.threadpool import ThreadPool
 
-from imaginator.build.process import ProcessRunner
-from imaginator.builder import Builder, BuilderSettings, BuildOptions, BuildResult
-from imaginator.config.loader import fetch_url
 from imaginator.config.main import load_main_config
-from imaginator.config.sources import StreamsRegistry, VariablesFile
-from imaginator.config.units import go_arch
+from imaginator.goformats.units import go_arch
+from imaginator.runtime.process import ProcessRunner
+from imaginator.scheduler import Builder, BuilderSettings, BuildOptions, BuildResult
+from imaginator.sources.documents import fetch_url
+from imaginator.sources.streams import StreamsRegistry, VariablesFile
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 from tests.support.vectors import VECTORS
 
@@ -24,7 +24,7 @@ ARCH = go_arch()
 
 def vector_conf() -> dict[str, Any]:
     """The Go capture's conf.json with its ``bootstrap/bb`` stream and ``bb`` packager."""
-    from imaginator.config.jsonc import loads
+    from imaginator.goformats.jsonc import loads
 
     path = VECTORS / "config-imaginator-conf.json"
     document = loads(path.read_bytes(), str(path))

@@ -1,7 +1,9 @@
-"""The Go imaginator's recorded outputs, in ``shared/reference/vectors`` beside the clone."""
+"""The Go imaginator's and imageserver's recorded outputs, kept with the tests.
 
-from tests.support.configs import REPO
+They were captured from the real Go programs (see ``tests/data/go-vectors/README.md``)
+and live in the repository, so a plain clone runs every test that compares with them.
+"""
 
-VECTORS = REPO.parent / "shared" / "reference" / "vectors"
-if not VECTORS.is_dir():
-    raise RuntimeError(f"reference vectors missing: {VECTORS} (shared/ must sit beside the clone)")
+from pathlib import Path
+
+VECTORS = Path(__file__).resolve().parent.parent / "data" / "go-vectors"

@@ -1,4 +1,4 @@
-"""The build log archive (imaginator.build.archive): layout, quota, reload and queries."""
+"""The build log archive (imaginator.runtime.archive): layout, quota, reload and queries."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
-from imaginator.build.archive import (
+from imaginator.goformats.units import format_bytes
+from imaginator.runtime.archive import (
     BUILD_INFO,
     BUILD_LOG,
     TEMP_PREFIX,
@@ -24,8 +25,7 @@ from imaginator.build.archive import (
     archive_name,
     check_image_name,
 )
-from imaginator.builder import BuildResult
-from imaginator.config.units import format_bytes
+from imaginator.scheduler import BuildResult
 from tests.support.vectors import VECTORS
 
 MiB = 1 << 20

@@ -15,14 +15,14 @@ from markupsafe import escape
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from imaginator.build.archive import (
+from imaginator.goformats.units import format_time
+from imaginator.runtime.archive import (
     ArchivedBuild,
     BuildCounts,
     BuildInfo,
     BuildLogArchive,
     Kind,
 )
-from imaginator.config.units import format_time
 from imaginator.web.archive_pages import ArchivePages, ArchiveSource, clean_argument, quote_query
 from imaginator.web.pages import StatusPages
 from tests.support.vectors import VECTORS

@@ -3,7 +3,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from imaginator.autobuild import AutoBuilder, AutoBuildError
-from imaginator.builder import BuildResult
+from imaginator.scheduler import BuildResult
 
 
 class FakeBuilds:

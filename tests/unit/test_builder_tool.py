@@ -16,7 +16,7 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
-from imaginator.config.units import HOUR, MINUTE, SECOND
+from imaginator.goformats.units import HOUR, MINUTE, SECOND
 from imaginator.rpc.srpc import SrpcConnectionError, SrpcError
 from imaginator.tools import builder_tool
 from imaginator.tools.builder_tool import (

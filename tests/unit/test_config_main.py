@@ -10,7 +10,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor as _reactor
 
-from imaginator.config.loader import FetchError, fetch_url
 from imaginator.config.main import (
     BootstrapStream,
     CacheConfig,
@@ -22,6 +21,7 @@ from imaginator.config.main import (
     parse_main_config,
 )
 from imaginator.image.triggers import Trigger
+from imaginator.sources.documents import FetchError, fetch_url
 from tests.support.vectors import VECTORS
 
 reactor: Any = _reactor
@@ -439,7 +439,7 @@ async def test_relative_urls_resolve_against_the_configuration_url() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_the_sample_configuration_loads() -> None:
-    from imaginator.config.loader import fetch_url
+    from imaginator.sources.documents import fetch_url
     from tests.support.configs import SAMPLE_CONF
 
     async def fetch(url: str) -> bytes:

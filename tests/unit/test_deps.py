@@ -25,10 +25,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from imaginator.build.gitsource import GitFetchError, public_url
 from imaginator.config.main import QuickLink
 from imaginator.config.streams import StreamsDocument, parse_streams
-from imaginator.config.units import format_time
 from imaginator.deps import (
     INITIAL_INTERVAL,
     DependencyData,
@@ -39,6 +37,8 @@ from imaginator.deps import (
     select_streams,
     stream_matches,
 )
+from imaginator.goformats.units import format_time
+from imaginator.sources.git import GitFetchError, public_url
 from imaginator.web.graph_pages import GraphPages
 from tests.support.vectors import VECTORS
 

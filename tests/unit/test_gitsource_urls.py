@@ -1,4 +1,4 @@
-"""Pure parts of imaginator.build.gitsource: URL redaction, splitting, ref resolution."""
+"""Pure parts of imaginator.sources.git: URL redaction, splitting, ref resolution."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pickle
 import pytest
 from dulwich.client import LocalGitClient, SSHGitClient, Urllib3HttpGitClient
 
-from imaginator.build import gitsource
-from imaginator.build.gitsource import (
+from imaginator.sources import git as gitsource
+from imaginator.sources.git import (
     GitFetchError,
     is_repo_url,
     public_url,

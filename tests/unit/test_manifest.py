@@ -1,4 +1,4 @@
-"""Tests for imaginator.manifest: reading manifest directories and merging with the source."""
+"""Tests for imaginator.config.manifest: reading manifest directories, merging with the source."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import imaginator.manifest as manifest_module
+import imaginator.config.manifest as manifest_module
 from imaginator.config.main import Owners
-from imaginator.image.triggers import Trigger
-from imaginator.manifest import (
+from imaginator.config.manifest import (
     FILES,
     SCRIPTS,
     TESTS,
@@ -29,6 +28,7 @@ from imaginator.manifest import (
     resolve_triggers,
     scripts_in_order,
 )
+from imaginator.image.triggers import Trigger
 from tests.support.vectors import VECTORS
 
 VECTOR = VECTORS / "config-manifests.txt"

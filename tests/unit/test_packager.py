@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from imaginator.build.packager import generic_packager_script, quote_argument, single_quote
 from imaginator.config.main import ListCommand, PackagerType
+from imaginator.pipeline.packager import generic_packager_script, quote_argument, single_quote
 
 # The two PackagerTypes of vectors/config-imaginator-conf.json.
 BB_CONFIG: dict[str, Any] = {

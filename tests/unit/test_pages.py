@@ -13,10 +13,10 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from imaginator.build.buildlog import BuildLog
-from imaginator.builder import BuildResult, CurrentBuild
-from imaginator.config.units import format_duration, format_time
-from imaginator.logbuffer import LogRing
+from imaginator.goformats.units import format_duration, format_time
+from imaginator.runtime.buildlog import BuildLog
+from imaginator.runtime.logbuffer import LogRing
+from imaginator.scheduler import BuildResult, CurrentBuild
 from imaginator.web.pages import StatusPages, StatusSource
 from tests.support.web import Answer, Request, answer, assert_security_headers, start
 

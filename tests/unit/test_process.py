@@ -14,8 +14,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from imaginator.build.buildlog import BuildLog
-from imaginator.build.process import (
+from imaginator.runtime.buildlog import BuildLog
+from imaginator.runtime.process import (
     DEADLINE_EXCEEDED,
     CommandError,
     ProcessResult,

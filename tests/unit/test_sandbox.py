@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from imaginator.build.sandbox import (
+from imaginator.runtime.sandbox import (
     PATH,
     BindMount,
     base_environment,

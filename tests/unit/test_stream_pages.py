@@ -16,10 +16,9 @@ from klein.resource import KleinResource
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from imaginator.builder import BuildResult, CurrentBuild
 from imaginator.config.main import MainConfig, parse_main_config
 from imaginator.config.streams import StreamConfig, parse_streams
-from imaginator.config.units import format_time
+from imaginator.goformats.units import format_time
 from imaginator.image.model import (
     Annotation,
     DirectoryInode,
@@ -31,6 +30,7 @@ from imaginator.image.model import (
     image_from_json,
 )
 from imaginator.image.triggers import Trigger
+from imaginator.scheduler import BuildResult, CurrentBuild
 from imaginator.store.base import MissingObjectError, StoreError
 from imaginator.store.local import (
     AsyncImageStore,

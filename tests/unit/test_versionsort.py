@@ -1,10 +1,15 @@
-"""Tests for imaginator.versionsort (reference Appendix B)."""
+"""Tests for imaginator.goformats.versionsort (reference Appendix B)."""
 
 from __future__ import annotations
 
 import pytest
 
-from imaginator.versionsort import sorted_versions, version_compare, version_key, version_less
+from imaginator.goformats.versionsort import (
+    sorted_versions,
+    version_compare,
+    version_key,
+    version_less,
+)
 
 
 @pytest.mark.parametrize(

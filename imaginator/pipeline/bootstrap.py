@@ -1,0 +1,114 @@
+"""Bootstrap stream builds (reference §5.8): a root tree made from nothing.
+
+The stream's ``BootstrapCommand`` (``debootstrap`` for Debian) runs on the host
+tree in its own mount and PID namespaces and fills a fresh directory; then the
+generated ``/bin/generic-packager`` is written, ``resolv.conf`` cleared, the
+packager's debris cleaned and the tree packed into an image.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+
+from imaginator.config.expand import expand
+from imaginator.config.main import BootstrapStream, PackagerType
+from imaginator.goformats.units import format_duration
+from imaginator.image.filter import Filter
+from imaginator.image.model import Image
+from imaginator.pipeline.pack import (
+    PACKAGER,
+    BuildEnv,
+    BuildError,
+    PackSpec,
+    clean_packages,
+    compile_filter,
+    pack,
+)
+from imaginator.pipeline.packager import generic_packager_script
+from imaginator.runtime.process import CommandError
+from imaginator.runtime.sandbox import base_environment, host_argv
+from imaginator.runtime.treecopy import write_file_in_root
+
+
+def make_work_dir(stream: str, suffix: str, parent: str | None) -> str:
+    """A fresh 0755 temp directory named after the stream (``a/b`` → ``a_b``)."""
+    path = tempfile.mkdtemp(prefix=stream.replace("/", "_") + suffix, dir=parent)
+    os.chmod(path, 0o755)
+    return path
+
+
+def expand_command(command: tuple[str, ...], variables: Mapping[str, str]) -> list[str]:
+    return [expand(arg, variables.get) for arg in command]
+
+
+def describe_command(argv: list[str]) -> str:
+    lines = [f"Running command: {argv[0]} with args:"]
+    lines.extend(f"    {arg}" for arg in argv[1:])
+    return "\n".join(lines)
+
+
+def write_packager(root: str, packager: PackagerType) -> None:
+    """Write ``/bin/generic-packager`` (replacing any file or link there) with mode 0755."""
+    write_file_in_root(root, PACKAGER, generic_packager_script(packager).encode(), 0o755)
+
+
+async def build_bootstrap(
+    env: BuildEnv,
+    stream: BootstrapStream,
+    packager: PackagerType,
+    *,
+    variables: Mapping[str, str],
+    mtimes_filter: Filter | None,
+    tmpdir: str | None = None,
+) -> Image:
+    """Build ``stream`` from scratch; returns the packed (not yet published) image.
+
+    ``variables`` are the request's variables (and the variables file, lowest);
+    ``$dir`` is added here. The working directory is always removed.
+    """
+    scan_filter = compile_filter(stream.filter_lines, "FilterLines")
+    root = await env.in_thread(make_work_dir, stream.name, "", tmpdir)
+    try:
+        env.log.line(f"Created image working directory: {root}")
+        argv = expand_command(stream.bootstrap_command, {**variables, "dir": root})
+        if not argv or not argv[0]:
+            raise BuildError(f"bootstrap stream {stream.name}: empty BootstrapCommand")
+        env.log.line(describe_command(argv))
+        started = time.monotonic()
+        try:
+            await env.runner.run(
+                host_argv(argv),
+                log=env.log,
+                env=base_environment(tz=os.environ.get("TZ")),
+                deadline=env.deadline,
+                step="bootstrap",
+            )
+        except CommandError as exc:
+            raise BuildError(str(exc)) from None
+        await env.in_thread(write_packager, root, packager)
+        try:
+            await env.run_in_root(root, ["/bin/cp", "/dev/null", "/etc/resolv.conf"], step="resolv")
+        except CommandError as exc:
+            raise BuildError(f"error clearing /etc/resolv.conf: {exc}") from None
+        env.log.line(f"\nBuild time: {format_duration(time.monotonic() - started)}")
+        await clean_packages(env, root)
+        return await pack(
+            env,
+            PackSpec(
+                stream=stream.name,
+                root=root,
+                scan_filter=scan_filter,
+                image_filter=stream.image_filter,
+                owners=stream.owners,
+                tags=stream.image_tags,
+                triggers=stream.image_triggers,
+                mtimes_filter=mtimes_filter,
+                variables=variables,
+            ),
+        )
+    finally:
+        await env.in_thread(shutil.rmtree, root, True)

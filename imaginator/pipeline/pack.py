@@ -1,0 +1,355 @@
+"""Packing a finished build tree into an image (reference §5.5).
+
+Shared by bootstrap builds and manifest builds: list the packages, clear
+``/tmp``, scan the tree into a file-system (storing new objects), copy mtimes
+from the stream's previous image, store the build log and assemble the image
+record. Publishing (naming, expiry, ``add_image``) is the builder's job.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.threads import deferToThreadPool
+
+from imaginator.config.main import Owners
+from imaginator.config.manifest import expand_tags
+from imaginator.goformats.units import format_bytes, format_duration
+from imaginator.image.filter import Filter, parse_filter_lines
+from imaginator.image.model import (
+    Annotation,
+    ComputedRegularInode,
+    FileSystem,
+    Image,
+    Package,
+    RegularInode,
+)
+from imaginator.image.mtimes import copy_mtimes
+from imaginator.image.scan import ScanError, scan_tree
+from imaginator.image.triggers import Trigger
+from imaginator.runtime.buildlog import BuildLog
+from imaginator.runtime.process import CommandError, ProcessRunner
+from imaginator.runtime.sandbox import base_environment, chroot_argv
+from imaginator.runtime.treecopy import delete_matching
+
+PACKAGER = "/bin/generic-packager"
+TEST_TIMEOUT = 10.0
+TEST_OUTPUT_LIMIT = 4096
+
+
+class BuildError(Exception):
+    """A build failed; the message is what the operator sees as the build's error."""
+
+
+@dataclass
+class BuildEnv:
+    """What one build needs from the daemon: the reactor, threads, processes, store, log."""
+
+    reactor: object
+    threadpool: object
+    runner: ProcessRunner
+    store: object  # AsyncImageStore
+    local_store: object  # LocalImageStore, used from threads by the scanner
+    log: BuildLog
+    deadline_seconds: float = 24 * 3600.0
+    deadline: float | None = None
+
+    def start_deadline(self) -> None:
+        """Start the build deadline clock (after the manifest fetch, reference §5.1.4)."""
+        self.deadline = self.reactor.seconds() + self.deadline_seconds
+
+    async def in_thread(self, fn, *args, **kwargs):
+        return await deferToThreadPool(self.reactor, self.threadpool, fn, *args, **kwargs)
+
+    def thread_log(self, text: str) -> None:
+        """Log a line from a pool thread (the build log belongs to the reactor thread)."""
+        self.reactor.callFromThread(self.log.line, text)
+
+    async def run_in_root(
+        self,
+        root: str,
+        argv: list[str],
+        *,
+        step: str,
+        variables: Mapping[str, str] | None = None,
+        capture_stdout: bool = False,
+        capture_stderr: bool = False,
+        stdin: bytes | None = None,
+        bind_mounts: tuple = (),
+        deadline: float | None = None,
+    ):
+        """Run ``argv`` in the sandbox rooted at ``root`` under the build deadline."""
+        if deadline is None or (self.deadline is not None and self.deadline < deadline):
+            deadline = self.deadline
+        return await self.runner.run(
+            chroot_argv(root, argv, bind_mounts=bind_mounts),
+            log=self.log,
+            env=base_environment(variables, tz=os.environ.get("TZ")),
+            stdin=stdin,
+            deadline=deadline,
+            capture_stdout=capture_stdout,
+            capture_stderr=capture_stderr,
+            step=step,
+        )
+
+
+@dataclass
+class PackSpec:
+    """Everything that goes into an image besides the tree itself."""
+
+    stream: str
+    root: str
+    scan_filter: Filter | None = None
+    tree_cache: dict | None = None
+    image_filter: tuple[str, ...] | None = None
+    owners: Owners = field(default_factory=Owners)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    triggers: tuple[Trigger, ...] | None = None
+    mtimes_filter: Filter | None = None
+    variables: Mapping[str, str] = field(default_factory=dict)
+    computed_files: tuple = ()  # of imaginator.config.manifest.ComputedFile
+    source_image: str = ""
+
+
+def parse_package_list(output: bytes, multiplier: int) -> list[Package]:
+    """Parse ``name version [size]`` lines; duplicate names: the last wins."""
+    packages: dict[str, Package] = {}
+    for raw in output.decode("utf-8", errors="replace").splitlines():
+        fields = raw.split()
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise BuildError(f"malformed line: {raw}")
+        size = 0
+        if len(fields) > 2:
+            try:
+                size = int(fields[2])
+            except ValueError:
+                raise BuildError(f"malformed size: {fields[2]}") from None
+        packages[fields[0]] = Package(name=fields[0], size=size * multiplier, version=fields[1])
+    return [packages[name] for name in sorted(packages)]
+
+
+async def list_packages(env: BuildEnv, root: str) -> list[Package]:
+    try:
+        result = await env.run_in_root(
+            root,
+            [PACKAGER, "show-size-multiplier"],
+            step="show-size-multiplier",
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+    except CommandError as exc:
+        raise BuildError(f"error listing packages: error getting size multiplier: {exc}") from None
+    text = result.stdout.decode("utf-8", errors="replace").strip()
+    try:
+        multiplier = int(text) if text else 1
+    except ValueError:
+        raise BuildError(f"error listing packages: bad size multiplier: {text!r}") from None
+    try:
+        result = await env.run_in_root(
+            root, [PACKAGER, "list"], step="list", capture_stdout=True, capture_stderr=True
+        )
+    except CommandError as exc:
+        stderr = exc.stderr.decode("utf-8", errors="replace").strip()
+        raise BuildError(f"error listing packages: {exc}: {stderr}") from None
+    try:
+        return parse_package_list(result.stdout, max(multiplier, 1))
+    except BuildError as exc:
+        raise BuildError(f"error listing packages: {exc}") from None
+
+
+_TMP_CONTENTS = Filter(("/tmp/.*",))
+
+
+async def clean_packages(env: BuildEnv, root: str, bind_mounts: tuple = ()) -> None:
+    """``generic-packager clean`` then delete what ``show-clean-patterns`` lists."""
+    env.log.line("\nCleaning packages:")
+    started = time.monotonic()
+    try:
+        await env.run_in_root(root, [PACKAGER, "clean"], step="clean", bind_mounts=bind_mounts)
+    except CommandError as exc:
+        raise BuildError(f"error cleaning: {exc}") from None
+    try:
+        result = await env.run_in_root(
+            root,
+            [PACKAGER, "show-clean-patterns"],
+            step="show-clean-patterns",
+            capture_stdout=True,
+            bind_mounts=bind_mounts,
+        )
+    except CommandError as exc:
+        env.log.line(f"Deep clean failed: {exc}")
+    else:
+        lines = parse_filter_lines(result.stdout.decode("utf-8", errors="replace"))
+        if lines:
+            patterns = Filter(tuple(lines))
+            for path in await env.in_thread(delete_matching, root, patterns.match):
+                env.log.line(f"Deleted: {path}")
+    env.log.line(f"Package clean took: {format_duration(time.monotonic() - started)}")
+
+
+def _rate(nbytes: int, seconds: float) -> str:
+    if seconds <= 0:
+        return "∞"
+    return f"{format_bytes(int(nbytes / seconds))}/s"
+
+
+async def copy_previous_mtimes(env: BuildEnv, spec: PackSpec, fs: FileSystem) -> None:
+    started = time.monotonic()
+    name = await env.store.find_latest_image(spec.stream)
+    if name is None:
+        return
+    previous = await env.store.get_image(name)
+    if previous is None or previous.file_system is None:
+        return
+    env.log.line(
+        f"Downloaded {name} in {format_duration(time.monotonic() - started)}, "
+        "rebuilt pointers in 0s"
+    )
+    started = time.monotonic()
+    await env.in_thread(copy_mtimes, previous.file_system, fs, spec.mtimes_filter)
+    env.log.line(f"Copied mtimes in {format_duration(time.monotonic() - started)}")
+
+
+def splice_computed_files(fs: FileSystem, computed_files) -> None:
+    """Turn each listed regular file into a computed inode (its content is dropped)."""
+    if not computed_files:
+        return
+    paths = fs.paths_by_inode()
+    by_path = {path: inum for inum, names in paths.items() for path in names}
+    for computed in computed_files:
+        inum = by_path.get(computed.filename)
+        if inum is None:
+            raise BuildError(
+                f"error splicing computed files: {computed.filename}: missing from image"
+            )
+        if len(paths[inum]) > 1:
+            raise BuildError(
+                f"error splicing computed files: {computed.filename}: "
+                f"multiple inodes: {len(paths[inum])}"
+            )
+        inode = fs.inode_table[inum]
+        if not isinstance(inode, RegularInode):
+            raise BuildError(
+                f"error splicing computed files: {computed.filename}: not a regular file"
+            )
+        fs.inode_table[inum] = ComputedRegularInode(
+            mode=inode.mode, uid=inode.uid, gid=inode.gid, source=computed.source
+        )
+    fs.recompute_totals()
+
+
+def find_tests(fs: FileSystem) -> list[str]:
+    """Regular files under ``/tests`` with the owner-execute bit: the image's tests."""
+    return [
+        path
+        for path, _inum, inode in fs.walk()
+        if path.startswith("/tests/")
+        and isinstance(inode, RegularInode)
+        and inode.mode & stat.S_IXUSR
+    ]
+
+
+async def _run_test(env: BuildEnv, root: str, path: str) -> tuple[str, str, float]:
+    started = time.monotonic()
+    limit = env.reactor.seconds() + TEST_TIMEOUT
+    try:
+        result = await env.run_in_root(
+            root,
+            [PACKAGER, "run", path],
+            step=f"test {path}",
+            capture_stdout=True,
+            capture_stderr=True,
+            deadline=limit,
+        )
+        output, error = result.stdout + result.stderr, ""
+    except CommandError as exc:
+        output = exc.stdout + exc.stderr
+        timed_out = env.reactor.seconds() >= limit and (
+            env.deadline is None or limit < env.deadline
+        )
+        error = "test timed out" if timed_out else str(exc)
+    text = output[:TEST_OUTPUT_LIMIT].decode("utf-8", errors="replace")
+    if len(output) > TEST_OUTPUT_LIMIT:
+        text += f"\n[output truncated at {TEST_OUTPUT_LIMIT} bytes]\n"
+    return text, error, time.monotonic() - started
+
+
+async def run_tests(env: BuildEnv, root: str, fs: FileSystem) -> None:
+    """Run every test of the image concurrently; any failure fails the build."""
+    tests = await env.in_thread(find_tests, fs)
+    if not tests:
+        return
+    env.log.line(f"Running {len(tests)} tests")
+    results = await gatherResults(
+        [Deferred.fromCoroutine(_run_test(env, root, path)) for path in tests],
+        consumeErrors=True,
+    )
+    failed = 0
+    for path, (output, error, took) in zip(tests, results, strict=True):
+        env.log.write(output)
+        if error:
+            failed += 1
+            env.log.line(f"error running: {path}: {error}")
+        else:
+            env.log.line(f"{path} passed in {format_duration(took)}")
+        env.log.line()
+    if failed:
+        raise BuildError(f"{failed} tests failed")
+
+
+async def pack(env: BuildEnv, spec: PackSpec) -> Image:
+    """Turn the tree at ``spec.root`` into an image whose objects are all stored."""
+    packages = await list_packages(env, spec.root)
+    await env.in_thread(delete_matching, spec.root, _TMP_CONTENTS.match)
+    env.log.line("Scanning file-system and uploading objects")
+    try:
+        result = await scan_tree(
+            spec.root,
+            reactor=env.reactor,
+            threadpool=env.threadpool,
+            store=env.local_store,
+            scan_filter=spec.scan_filter,
+            tree_cache=spec.tree_cache,
+        )
+    except ScanError as exc:
+        raise BuildError(f"error building file-system: {exc}") from None
+    fs = result.file_system
+    await env.in_thread(splice_computed_files, fs, spec.computed_files)
+    env.log.line(
+        f"Skipped {result.objects_skipped} unchanged objects ({format_bytes(result.bytes_skipped)})"
+    )
+    env.log.line(
+        f"Scanned file-system and uploaded {result.objects_added} objects "
+        f"({format_bytes(result.bytes_added)}) in {format_duration(result.duration)} "
+        f"({_rate(result.bytes_added, result.duration)})"
+    )
+    await copy_previous_mtimes(env, spec, fs)
+    await run_tests(env, spec.root, fs)
+    log_hash = await env.store.add_object(env.log.getvalue())
+    return Image(
+        build_log=Annotation(object=bytes.fromhex(log_hash), url=""),
+        file_system=fs,
+        filter=spec.image_filter,
+        owner_groups=tuple(spec.owners.groups) or None,
+        owner_users=tuple(spec.owners.users) or None,
+        triggers=spec.triggers,
+        packages=tuple(packages),
+        source_image=spec.source_image,
+        tags=expand_tags(spec.tags, spec.variables),
+    )
+
+
+def compile_filter(lines, what: str) -> Filter | None:
+    if not lines:
+        return None
+    try:
+        return Filter(tuple(lines))
+    except Exception as exc:
+        raise BuildError(f"error compiling {what}: {exc}") from None

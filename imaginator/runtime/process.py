@@ -1,0 +1,476 @@
+"""Running child processes: the only way the daemon starts one.
+
+Every child leads a new session and process group (it is exec'd through
+util-linux ``setsid``), gets exactly the environment it is given, and has its
+stdout and stderr cut into lines that go into the build log as they arrive.
+A deadline, when given, is enforced on the whole process group: SIGTERM when
+it passes, SIGKILL ``kill_grace`` seconds later. When the child itself exits,
+whatever is left of its process group is killed, so a build step never leaves
+processes behind (the sandbox's PID namespace catches those that escape the
+group).
+
+Failures are raised as :class:`CommandError`, whose text is what Go's
+``exec`` package says (``exit status 1``, ``signal: killed``), so callers can
+reproduce the reference error messages ("error running script: 1_fail: exit
+status 1").
+
+Nothing here blocks the reactor: the child is spawned with
+``reactor.spawnProcess`` and every timer is a ``reactor.callLater``, so unit
+tests can drive it all with a ``Clock``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from imaginator.runtime.buildlog import BuildLog
+
+SETSID = shutil.which("setsid") or "/usr/bin/setsid"
+"""util-linux ``setsid``: exec's its arguments as the leader of a new session."""
+
+DEADLINE_EXCEEDED = "context deadline exceeded"
+"""Go's text for a deadline that passed (used when the child's own status says nothing)."""
+
+# A line longer than this is passed on in pieces, so a child that never
+# writes a newline (a progress bar) cannot make us buffer without bound.
+MAX_PENDING_LINE = 64 * 1024
+
+# Go's names for the Linux signals (syscall.Signal.String()).
+_GO_SIGNAL_NAMES: dict[int, str] = {
+    1: "hangup",
+    2: "interrupt",
+    3: "quit",
+    4: "illegal instruction",
+    5: "trace/breakpoint trap",
+    6: "aborted",
+    7: "bus error",
+    8: "floating point exception",
+    9: "killed",
+    10: "user defined signal 1",
+    11: "segmentation fault",
+    12: "user defined signal 2",
+    13: "broken pipe",
+    14: "alarm clock",
+    15: "terminated",
+    16: "stack fault",
+    17: "child exited",
+    18: "continued",
+    19: "stopped (signal)",
+    20: "stopped",
+    21: "stopped (tty input)",
+    22: "stopped (tty output)",
+    23: "urgent I/O condition",
+    24: "CPU time limit exceeded",
+    25: "file size limit exceeded",
+    26: "virtual timer expired",
+    27: "profiling timer expired",
+    28: "window changed",
+    29: "I/O possible",
+    30: "power failure",
+    31: "bad system call",
+}
+
+
+class ProcessReactor(Protocol):
+    """What the runner needs from a reactor: processes and timers."""
+
+    def spawnProcess(
+        self,
+        processProtocol: ProcessProtocol,
+        executable: str,
+        args: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        path: str | None = None,
+    ) -> IProcessTransport: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., Any], *args: object, **kw: object
+    ) -> IDelayedCall: ...
+
+    def seconds(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """What a successful child left: its exit code and any captured output."""
+
+    exit_code: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+class CommandError(Exception):
+    """A child that did not exit with status 0.
+
+    ``str(err)`` is ``reason``, Go's text for the failure: ``exit status N``,
+    ``signal: killed``, ``signal: terminated`` … For a child the runner killed
+    that still managed to exit 0, it is ``killed_because`` (``context deadline
+    exceeded`` for the deadline).
+    ``step`` names the build step, for callers that build messages from it.
+    ``killed_because`` says why the runner killed the child (the deadline, or
+    the reason given to ``kill_all``); it is ``None`` when the child failed by
+    itself. Captured output is kept, since it often explains the failure.
+    """
+
+    def __init__(
+        self,
+        step: str,
+        reason: str,
+        *,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        killed_because: str | None = None,
+        stdout: bytes = b"",
+        stderr: bytes = b"",
+    ) -> None:
+        super().__init__(reason)
+        self.step = step
+        self.reason = reason
+        self.exit_code = exit_code
+        self.signal = signal
+        self.killed_because = killed_because
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def signal_description(signum: int) -> str:
+    """Go's name for a signal (``killed`` for 9), ``signal N`` when it has none."""
+    return _GO_SIGNAL_NAMES.get(signum, f"signal {signum}")
+
+
+def describe_wait_status(status: int) -> str:
+    """Go's ``ProcessState.String()`` for a raw wait status."""
+    if os.WIFEXITED(status):
+        return f"exit status {os.WEXITSTATUS(status)}"
+    if os.WIFSIGNALED(status):
+        text = "signal: " + signal_description(os.WTERMSIG(status))
+        return text + " (core dumped)" if os.WCOREDUMP(status) else text
+    return f"unknown wait status {status:#x}"
+
+
+def _wait_status(reason: Failure) -> int:
+    """The raw wait status inside Twisted's ``ProcessDone``/``ProcessTerminated``."""
+    value = reason.value
+    status = getattr(value, "status", None)
+    if isinstance(status, int):
+        return status
+    sig = getattr(value, "signal", None)
+    if isinstance(sig, int):
+        return sig
+    code = getattr(value, "exitCode", 0)
+    return (code or 0) << 8
+
+
+class _OutputStream:
+    """One output pipe of a child: cut into lines for the log, or captured.
+
+    A captured stream is returned to the caller and not logged; otherwise each
+    complete line is written to the log as its own chunk as soon as it
+    arrives, and a trailing partial line when the pipe closes.
+    """
+
+    def __init__(self, log: BuildLog | None, capture: bool) -> None:
+        self._log = None if capture else log
+        self._capture = capture
+        self._captured: list[bytes] = []
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        if self._capture:
+            self._captured.append(data)
+            return
+        if self._log is None:
+            return
+        self._pending += data
+        end = self._pending.rfind(b"\n")
+        if end >= 0:
+            complete = bytes(self._pending[: end + 1])
+            del self._pending[: end + 1]
+            for line in complete.split(b"\n")[:-1]:
+                self._log.write(line + b"\n")
+        if len(self._pending) >= MAX_PENDING_LINE:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write out a partial line (at the end of the output)."""
+        if self._pending and self._log is not None:
+            self._log.write(bytes(self._pending))
+        self._pending.clear()
+
+    def captured(self) -> bytes:
+        return b"".join(self._captured)
+
+
+class _ChildProtocol(ProcessProtocol):
+    """Feeds stdin, routes output, and reports the child's exit and end."""
+
+    def __init__(
+        self,
+        stdin: bytes | None,
+        outputs: Mapping[int, _OutputStream],
+        on_started: Callable[[IProcessTransport], None],
+        on_exited: Callable[[], None],
+        on_ended: Callable[[int], None],
+    ) -> None:
+        self._stdin = stdin
+        self._outputs = outputs
+        self._on_started = on_started
+        self._on_exited = on_exited
+        self._on_ended = on_ended
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        # Before spawnProcess returns, Twisted may already report the exit:
+        # the job must know its process group from here on.
+        self._on_started(self.transport)
+        if self._stdin:
+            self.transport.write(self._stdin)
+        self.transport.closeStdin()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        stream = self._outputs.get(childFD)
+        if stream is not None:
+            stream.feed(data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        stream = self._outputs.get(childFD)
+        if stream is not None:
+            stream.flush()
+
+    def processExited(self, reason: Failure) -> None:
+        self._on_exited()
+
+    def processEnded(self, reason: Failure) -> None:
+        for stream in self._outputs.values():
+            stream.flush()
+        self._on_ended(_wait_status(reason))
+
+
+@dataclass(eq=False)
+class _Job:
+    """The runner's record of one live child (its process group is ``pgid``)."""
+
+    argv: tuple[str, ...]
+    transport: IProcessTransport | None = None
+    pgid: int = 0
+    exited: bool = False
+    killed_because: str | None = None
+    timers: list[IDelayedCall] = field(default_factory=list)
+    waiter: Deferred[int] = field(default_factory=Deferred)
+    finished: Deferred[None] = field(default_factory=Deferred)
+
+    def started(self, transport: IProcessTransport) -> None:
+        """The child exists: with ``setsid`` its pid is its process group id."""
+        self.transport = transport
+        self.pgid = transport.pid or 0
+
+    def cancel_timers(self) -> None:
+        for timer in self.timers:
+            if timer.active():
+                timer.cancel()
+        self.timers.clear()
+
+
+class ProcessRunner:
+    """Runs child processes for the daemon (see the module docstring).
+
+    ``kill_grace`` is the time between SIGTERM and SIGKILL when a deadline
+    passes, and also how long the runner waits, after the child has exited,
+    for its output pipes to close before closing them itself (a process that
+    left the process group may still hold them). ``setsid`` and ``killpg`` are
+    injectable so that unit tests can run without real processes.
+    """
+
+    def __init__(
+        self,
+        reactor: ProcessReactor,
+        kill_grace: float = 5.0,
+        *,
+        setsid: str = SETSID,
+        killpg: Callable[[int, int], None] = os.killpg,
+        niceness: int = 0,
+    ) -> None:
+        self._reactor = reactor
+        # Children run at a lower CPU priority, so the daemon (its pages, RPC
+        # and log streaming) stays responsive while builds keep the cores busy.
+        self._prefix = ("nice", "-n", str(niceness)) if niceness else ()
+        self._kill_grace = kill_grace
+        self._setsid = setsid
+        self._killpg = killpg
+        self._jobs: set[_Job] = set()
+
+    def running(self) -> int:
+        """How many children have been started and have not yet ended."""
+        return len(self._jobs)
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        log: BuildLog | None,
+        env: Mapping[str, str],
+        cwd: str = "/",
+        stdin: bytes | None = None,
+        deadline: float | None = None,
+        capture_stdout: bool = False,
+        capture_stderr: bool = False,
+        step: str = "",
+    ) -> ProcessResult:
+        """Run ``argv`` to completion; raise :class:`CommandError` unless it exits 0.
+
+        ``env`` is the child's whole environment. ``stdin`` is written to the
+        child and then closed (with ``None`` the child reads EOF at once).
+        Output goes line by line to ``log`` (``None``: discarded), except a
+        captured stream, which is returned in the result instead. ``deadline``
+        is an absolute ``reactor.seconds()`` time; ``step`` is copied into the
+        error.
+        """
+        if not argv:
+            raise ValueError("empty argv")
+        if deadline is not None and deadline <= self._reactor.seconds():
+            raise CommandError(step, DEADLINE_EXCEEDED, killed_because=DEADLINE_EXCEEDED)
+        outputs = {1: _OutputStream(log, capture_stdout), 2: _OutputStream(log, capture_stderr)}
+        job = self._start(tuple(argv), outputs, env=env, cwd=cwd, stdin=stdin)
+        if deadline is not None:
+            delay = deadline - self._reactor.seconds()
+            job.timers.append(
+                self._reactor.callLater(delay, self._terminate, job, DEADLINE_EXCEEDED)
+            )
+        status = await job.waiter
+        stdout, stderr = outputs[1].captured(), outputs[2].captured()
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and job.killed_because is None:
+            return ProcessResult(0, stdout, stderr)
+        raise _command_error(step, status, job.killed_because, stdout, stderr)
+
+    def kill_all(self, reason: str) -> Deferred[None]:
+        """SIGKILL every running process group (daemon shutdown).
+
+        Each pending :meth:`run` fails with a :class:`CommandError` whose
+        ``killed_because`` is ``reason``. The returned Deferred fires once every
+        child has ended.
+        """
+        jobs = list(self._jobs)
+        for job in jobs:
+            self._kill_group(job, signal.SIGKILL, reason)
+        done: Deferred[Any] = gatherResults([job.finished for job in jobs])
+        return done.addCallback(lambda _: None)
+
+    def _start(
+        self,
+        argv: tuple[str, ...],
+        outputs: Mapping[int, _OutputStream],
+        *,
+        env: Mapping[str, str],
+        cwd: str,
+        stdin: bytes | None,
+    ) -> _Job:
+        job = _Job(argv)
+        # Cancelling the caller's Deferred kills the child rather than leaving it behind.
+        job.waiter = Deferred(lambda _: self._kill_group(job, signal.SIGKILL, "cancelled"))
+        protocol = _ChildProtocol(
+            stdin,
+            outputs,
+            on_started=lambda transport: job.started(transport),
+            on_exited=lambda: self._leader_exited(job),
+            on_ended=lambda status: self._ended(job, status),
+        )
+        self._jobs.add(job)
+        try:
+            self._reactor.spawnProcess(
+                protocol,
+                self._setsid,
+                [self._setsid, *self._prefix, *argv],
+                env=dict(env),
+                path=cwd,
+            )
+        except BaseException:
+            self._jobs.discard(job)
+            raise
+        return job
+
+    def _terminate(self, job: _Job, because: str) -> None:
+        """The deadline passed: SIGTERM the group now, SIGKILL it after the grace time."""
+        self._kill_group(job, signal.SIGTERM, because)
+        job.timers.append(
+            self._reactor.callLater(
+                self._kill_grace, self._kill_group, job, signal.SIGKILL, because
+            )
+        )
+
+    def _kill_group(self, job: _Job, sig: int, because: str) -> None:
+        if job.exited:
+            # The group was killed when its leader exited; its id may be reused now.
+            return
+        if job.killed_because is None:
+            job.killed_because = because
+        self._signal(job.pgid, sig)
+
+    def _signal(self, pgid: int, sig: int) -> None:
+        if pgid <= 1:
+            # Never killpg(0, …): that is our own process group.
+            return
+        try:
+            self._killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _leader_exited(self, job: _Job) -> None:
+        """The child was reaped: kill what is left of its group, bound the pipe wait.
+
+        This runs in the same reactor turn as the reaping, before any other
+        child can be started, so the group id cannot yet belong to anyone else.
+        """
+        self._signal(job.pgid, signal.SIGKILL)
+        job.exited = True
+        job.cancel_timers()
+        transport = job.transport
+        if transport is not None:
+            job.timers.append(self._reactor.callLater(self._kill_grace, transport.loseConnection))
+
+    def _ended(self, job: _Job, status: int) -> None:
+        """Exited and all pipes closed: forget the job, wake the caller."""
+        job.exited = True
+        job.cancel_timers()
+        self._jobs.discard(job)
+        if not job.waiter.called:
+            job.waiter.callback(status)
+        job.finished.callback(None)
+
+
+def _command_error(
+    step: str, status: int, killed_because: str | None, stdout: bytes, stderr: bytes
+) -> CommandError:
+    """The error for a child that ended with ``status`` (or was killed by us)."""
+    exit_code: int | None = None
+    sig: int | None = None
+    if os.WIFEXITED(status):
+        exit_code = os.WEXITSTATUS(status)
+    elif os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+    if exit_code == 0:
+        # It survived our SIGTERM and exited cleanly, but too late.
+        reason = killed_because or DEADLINE_EXCEEDED
+    else:
+        reason = describe_wait_status(status)
+    return CommandError(
+        step,
+        reason,
+        exit_code=exit_code,
+        signal=sig,
+        killed_because=killed_because,
+        stdout=stdout,
+        stderr=stderr,
+    )

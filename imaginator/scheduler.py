@@ -1,0 +1,589 @@
+"""The builder: runs builds of streams and remembers what happened.
+
+One build per stream runs at a time; a request identical to a running one joins
+it and gets the same result; a global semaphore bounds how many builds run at
+once. Every build has a ``BuildLog`` that pages and RPC clients can follow
+while it runs, and a ``BuildResult`` kept as the stream's last result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from imaginator.config.main import BootstrapStream, MainConfig
+from imaginator.config.streams import StreamConfig, StreamsDocument
+from imaginator.config.streams import lookup as lookup_stream
+from imaginator.goformats.jsonc import ConfigError
+from imaginator.goformats.units import format_duration
+from imaginator.image.compare import same_content
+from imaginator.image.filter import Filter
+from imaginator.image.model import Image
+from imaginator.pipeline.bootstrap import build_bootstrap
+from imaginator.pipeline.manifest_build import NeedSourceImage, NormalBuild, build_normal
+from imaginator.pipeline.pack import BuildEnv, BuildError
+from imaginator.pipeline.rootfs import SourceTrees
+from imaginator.runtime.buildlog import BuildLog
+from imaginator.runtime.process import ProcessRunner
+
+DAY = 24 * 3600.0
+_log = Logger()
+
+
+@dataclass
+class CurrentBuild:
+    """A build in progress (what the status page lists under "Current image builds")."""
+
+    stream: str
+    started_at: float
+    log: BuildLog
+    requestor: str = ""
+    auto: bool = False
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """A finished build: ``image_name`` is empty and ``error`` set on failure."""
+
+    stream: str
+    image_name: str
+    started_at: float
+    finished_at: float
+    log: bytes
+    error: str = ""
+    requestor: str = ""
+    image: Image | None = None
+    need_source_image: bool = False
+    source_image: str = ""
+    source_image_git_commit_id: str = ""
+    source_image_build_variables: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What a build request may ask for (durations in seconds; 0 = not set)."""
+
+    expires_in: float = 0.0
+    git_branch: str = ""
+    max_source_age: float = 0.0
+    maximum_build_duration: float = 0.0
+    variables: tuple[tuple[str, str], ...] = ()
+    return_image: bool = False
+    disable_recursive_build: bool = False
+    auto: bool = False
+
+    @classmethod
+    def make(cls, variables: Mapping[str, str] | None = None, **kwargs) -> BuildOptions:
+        return cls(variables=tuple(sorted((variables or {}).items())), **kwargs)
+
+
+class UnknownStream(BuildError):
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"unknown stream: {stream}")
+
+
+def observe(d: Deferred) -> Deferred:
+    """A Deferred firing (with None) when ``d`` fires, leaving ``d``'s result alone."""
+    observer: Deferred = Deferred()
+
+    def fire(result):
+        observer.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return observer
+
+
+def build_deadline_seconds(flag: float, requested: float) -> float:
+    """``min(flag, request)`` where anything under one second means 24 hours."""
+
+    def norm(value: float) -> float:
+        return DAY if value < 1 else value
+
+    return min(norm(flag), norm(requested))
+
+
+@dataclass
+class BuilderSettings:
+    maximum_build_duration: float = DAY
+    maximum_concurrent_builds: int = 2
+    tmpdir: str | None = None
+    arch: str = "amd64"
+    ctime_resolution: float = 0.0
+    # Where pristine trees of source images are cached, to mount build roots
+    # as overlays over them (None: unpack every source image into its root).
+    tree_cache_dir: str | None = None
+    tree_cache_images: int = 4
+
+
+@dataclass
+class _Running:
+    current: CurrentBuild
+    options: BuildOptions
+    waiters: list[Deferred] = field(default_factory=list)
+
+
+class _NoStreams:
+    """The streams registry when no ``ImageStreamsUrl`` is configured."""
+
+    def current(self) -> StreamsDocument:
+        return StreamsDocument()
+
+    async def ensure_known(self, name, is_known) -> bool:
+        return is_known(self.current())
+
+
+class Builder:
+    """Runs builds against the embedded store and keeps current/last build state.
+
+    ``streams`` is the registry of normal streams (``current()`` and
+    ``ensure_known(name, predicate)``, which reloads once for an unknown name);
+    ``secrets`` gives the variables file's values (``values()``) and removes
+    them from text (``redact(text)``).
+    """
+
+    def __init__(
+        self,
+        *,
+        reactor,
+        threadpool,
+        config: MainConfig,
+        store,
+        local_store,
+        runner: ProcessRunner,
+        settings: BuilderSettings,
+        streams=None,
+        secrets=None,
+    ) -> None:
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self.config = config
+        self._store = store
+        self._local_store = local_store
+        self._runner = runner
+        self._settings = settings
+        self._streams = streams if streams is not None else _NoStreams()
+        self._secrets = secrets
+        self._mtimes_filter = (
+            Filter(config.mtimes_copy_filter_lines) if config.mtimes_copy_filter_lines else None
+        )
+        self._stream_locks: dict[str, DeferredLock] = {}
+        limit = settings.maximum_concurrent_builds
+        self._slots = DeferredSemaphore(limit) if limit > 0 else None
+        self._running: dict[str, _Running] = {}
+        self._last: dict[str, BuildResult] = {}
+        self._build_requests_disabled_until: float | None = None
+        self._listeners: list[Callable[[BuildResult], object]] = []
+        self._active = 0
+        self._idle_waiters: list[Deferred] = []
+        self._paused: Deferred | None = None
+        self.shutting_down = False
+        self.source_trees = (
+            SourceTrees(
+                settings.tree_cache_dir,
+                keep=settings.tree_cache_images,
+                reactor=reactor,
+                threadpool=threadpool,
+                store=local_store,
+            )
+            if settings.tree_cache_dir
+            else None
+        )
+
+    # -- state for pages and RPC -------------------------------------------------
+
+    def current_builds(self) -> list[CurrentBuild]:
+        return [self._running[s].current for s in sorted(self._running)]
+
+    def current_build(self, stream: str) -> CurrentBuild | None:
+        running = self._running.get(stream)
+        return running.current if running else None
+
+    def last_results(self) -> list[BuildResult]:
+        return [self._last[s] for s in sorted(self._last)]
+
+    def last_result(self, stream: str) -> BuildResult | None:
+        return self._last.get(stream)
+
+    def normal_streams(self) -> Mapping[str, StreamConfig]:
+        return self._streams.current().streams
+
+    def stream_names(self) -> list[str]:
+        return sorted(set(self.config.bootstrap_streams) | set(self.normal_streams()))
+
+    def auto_rebuild_streams(self) -> frozenset[str]:
+        return frozenset(self.config.image_streams_to_auto_rebuild)
+
+    def build_requests_disabled_until(self) -> float | None:
+        until = self._build_requests_disabled_until
+        if until is not None and until <= self._reactor.seconds():
+            return None
+        return until
+
+    def disable_build_requests(self, duration: float) -> float | None:
+        """Refuse RPC build requests for ``duration`` seconds (0 re-enables, 24 h at most)."""
+        if duration > DAY:
+            raise BuildError("cannot disable build requests for more than: 24h0m0s")
+        if duration <= 0:
+            self._build_requests_disabled_until = None
+            return None
+        self._build_requests_disabled_until = self._reactor.seconds() + duration
+        return self._build_requests_disabled_until
+
+    def add_listener(self, callback: Callable[[BuildResult], object]) -> None:
+        """Call ``callback(result)`` after every finished build (for the log archive)."""
+        self._listeners.append(callback)
+
+    def running_count(self) -> int:
+        return self._active
+
+    async def exclusive(self, work: Callable[[], Awaitable[object]]) -> object:
+        """Run ``work()`` while no build runs (new builds wait until it is done).
+
+        Used for garbage collection: a running build's objects are not yet
+        referenced by any image, so they must not be collected meanwhile.
+        """
+        while self._paused is not None:
+            await observe(self._paused)
+        paused: Deferred = Deferred()
+        self._paused = paused
+        try:
+            while self._active:
+                waiter: Deferred = Deferred()
+                self._idle_waiters.append(waiter)
+                await waiter
+            return await work()
+        finally:
+            self._paused = None
+            paused.callback(None)
+
+    async def shutdown(self, timeout: float = 60.0) -> None:
+        """Kill running builds' processes and wait until they are recorded as failed."""
+        self.shutting_down = True
+        await self._runner.kill_all("daemon shutting down")
+        while self._active:
+            waiter: Deferred = Deferred()
+            self._idle_waiters.append(waiter)
+            waiter.addTimeout(timeout, self._reactor)
+            try:
+                await waiter
+            except Exception:
+                _log.warn("Builds still running at shutdown: {count}", count=self._active)
+                return
+
+    def _enter(self) -> None:
+        self._active += 1
+
+    def _leave(self) -> None:
+        self._active -= 1
+        if not self._active:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.callback(None)
+
+    def redact(self, text: str) -> str:
+        return self._secrets.redact(text) if self._secrets is not None else text
+
+    def secret_values(self) -> Mapping[str, str]:
+        return self._secrets.values() if self._secrets is not None else {}
+
+    # -- building ----------------------------------------------------------------
+
+    def new_log(self) -> BuildLog:
+        return BuildLog(self.redact)
+
+    async def lookup(self, stream: str) -> BootstrapStream | StreamConfig:
+        """The stream's configuration (reloading the streams once if unknown)."""
+        bootstrap = self.config.bootstrap_streams.get(stream)
+        if bootstrap is not None:
+            return bootstrap
+
+        def known(document: StreamsDocument) -> bool:
+            return lookup_stream(document, stream, self.config.bootstrap_streams) is not None
+
+        try:
+            if await self._streams.ensure_known(stream, known):
+                found = lookup_stream(
+                    self._streams.current(), stream, self.config.bootstrap_streams
+                )
+                if found is not None:
+                    return found
+        except ConfigError as exc:
+            raise BuildError(str(exc)) from None
+        raise UnknownStream(stream)
+
+    async def build(
+        self,
+        stream: str,
+        options: BuildOptions,
+        requestor: str = "",
+        log: BuildLog | None = None,
+        *,
+        _chain: tuple[str, ...] = (),
+    ) -> BuildResult:
+        """Build ``stream``; never raises for build failures (see ``BuildResult.error``).
+
+        If an identical build of the stream is running, this joins it. Otherwise
+        it waits for the stream's previous build and, unless it is a source
+        build for another build (which already holds one), for a free slot.
+        """
+        running = self._running.get(stream)
+        if running is not None and running.options == options and not _chain:
+            waiter: Deferred = Deferred()
+            running.waiters.append(waiter)
+            if log is None:
+                return await waiter
+            shared = running.current.log
+            log.line(f"Joining the running build of {stream}")
+            log.write(shared.getvalue())
+            stop = shared.subscribe(log.write)
+            try:
+                return await waiter
+            finally:
+                stop()
+        lock = self._stream_locks.setdefault(stream, DeferredLock())
+        await lock.acquire()
+        try:
+            slots = self._slots if not _chain else None
+            if slots is not None:
+                await slots.acquire()
+            try:
+                return await self._build_now(
+                    stream,
+                    options,
+                    requestor,
+                    log if log is not None else self.new_log(),
+                    (*_chain, stream),
+                )
+            finally:
+                if slots is not None:
+                    slots.release()
+        finally:
+            lock.release()
+
+    async def _build_now(
+        self,
+        stream: str,
+        options: BuildOptions,
+        requestor: str,
+        log: BuildLog,
+        chain: tuple[str, ...],
+    ) -> BuildResult:
+        if self.shutting_down:
+            return self._refused(stream, options, requestor, log, "daemon shutting down")
+        while self._paused is not None and len(chain) == 1:
+            await observe(self._paused)
+        self._enter()
+        try:
+            return await self._build_counted(stream, options, requestor, log, chain)
+        finally:
+            self._leave()
+
+    def _refused(
+        self, stream: str, options: BuildOptions, requestor: str, log: BuildLog, error: str
+    ) -> BuildResult:
+        log.line(f"Error building image: {stream}: {error}")
+        log.close()
+        now = self._reactor.seconds()
+        return BuildResult(stream, "", now, now, log.getvalue(), error, requestor)
+
+    async def _build_counted(
+        self,
+        stream: str,
+        options: BuildOptions,
+        requestor: str,
+        log: BuildLog,
+        chain: tuple[str, ...],
+    ) -> BuildResult:
+        started = self._reactor.seconds()
+        started_mono = time.monotonic()
+        current = CurrentBuild(stream, started, log, requestor, options.auto)
+        running = _Running(current, options)
+        self._running[stream] = running
+        image_name, error, image, need = "", "", None, None
+        try:
+            image = await self._make_image_recursively(stream, options, log, chain)
+            image_name = await self._publish(stream, image, options, requestor, log, started_mono)
+        except NeedSourceImage as exc:
+            error, need = str(exc), exc
+        except BuildError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug must fail the build, not the daemon
+            _log.failure("Unexpected error building {stream}", stream=stream)
+            error = f"internal error: {exc}"
+        if error and self.shutting_down:
+            error = f"daemon shutting down ({error})"
+        if error:
+            log.line(f"Error building image: {stream}: {error}")
+            error = self.redact(error)
+            _log.info("Error building image: {stream}: {error}", stream=stream, error=error)
+        else:
+            _log.info(
+                "Built image: {name} in {duration}",
+                name=image_name,
+                duration=format_duration(self._reactor.seconds() - started),
+            )
+        result = BuildResult(
+            stream=stream,
+            image_name=image_name,
+            started_at=started,
+            finished_at=self._reactor.seconds(),
+            log=log.getvalue(),
+            error=error,
+            requestor=requestor,
+            image=image if options.return_image and not error else None,
+            need_source_image=need is not None,
+            source_image=need.source_image if need else "",
+            source_image_git_commit_id=need.git_commit_id if need else "",
+            source_image_build_variables=dict(need.build_variables) if need else {},
+        )
+        del self._running[stream]
+        self._last[stream] = replace(result, image=None)
+        log.close()
+        for waiter in running.waiters:
+            waiter.callback(result)
+        for listener in self._listeners:
+            try:
+                listener(result)
+            except Exception:
+                _log.failure("Build result listener failed")
+        return result
+
+    def _env(self, log: BuildLog, options: BuildOptions) -> BuildEnv:
+        env = BuildEnv(
+            reactor=self._reactor,
+            threadpool=self._threadpool,
+            runner=self._runner,
+            store=self._store,
+            local_store=self._local_store,
+            log=log,
+            deadline_seconds=build_deadline_seconds(
+                self._settings.maximum_build_duration, options.maximum_build_duration
+            ),
+        )
+        env.start_deadline()
+        return env
+
+    async def _make_image_recursively(
+        self, stream: str, options: BuildOptions, log: BuildLog, chain: tuple[str, ...]
+    ) -> Image:
+        """Build; on a missing or stale source image build the source first, then retry once."""
+        try:
+            return await self._make_image(stream, options, log)
+        except NeedSourceImage as need:
+            if options.disable_recursive_build:
+                raise
+            source = need.source_image
+            if source in chain:
+                raise BuildError(
+                    f"circular source image dependency: {' -> '.join((*chain, source))}"
+                ) from None
+            variables = {**need.build_variables}
+            variables.update({k: v for k, v in options.variables if v})
+            source_options = BuildOptions.make(
+                variables,
+                expires_in=options.expires_in or 3600.0,
+                git_branch=need.git_commit_id,
+                max_source_age=options.max_source_age,
+                maximum_build_duration=options.maximum_build_duration,
+            )
+            log.line(f"Building source image: {source} ({need})")
+            inner = self.new_log()
+            stop = inner.subscribe(log.write)
+            try:
+                result = await self.build(source, source_options, "", inner, _chain=chain)
+            finally:
+                stop()
+            if result.error:
+                raise BuildError(result.error) from None
+            log.line(f"Built source image: {result.image_name}, building: {stream}")
+        return await self._make_image(stream, options, log)
+
+    async def _make_image(self, stream: str, options: BuildOptions, log: BuildLog) -> Image:
+        config = await self.lookup(stream)
+        env = self._env(log, options)
+        if isinstance(config, BootstrapStream):
+            packager = self.config.packager_types.get(config.packager_type)
+            if packager is None:
+                raise BuildError(f'packager type: "{config.packager_type}" unknown')
+            variables = {**self.secret_values(), **dict(options.variables)}
+            return await build_bootstrap(
+                env,
+                config,
+                packager,
+                variables=variables,
+                mtimes_filter=self._mtimes_filter,
+                tmpdir=self._settings.tmpdir,
+            )
+        return await build_normal(
+            env,
+            NormalBuild(
+                stream=stream,
+                config=config,
+                main=self.config,
+                arch=self._settings.arch,
+                git_branch=options.git_branch,
+                max_source_age=options.max_source_age,
+                request_variables=dict(options.variables),
+                secrets=self.secret_values(),
+                tmpdir=self._settings.tmpdir,
+                ctime_resolution=self._settings.ctime_resolution,
+                source_trees=self.source_trees,
+            ),
+        )
+
+    async def _identical_latest(
+        self, stream: str, image: Image, expires_at: int, log: BuildLog
+    ) -> str | None:
+        """If the stream's latest image has the same content, extend it and name it."""
+        latest_name = await self._store.find_latest_image(stream)
+        if latest_name is None:
+            return None
+        latest = await self._store.get_image(latest_name)
+        if latest is None or not await deferToThreadPool(
+            self._reactor, self._threadpool, same_content, image, latest
+        ):
+            return None
+        extended = await self._store.change_image_expiration(latest_name, expires_at)
+        log.line(
+            f"Identical to {latest_name}: no new image published"
+            + (", extended its expiration" if extended else "")
+        )
+        return latest_name
+
+    async def _publish(
+        self,
+        stream: str,
+        image: Image,
+        options: BuildOptions,
+        requestor: str,
+        log: BuildLog,
+        started_mono: float,
+    ) -> str:
+        upload_started = time.monotonic()
+        now = self._reactor.seconds()
+        expires_at = int((now + options.expires_in) * 1e9) if options.expires_in > 0 else 0
+        if not options.return_image:
+            identical = await self._identical_latest(stream, image, expires_at, log)
+            if identical is not None:
+                return identical
+        name = await self._store.reserve_image_name(stream, now)
+        image.created_for = requestor
+        image.expires_at = expires_at
+        if not options.return_image:
+            try:
+                await self._store.add_image(name, image)
+            except Exception as exc:
+                raise BuildError(f"error adding image: {exc}") from None
+        finished = time.monotonic()
+        log.line(
+            f"Uploaded {name} in {format_duration(finished - upload_started)}, "
+            f"total build duration: {format_duration(finished - started_mono)}"
+        )
+        return name
