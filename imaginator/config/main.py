@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imaginator.config.expand import expand, expand_opportunistic
+from imaginator.config.urls import redact_url, resolve_url
 from imaginator.goformats.jsonc import ConfigError
 from imaginator.goformats.jsonc import loads as jsonc_loads
 from imaginator.image.filter import Filter, FilterError, parse_filter_lines
 from imaginator.image.triggers import Trigger, TriggersError, parse_triggers
-from imaginator.sources.documents import redact_url, resolve_url
 
 __all__ = [
     "BootstrapStream",

@@ -46,7 +46,19 @@ from imaginator.image.model import (
     SpecialInode,
     SymlinkInode,
 )
-from imaginator.store.local import LocalImageStore
+
+
+class ObjectSink(Protocol):
+    """Where the scanner puts file contents it has not seen: the local object
+    store (``imaginator.store.local.LocalImageStore``) or a cache in front of a
+    remote one. Called from pool threads."""
+
+    def has_object(self, hash_hex: str) -> bool: ...
+
+    def put_hashed_bytes(self, data: bytes, hash_hex: str, *, sync: bool = True) -> bool: ...
+
+    def put_object_fd(self, fd: int, *, sync: bool = True) -> tuple[str, int, bool]: ...
+
 
 BLOCK_SIZE = 1 << 20
 # O_NOFOLLOW and O_NONBLOCK: a file swapped for a symlink or a FIFO after the
@@ -165,7 +177,7 @@ async def scan_tree(
     *,
     reactor: Any,
     threadpool: Any,
-    store: LocalImageStore,
+    store: ObjectSink,
     scan_filter: PathFilter | None = None,
     tree_cache: TreeCache | None = None,
     workers: int = 2,
@@ -252,7 +264,7 @@ def _remove_inodes(fs: FileSystem, inums: set[int]) -> None:
 # ---------------------------------------------------------------------- hashing
 
 
-def _hash_batches(batches: _Batches, store: LocalImageStore) -> _ChunkResult:
+def _hash_batches(batches: _Batches, store: ObjectSink) -> _ChunkResult:
     """Hash (and store, if new) the files of the batches this worker takes;
     runs in a thread."""
     result = _ChunkResult()
@@ -268,7 +280,7 @@ def _hash_batches(batches: _Batches, store: LocalImageStore) -> _ChunkResult:
 
 
 def _hash_one(
-    item: _FileToHash, dev: int, store: LocalImageStore, buffer: bytearray, result: _ChunkResult
+    item: _FileToHash, dev: int, store: ObjectSink, buffer: bytearray, result: _ChunkResult
 ) -> None:
     try:
         fd = os.open(item.os_path, _OPEN_FLAGS)
@@ -294,7 +306,7 @@ def _hash_one(
 
 
 def _hash_and_store(
-    fd: int, size_hint: int, store: LocalImageStore, buffer: bytearray
+    fd: int, size_hint: int, store: ObjectSink, buffer: bytearray
 ) -> tuple[bytes, int, bool]:
     """Hash the open file; store its content if the store lacks it. Small
     files are stored from the bytes just hashed; big ones are copied again

@@ -21,6 +21,7 @@ import os
 import shutil
 import stat
 from dataclasses import dataclass
+from typing import Protocol
 
 from imaginator.image.model import (
     ComputedRegularInode,
@@ -33,7 +34,14 @@ from imaginator.image.model import (
     SymlinkInode,
 )
 from imaginator.image.scan import CacheEntry
-from imaginator.store.local import LocalImageStore
+
+
+class ObjectFiles(Protocol):
+    """Where the unpacker reads file contents from: objects as local files
+    (``imaginator.store.local.LocalImageStore``)."""
+
+    def object_path(self, hash_hex: str) -> str: ...
+
 
 _COPY_CHUNK = 1 << 30
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM}
@@ -52,7 +60,7 @@ class _Entry:
 
 def materialise(
     image: Image,
-    store: LocalImageStore,
+    store: ObjectFiles,
     dest: str,
     *,
     preserve_owners: bool | None = None,
@@ -135,7 +143,7 @@ def _scratch_name(root: DirectoryInode) -> str:
 # ---------------------------------------------------------------------- inodes
 
 
-def _make_inodes(entries: list[_Entry], store: LocalImageStore, scratch: str, owners: bool) -> None:
+def _make_inodes(entries: list[_Entry], store: ObjectFiles, scratch: str, owners: bool) -> None:
     made: set[int] = set()
     for entry in entries:
         if isinstance(entry.inode, DirectoryInode) or entry.inum in made:
@@ -148,7 +156,7 @@ def _make_inodes(entries: list[_Entry], store: LocalImageStore, scratch: str, ow
             raise UnpackError(f"/{entry.relative}: {exc.strerror or exc}") from None
 
 
-def _make_inode(inode: Inode, store: LocalImageStore, target: str, owners: bool) -> None:
+def _make_inode(inode: Inode, store: ObjectFiles, target: str, owners: bool) -> None:
     match inode:
         case RegularInode():
             _write_regular(inode, store, target)
@@ -169,7 +177,7 @@ def _make_inode(inode: Inode, store: LocalImageStore, target: str, owners: bool)
             _set_mtime(target, inode.mtime_seconds, inode.mtime_nanoseconds)
 
 
-def _write_regular(inode: RegularInode, store: LocalImageStore, target: str) -> None:
+def _write_regular(inode: RegularInode, store: ObjectFiles, target: str) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         if inode.size == 0:

@@ -28,14 +28,29 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 from twisted.logger import Logger
 
 from imaginator.goformats.units import format_bytes, format_duration, seconds_to_ns
 
-if TYPE_CHECKING:
-    from imaginator.scheduler import BuildResult
+
+class BuildResult(Protocol):
+    """What the archive reads of a finished build (``imaginator.scheduler.BuildResult``)."""
+
+    @property
+    def stream(self) -> str: ...
+    @property
+    def image_name(self) -> str: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def requestor(self) -> str: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def finished_at(self) -> float: ...
+
 
 #: The archive is enabled only with a quota above this (reference §8.2).
 MIN_QUOTA = 1 << 20

@@ -10,42 +10,19 @@ is sent as basic authentication and never appears in an error message.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import treq
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.http import RESPONSES
+
+from imaginator.config.urls import redact_url
 
 DEFAULT_HTTP_TIMEOUT = 60.0
 
 
 class FetchError(Exception):
     """A document could not be fetched; the message names the (redacted) URL."""
-
-
-def resolve_url(base: str, reference: str) -> str:
-    """``reference`` resolved against the URL of the document that names it.
-
-    Absolute URLs and absolute paths are returned unchanged; a relative one
-    (``filters/Debian-12``) is taken relative to ``base``, so a configuration
-    tree can be moved as a whole. Empty stays empty.
-    """
-    if not reference or "://" in reference or reference.startswith("/"):
-        return reference
-    return urljoin(base, reference)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the password of its userinfo (if any) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _scrub(message: str, url: str) -> str:

@@ -34,6 +34,7 @@ from twisted.web.iweb import IRequest
 
 from imaginator.config.main import BootstrapStream, MainConfig, PackagerType
 from imaginator.config.streams import StreamConfig, public_manifest_location
+from imaginator.config.urls import redact_url
 from imaginator.goformats.units import format_bytes, format_duration, format_time
 from imaginator.image.model import (
     ComputedRegularInode,
@@ -48,7 +49,6 @@ from imaginator.image.model import (
 )
 from imaginator.image.triggers import Trigger, triggers_to_json
 from imaginator.pipeline.packager import generic_packager_script
-from imaginator.sources.documents import redact_url
 from imaginator.store.base import InvalidNameError, StoreError
 from imaginator.web.archive_pages import quote_query
 from imaginator.web.pages import HTML, TEXT, make_environment, query_argument, set_security_headers
