@@ -9,6 +9,7 @@ headless Chromium and the images with ``imagetool``.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,8 @@ async def test_sample_configuration_builds_debian_base_and_hello(tmp_path):
             f"-configurationUrl={(config / 'conf.json').as_uri()}",
             f"-variablesFile={variables}",
             "-buildLogDir=",
+            # A second cycle soon after the first: an unchanged rebuild must be identical.
+            "-imageRebuildInterval=20s",
         ]
     ).start()
     try:
@@ -131,6 +134,17 @@ async def test_sample_configuration_builds_debian_base_and_hello(tmp_path):
         for name in (names[DEBIAN], names[BASE], names[HELLO]):
             assert name in dom
         assert "Successful image builds" in dom
+
+        # The next cycle rebuilds all three from the same mirror and commits: nothing
+        # volatile (ldconfig's cache, apt and dpkg logs, apt lists) makes them differ.
+        for stream in (DEBIAN, BASE, HELLO):
+            first, quoted = re.escape(names[stream]), re.escape(stream)
+            line = await daemon.wait_for(
+                rf"Identical to {first}|Error building image: {quoted}[/:]"
+                rf"|Built image: (?!{first}){quoted}/",
+                timeout=900,
+            )
+            assert "Identical to" in line, daemon.output()
     finally:
         await daemon.stop()
 
