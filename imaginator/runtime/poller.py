@@ -5,9 +5,9 @@ generator, the auto-rebuild cycle, garbage collection) is a job run by a
 ``Poller``. The rules are the same for all of them:
 
 - a run never overlaps the previous one;
-- ``trigger()`` (or ``run_now()``, which returns the result) asks for a run now; requests made while a run is in flight are
-  coalesced into one more run right after it, and each caller gets the result
-  of the run that served it;
+- ``trigger()`` (or ``run_now()``, which returns the result) asks for a run
+  now; requests made while a run is in flight are coalesced into one more run
+  right after it, and each caller gets the result of the run that served it;
 - the next scheduled run starts ``interval`` after the previous one started,
   but never sooner than ``min_gap`` after it ended (so a job slower than its
   interval runs back to back with a breathing space, not in a pile-up);
