@@ -4,7 +4,8 @@ A cycle builds every stream of ``ImageStreamsToAutoRebuild`` one after the
 other, **parents first** (dependency order; the configured order breaks ties).
 The first cycle starts one second after the service starts; each later one
 starts ``interval`` after the previous one started, but never sooner than one
-second after it ended, so cycles never overlap. Built images expire after
+second after it ended, so cycles never overlap (``runtime.poller`` keeps that
+schedule). Built images expire after
 twice the interval (one hour when the timer is off).
 
 When a build fails, or auto builds are disabled, or a stream's source failed
@@ -21,11 +22,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from imaginator.goformats.units import format_duration, format_go_duration, format_time
-from imaginator.scheduler import BuildOptions, BuildResult, observe
+from imaginator.runtime.poller import Poller
+from imaginator.scheduler import BuildOptions, BuildResult
 
 FIRST_CYCLE_DELAY = 1.0
 MINIMUM_GAP = 1.0
 STREAMS_WAIT = 300.0
+#: How long stopping waits for the cycle in flight (its builds are being killed).
+STOP_TIMEOUT = 60.0
 
 _log = Logger()
 
@@ -55,6 +59,7 @@ class AutoBuilder(Service):
         order: Callable[[Sequence[str]], Sequence[str]] = list,
         source_of: Callable[[str], str | None] = lambda _stream: None,
         streams_loaded: Callable[[], Deferred] | None = None,
+        stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self._clock = clock
         self._build = build
@@ -64,10 +69,15 @@ class AutoBuilder(Service):
         self._order = order
         self._source_of = source_of
         self._streams_loaded = streams_loaded
-        self._timer = None
-        self._cycle: Deferred | None = None
+        self._poller = Poller(
+            "automatic image build cycle",
+            self._run_cycle,
+            clock=clock,
+            interval=interval,
+            min_gap=MINIMUM_GAP,
+            stop_timeout=stop_timeout,
+        )
         self._disabled_until = 0.0
-        self.cycles_completed = 0
         self.last_cycle: list[tuple[str, str]] = []  # (stream, what happened)
 
     # -- settings -----------------------------------------------------------------
@@ -97,49 +107,24 @@ class AutoBuilder(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.interval > 0:
-            self._schedule(FIRST_CYCLE_DELAY)
+        self._poller.start(first_delay=FIRST_CYCLE_DELAY if self.interval > 0 else None)
 
-    def stopService(self):
+    def stopService(self) -> Deferred[None]:
+        """Stop the timer; fires when the cycle in flight (if any) has ended, bounded."""
         super().stopService()
-        self._cancel_timer()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        return self._poller.stop()
 
     def busy(self) -> bool:
-        return self._cycle is not None
+        return self._poller.busy
 
-    def _schedule(self, delay: float) -> None:
-        self._timer = self._clock.callLater(delay, self._start_cycle)
+    @property
+    def cycles_completed(self) -> int:
+        return self._poller.runs
 
-    def _start_cycle(self) -> None:
-        self._timer = None
-        self.run_cycle()
-
-    def run_cycle(self) -> Deferred:
-        """Start a cycle now (unless one is running); fires when it ends."""
-        if self._cycle is not None:
-            return self._cycle
-        self._cancel_timer()  # a triggered cycle re-bases the schedule
-        started = self._clock.seconds()
-        cycle = Deferred.fromCoroutine(self._run_cycle())
-        self._cycle = cycle
-
-        def finished(result):
-            self._cycle = None
-            self.cycles_completed += 1
-            if self.running and self.interval > 0 and self._timer is None:
-                now = self._clock.seconds()
-                self._schedule(max(started + self.interval - now, MINIMUM_GAP))
-            return result
-
-        cycle.addBoth(finished)
-        done: Deferred = Deferred()
-        cycle.addBoth(lambda result: done.callback(result) or result)
-        return done
+    def run_cycle(self) -> Deferred[list[tuple[str, str]]]:
+        """Start a cycle now (or join the one running); fires when it ends."""
+        running = self._poller.join()
+        return running if running is not None else self._poller.run_now()
 
     async def start(self, *, wait_to_start: bool, wait_for_complete: bool) -> None:
         """``StartAutoBuilds``: run a cycle now.
@@ -148,14 +133,13 @@ class AutoBuilder(Service):
         which case a new cycle starts when it ends. With ``wait_for_complete``
         this returns when the new cycle has finished.
         """
-        if self._cycle is not None:
-            if not wait_to_start:
-                raise AutoBuildError("auto build busy")
-            while self._cycle is not None:
-                await observe(self._cycle)
-        cycle = self.run_cycle()
+        if self._poller.busy and not wait_to_start:
+            raise AutoBuildError("auto build busy")
+        cycle = self._poller.run_now()
         if wait_for_complete:
             await cycle
+        else:
+            cycle.addErrback(lambda _failure: None)  # logged by the poller
 
     # -- one cycle --------------------------------------------------------------------
 
@@ -235,17 +219,27 @@ class AutoBuilder(Service):
         return None
 
     async def _extend(self, stream: str, quiet: bool = False) -> str | None:
-        """Keep the stream's latest image alive for another image lifetime."""
+        """Keep the stream's latest image alive for another image lifetime.
+
+        A store error is logged with the stream and image and the cycle goes
+        on: one unreadable record must not stop every other stream's turn.
+        """
         if self._store is None:
             return None
-        name = await self._store.find_latest_image(stream)
-        if name is None:
-            return None
-        expires_at = int((self._clock.seconds() + self.image_lifetime) * 1e9)
+        name = None
         try:
+            name = await self._store.find_latest_image(stream)
+            if name is None:
+                return None
+            expires_at = int((self._clock.seconds() + self.image_lifetime) * 1e9)
             await self._store.change_image_expiration(name, expires_at)
         except Exception as exc:
-            _log.info("failed to extend: {name}: {error}", name=name, error=str(exc))
+            _log.warn(
+                "Failed to extend the latest image of {stream} ({name}): {error}",
+                stream=stream,
+                name=name or "not found",
+                error=str(exc),
+            )
             return None
         if not quiet:
             _log.info("Extended expiration for image: {name}", name=name)

@@ -115,6 +115,14 @@ class Poller:
             self._run([waiter])
         return waiter
 
+    def join(self) -> Deferred[Any] | None:
+        """The result of the run in flight (a new Deferred), or None when idle."""
+        if self._running is None:
+            return None
+        waiter: Deferred[Any] = Deferred()
+        self._waiting.append(waiter)
+        return waiter
+
     def stop(self) -> Deferred[None]:
         """No more runs; fires once the run in flight (if any) has ended, bounded."""
         self._started = False

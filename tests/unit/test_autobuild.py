@@ -1,3 +1,5 @@
+import gc
+
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -241,3 +243,58 @@ def test_triggered_cycle_rebases_the_schedule():
     assert len(builds.requests) == 2
     clock.advance(0.1)
     assert len(builds.requests) == 3
+
+
+def test_a_store_error_while_extending_does_not_abort_the_cycle():
+    clock, builds, store, auto = make_chain()
+
+    async def broken(stream):
+        if stream == "base":
+            from imaginator.store.base import StoreError
+
+            raise StoreError("images/base/old: unreadable record")
+        return store.latest.get(stream)
+
+    store.find_latest_image = broken
+    auto.startService()
+    auto.disable(150)
+    clock.advance(1)
+    assert [name for name, _ in store.extended] == ["boot/old", "app/old"]
+    assert auto.last_cycle == [
+        ("boot", "extended boot/old"),
+        ("base", "no image to extend"),
+        ("app", "extended app/old"),
+    ]
+    assert auto.cycles_completed == 1
+
+
+def test_a_failing_cycle_is_logged_once_and_the_timer_goes_on():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock, builds, auto = make(interval=100, streams=("a",))
+        auto._order = lambda _names: 1 / 0  # a bug in the cycle itself
+        auto.startService()
+        clock.advance(1)
+        failures = [e for e in events if e.get("log_failure") is not None]
+        assert len(failures) == 1
+        assert "automatic image build cycle" in failures[0]["name"]
+        auto._order = list
+        clock.advance(100)
+        assert [s for s, _ in builds.requests] == ["a"]
+        gc.collect()  # an unhandled failure in a Deferred would be logged now
+        assert len([e for e in events if e.get("log_failure") is not None]) == 1
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
+def test_stopping_waits_for_the_cycle_in_flight():
+    clock, builds, auto = make(interval=100, streams=("a",))
+    auto.startService()
+    clock.advance(1)
+    stopped = auto.stopService()
+    assert not stopped.called
+    builds.finish_all(clock)
+    assert stopped.called

@@ -178,3 +178,13 @@ def test_interval_may_be_read_each_time():
     assert len(job.started) == 1
     clock.advance(0.1)
     assert len(job.started) == 2
+
+
+def test_join_observes_the_run_in_flight():
+    _clock, job, poller = make(interval=0)
+    assert poller.join() is None
+    poller.trigger()
+    joined = poller.join()
+    job.finish("done")
+    assert joined.result == "done"
+    assert len(job.started) == 1  # joining asks for no run
