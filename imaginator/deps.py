@@ -33,7 +33,6 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from imaginator.config.manifest import ManifestError, read_manifest_file
 from imaginator.config.streams import (
@@ -44,6 +43,7 @@ from imaginator.config.streams import (
 )
 from imaginator.config.variables import make_redactor
 from imaginator.goformats.units import format_duration
+from imaginator.runtime.poller import Poller
 from imaginator.sources.git import fetch_manifest, public_url
 
 __all__ = [
@@ -396,10 +396,13 @@ class DependencyGenerator(Service):
         self._fetch: FetchFunc = fetch if fetch is not None else _default_fetch
         self._monotonic = monotonic
         self._data: DependencyData | None = None
-        self._busy = False
-        self._again = False
-        self._waiters: list[Deferred[None]] = []
-        self._timer: Any = None
+        self._poller = Poller(
+            "dependency generator",
+            self._run_once,
+            clock=clock,
+            interval=lambda: self.interval,
+            after_end=True,
+        )
         self._unsubscribe: Callable[[], object] | None = None
         self.runs = 0
         """How many generations have been attempted (for tests and metrics)."""
@@ -416,7 +419,7 @@ class DependencyGenerator(Service):
     @property
     def busy(self) -> bool:
         """Whether a generation is running now."""
-        return self._busy
+        return self._poller.busy
 
     def current(self) -> DependencyData | None:
         """The data as they are now, without waiting (None before any attempt)."""
@@ -437,83 +440,39 @@ class DependencyGenerator(Service):
             data = self._data
             if data is not None and self._clock.seconds() - data.last_attempt_at < max_age:
                 return data
-            waiter: Deferred[None] = Deferred(self._forget_waiter)
-            self._waiters.append(waiter)
-            if not self._busy:
-                self._start()
-            await waiter
+            running = self._poller.join()
+            await (running if running is not None else self._poller.run_now())
 
     def trigger(self) -> None:
         """Ask for a run now; if one is in progress, one more after it (coalesced)."""
-        if self._busy:
-            self._again = True
-        else:
-            self._start()
+        self._poller.trigger()
 
     # ------------------------------------------------------------ service
 
     def startService(self) -> None:
         super().startService()
         self._unsubscribe = self._streams.subscribe(self._on_streams)
-        self._set_timer(INITIAL_INTERVAL)
+        self._poller.start(first_delay=INITIAL_INTERVAL)
         if getattr(self._streams, "is_loaded", False) is True:
             self.trigger()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
+        """No more generations; fires when the one in flight has ended (bounded)."""
         super().stopService()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        self._cancel_timer()
+        return self._poller.stop()
 
     # ---------------------------------------------------------- scheduling
 
     def _on_streams(self, _document: StreamsDocument) -> None:
         self.trigger()
 
-    def _forget_waiter(self, waiter: Deferred[None]) -> None:
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
-
-    def _set_timer(self, seconds: float) -> None:
-        self._cancel_timer()
-        self.interval = seconds
-        self._timer = self._clock.callLater(seconds, self._timer_fired)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _timer_fired(self) -> None:
-        self._timer = None
-        self.trigger()
-
-    def _start(self) -> None:
-        self._cancel_timer()
-        self._busy = True
-        Deferred.fromCoroutine(self._run_loop()).addErrback(self._unexpected)
-
-    @staticmethod
-    def _unexpected(failure: Failure) -> None:
-        _log.failure("Unexpected error in the dependency generator", failure)
-
-    async def _run_loop(self) -> None:
-        fetch_seconds = 0.0
-        try:
-            while True:
-                self._again = False
-                fetch_seconds = await self._attempt()
-                waiters, self._waiters = self._waiters, []
-                for waiter in waiters:
-                    waiter.callback(None)
-                # Someone woken up may still want fresher data: run again.
-                if not self._again and not self._waiters:
-                    break
-        finally:
-            self._busy = False
-            if self.running:
-                self._set_timer(max(MIN_INTERVAL, INTERVAL_FETCH_FACTOR * fetch_seconds))
+    async def _run_once(self) -> None:
+        """One generation; the pause before the next grows with its fetch time."""
+        fetch_seconds = await self._attempt()
+        self.interval = max(MIN_INTERVAL, INTERVAL_FETCH_FACTOR * fetch_seconds)
 
     # ---------------------------------------------------------- generation
 

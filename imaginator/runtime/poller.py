@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -47,7 +47,9 @@ class Clock(Protocol):
 class Poller:
     """Runs ``job()`` on ``clock`` every ``interval`` seconds (0: only when triggered).
 
-    ``interval`` may be a function, read each time a run is scheduled.
+    ``interval`` may be a function, read each time a run is scheduled. With
+    ``after_end`` the interval counts from the end of the previous run instead
+    of its start (for jobs whose pause depends on how long they took).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class Poller:
         clock: Clock,
         interval: float | Callable[[], float],
         min_gap: float = 0.0,
+        after_end: bool = False,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
     ) -> None:
         self.name = name
@@ -65,11 +68,13 @@ class Poller:
         self._clock = clock
         self._interval = interval
         self.min_gap = min_gap
+        self.after_end = after_end
         self.stop_timeout = stop_timeout
         self._timer: DelayedCall | None = None
         self._running: Deferred[Any] | None = None
         self._waiting: list[Deferred[Any]] = []  # served by the run in flight
         self._queued: list[Deferred[Any]] | None = None  # served by the next run
+        self._idle: list[Deferred[None]] = []  # told when no run is in flight or queued
         self._started = False
         self.runs = 0
         self.last_error: str | None = None
@@ -89,10 +94,15 @@ class Poller:
         return self._timer is not None and self._timer.active()
 
     def start(self, first_delay: float | None = None) -> None:
-        """Start the schedule: the first run after ``first_delay`` (default: the interval)."""
+        """Start the schedule: the first run after ``first_delay`` seconds
+        (0: now, before this returns; default: one interval)."""
         self._started = True
+        if first_delay == 0:
+            if self._running is None:
+                self._run([])
+            return
         delay = self.interval if first_delay is None else first_delay
-        if delay > 0 or first_delay is not None:
+        if delay > 0:
             self._schedule(delay)
 
     def trigger(self) -> None:
@@ -123,12 +133,25 @@ class Poller:
         self._waiting.append(waiter)
         return waiter
 
-    def stop(self) -> Deferred[None]:
-        """No more runs; fires once the run in flight (if any) has ended, bounded."""
+    def idle(self) -> Deferred[None]:
+        """Fires once no run is in flight or queued (at once when idle)."""
+        if self._running is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle.append(waiter)
+        return waiter
+
+    def stop(self, *, cancel: bool = False) -> Deferred[None]:
+        """No more runs; fires once the run in flight (if any) has ended, bounded.
+
+        With ``cancel`` the run in flight is cancelled first (for jobs that
+        only wait on the network and lose nothing by being cut short).
+        """
         self._started = False
         self._cancel_timer()
         for waiter in self._queued or ():
-            waiter.errback(Failure(PollerStopped(f"{self.name}: stopped")))
+            if not waiter.called:
+                waiter.errback(Failure(PollerStopped(f"{self.name}: stopped")))
         self._queued = None
         if self._running is None:
             return succeed(None)
@@ -154,6 +177,8 @@ class Poller:
             return result
 
         running.addBoth(ended)
+        if cancel:
+            running.cancel()
         return done
 
     # -- internals ---------------------------------------------------------------
@@ -183,20 +208,30 @@ class Poller:
             self._running = None
             self.runs += 1
             served, self._waiting = self._waiting, []
+            queued, self._queued = self._queued, None
+            if queued is None:
+                # The next run is scheduled before anyone is told, so that a
+                # waiter finds the timer already set.
+                interval = self.interval
+                if self._started and interval > 0 and self._timer is None:
+                    now = self._clock.seconds()
+                    start_at = now + interval if self.after_end else started + interval
+                    self._schedule(max(start_at - now, self.min_gap))
             ok, value = outcome
             for waiter in served:
+                if waiter.called:  # cancelled by its caller
+                    continue
                 if ok:
                     waiter.callback(value)
                 else:
                     waiter.errback(value)
-            if self._queued is not None:
-                queued, self._queued = self._queued, None
+            if queued is not None:
                 self._run(queued)
                 return
-            interval = self.interval
-            if self._started and interval > 0 and self._timer is None:
-                now = self._clock.seconds()
-                self._schedule(max(started + interval - now, self.min_gap))
+            idle, self._idle = self._idle, []
+            for waiter in idle:
+                if not waiter.called:
+                    waiter.callback(None)
 
         running.addCallback(finished)
 
@@ -204,6 +239,8 @@ class Poller:
         """Run the job once; a failure is logged here (once) and handed to the waiters."""
         try:
             value = await self._job()
+        except CancelledError:
+            return False, Failure()
         except Exception as exc:
             failure = Failure()
             self.last_error = str(exc) or type(exc).__name__

@@ -47,6 +47,7 @@ from imaginator.config.expand import expand
 from imaginator.config.streams import StreamsDocument, parse_streams
 from imaginator.config.variables import make_redactor, parse_variables
 from imaginator.goformats.jsonc import ConfigError
+from imaginator.runtime.poller import Poller
 from imaginator.sources.documents import fetch_url, redact_url
 from imaginator.sources.git import fetch_manifest, is_repo_url, public_url, split_repo_url
 
@@ -242,7 +243,7 @@ class DocumentSource(Service):
     when their inode number changes (and at start); a failure to stat is
     reported once, not at every poll. HTTP and git documents are fetched at
     start and then every ``check_interval`` seconds (0: only at start).
-    Checks never overlap.
+    Checks never overlap (``runtime.poller`` runs them).
 
     ``fetch`` and ``inode_of`` replace the real fetching (tests); by default
     files and git repositories are read in ``threadpool`` and HTTP is
@@ -288,10 +289,14 @@ class DocumentSource(Service):
         self._inode: int | None = None
         self._hash: bytes | None = None
         self._generation = 0
-        self._timer: Any = None
-        self._lock = DeferredLock()
-        self._in_flight: Deferred[bool] | None = None
-        self._queued_reload: list[Deferred[bool]] | None = None
+        self._force = False  # the next check re-reads whatever the inode
+        self._poller = Poller(
+            f"check of {name}",
+            self._run_check,
+            clock=clock,
+            interval=lambda: self.period,
+            after_end=True,
+        )
         self._first = _Event()
 
     # -------------------------------------------------------------- public
@@ -308,49 +313,29 @@ class DocumentSource(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._tick()
+        self._poller.start(first_delay=0)
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
+        """No more checks; a fetch in flight is cancelled (it only waits on I/O)."""
         super().stopService()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self._in_flight is not None:
-            self._in_flight.cancel()
+        return self._poller.stop(cancel=True)
 
     def reload_now(self) -> Deferred[bool]:
         """Read the document now, whatever its inode; fires True if a new version was delivered.
 
         "New" means delivered since this call, by this check or by one that
-        was already running. Requests made while a reload is still waiting
-        for a running check share that reload instead of queueing more.
-        Never fails.
+        was already running. Requests made while a check runs share the one
+        check that follows it. Never fails.
         """
-        waiter: Deferred[bool] = Deferred()
-        if self._queued_reload is not None:
-            self._queued_reload.append(waiter)
-            return waiter
-        waiters = [waiter]
-        self._queued_reload = waiters
         generation = self._generation
-
-        def run() -> Deferred[bool]:
-            self._queued_reload = None
-            return self._start_check(force=True)
-
-        def done(result: object) -> None:
-            if self._queued_reload is waiters:  # cancelled before it started
-                self._queued_reload = None
-            changed = self._generation != generation
-            for each in waiters:
-                each.callback(changed)
-
-        self._lock.run(run).addBoth(done)
-        return waiter
+        self._force = True
+        done = self._poller.run_now()
+        done.addErrback(lambda _failure: None)  # logged by the poller
+        return done.addCallback(lambda _result: self._generation != generation)
 
     def idle(self) -> Deferred[None]:
         """Fires once the check running or queued now (if any) has finished."""
-        return self._lock.run(lambda: None)
+        return self._poller.idle()
 
     # ----------------------------------------------------------- internals
 
@@ -371,33 +356,9 @@ class DocumentSource(Service):
         ordered = sorted(forms, key=len, reverse=True)
         return re.compile("|".join(re.escape(form) for form in ordered))
 
-    def _tick(self) -> None:
-        self._timer = None
-        if not self.running:
-            return
-        self._lock.run(self._periodic_check)
-
-    def _periodic_check(self) -> Deferred[None]:
-        # The next tick is scheduled before the lock is released, so that
-        # whoever waits on idle() finds the timer already set.
-        return self._start_check(force=False).addBoth(self._tick_done)
-
-    def _tick_done(self, result: object) -> None:
-        if isinstance(result, Failure) and not result.check(CancelledError):
-            _log.failure("Unexpected error checking {name}", result, name=self.name)
-        if self.running and self.period > 0 and self._timer is None:
-            self._timer = self._clock.callLater(self.period, self._tick)
-
-    def _start_check(self, force: bool) -> Deferred[bool]:
-        check = Deferred.fromCoroutine(self._check(force))
-        self._in_flight = check
-
-        def finished(result: object) -> object:
-            if self._in_flight is check:
-                self._in_flight = None
-            return result
-
-        return check.addBoth(finished)
+    async def _run_check(self) -> bool:
+        force, self._force = self._force, False
+        return await self._check(force)
 
     async def _check(self, force: bool) -> bool:
         local = self.location.kind == "local"

@@ -246,7 +246,7 @@ def test_triggered_cycle_rebases_the_schedule():
 
 
 def test_a_store_error_while_extending_does_not_abort_the_cycle():
-    clock, builds, store, auto = make_chain()
+    clock, _builds, store, auto = make_chain()
 
     async def broken(stream):
         if stream == "base":

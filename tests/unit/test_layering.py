@@ -37,6 +37,17 @@ LAYERS: list[set[str]] = [
 ]
 LAYER_OF = {room: index for index, rooms in enumerate(LAYERS) for room in rooms}
 MAX_LINES = 650
+#: Modules still waiting for their split (issue 9). The list may only shrink:
+#: a module on it that has come under the limit fails the test below.
+STILL_TO_SPLIT = {
+    "imaginator.rpc.srpc",
+    "imaginator.runtime.treecopy",
+    "imaginator.sources.git",
+    "imaginator.sources.streams",
+    "imaginator.store.local",
+    "imaginator.tools.builder_tool",
+    "imaginator.web.stream_pages",
+}
 
 
 def _room(module: str) -> str | None:
@@ -102,7 +113,10 @@ def test_imports_point_downward():
 @pytest.mark.parametrize(("module", "path"), _modules(), ids=lambda value: str(value))
 def test_module_size(module, path):
     lines = len(path.read_text("utf-8").splitlines())
-    assert lines <= MAX_LINES, f"{module} has {lines} lines; split it by responsibility"
+    if module in STILL_TO_SPLIT:
+        assert lines > MAX_LINES, f"{module} is split now: take it off STILL_TO_SPLIT"
+    else:
+        assert lines <= MAX_LINES, f"{module} has {lines} lines; split it by responsibility"
 
 
 def test_the_checker_sees_an_upward_import(tmp_path):

@@ -188,3 +188,45 @@ def test_join_observes_the_run_in_flight():
     job.finish("done")
     assert joined.result == "done"
     assert len(job.started) == 1  # joining asks for no run
+
+
+def test_after_end_counts_the_interval_from_the_end():
+    clock, job, poller = make(interval=10.0, after_end=True)
+    poller.start()
+    clock.advance(10)
+    clock.advance(4)
+    job.finish()
+    clock.advance(9.9)
+    assert len(job.started) == 1
+    clock.advance(0.1)
+    assert job.started == [10.0, 24.0]
+
+
+def test_a_cancelled_request_is_left_alone():
+    _clock, job, poller = make(interval=0)
+    waiter = poller.run_now()
+    waiter.cancel()
+    waiter.addErrback(lambda _f: None)
+    job.finish("late")  # no AlreadyCalledError
+    assert poller.runs == 1
+
+
+def test_idle_waits_for_the_queued_run_too():
+    _clock, job, poller = make(interval=0)
+    assert poller.idle().called
+    poller.trigger()
+    poller.trigger()  # queued
+    idle = poller.idle()
+    job.finish()
+    assert not idle.called
+    job.finish()
+    assert idle.called
+
+
+def test_stop_may_cancel_the_run_in_flight(logged):
+    clock, _job, poller = make(interval=10.0)
+    poller.start()
+    clock.advance(10)
+    stopped = poller.stop(cancel=True)
+    assert stopped.called
+    assert [e for e in logged if e.get("log_failure") is not None] == []
