@@ -17,9 +17,9 @@ mounts under it) so the caller can report and remove them.
   runs it (embedded store, or an imageserver of its own with
   ``--ours-backend=imageserver``).
 
-The Go programs listen on every interface (they have no flag to choose one);
-only loopback is ever dialled, and every RPC needs a client certificate of the
-benchmark's own CA.
+The daemons listen on every interface (neither the Go programs nor ours have a
+flag to choose one); only 127.0.0.1 is ever dialled, on random ports, and every
+RPC needs a client certificate of the benchmark's own CA.
 """
 
 from __future__ import annotations
@@ -125,7 +125,12 @@ class Child:
         raise StackError(f"{self.name} did not start within {STARTUP_SECONDS:.0f}s:\n{self.tail()}")
 
     def stop(self) -> None:
-        """SIGTERM to its process group, SIGKILL after ``STOP_SECONDS``; always reaped."""
+        """SIGTERM to its process group, SIGKILL after ``STOP_SECONDS``; always reaped.
+
+        The group is signalled only while its leader is alive and not yet reaped,
+        so its id cannot belong to anyone else; what outlives the leader is found
+        by ``stray_processes``.
+        """
         try:
             if self.alive():
                 _signal_group(self.pid, signal.SIGTERM)
@@ -134,8 +139,6 @@ class Child:
                 except subprocess.TimeoutExpired:
                     _signal_group(self.pid, signal.SIGKILL)
                     self.process.wait(10)
-            else:
-                _signal_group(self.pid, signal.SIGKILL)  # anything its group left behind
         finally:
             self._output.close()
 
