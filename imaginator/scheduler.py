@@ -21,7 +21,7 @@ from imaginator.config.streams import StreamConfig, StreamsDocument
 from imaginator.config.streams import lookup as lookup_stream
 from imaginator.goformats.jsonc import ConfigError
 from imaginator.goformats.units import format_duration
-from imaginator.image.compare import same_content
+from imaginator.image.compare import provenance, same_build, same_content
 from imaginator.image.filter import Filter
 from imaginator.image.model import Image
 from imaginator.pipeline.bootstrap import build_bootstrap
@@ -57,6 +57,8 @@ class BuildResult:
     log: bytes
     error: str = ""
     requestor: str = ""
+    #: The build changed nothing: ``image_name`` is the stream's latest image, extended.
+    identical: bool = False
     image: Image | None = None
     need_source_image: bool = False
     source_image: str = ""
@@ -406,10 +408,12 @@ class Builder:
         current = CurrentBuild(stream, started, log, requestor, options.auto)
         running = _Running(current, options)
         self._running[stream] = running
-        image_name, error, image, need = "", "", None, None
+        image_name, error, image, need, identical = "", "", None, None, False
         try:
             image = await self._make_image_recursively(stream, options, log, chain)
-            image_name = await self._publish(stream, image, options, requestor, log, started_mono)
+            image_name, identical = await self._publish(
+                stream, image, options, requestor, log, started_mono
+            )
         except NeedSourceImage as exc:
             error, need = str(exc), exc
         except BuildError as exc:
@@ -423,6 +427,12 @@ class Builder:
             log.line(f"Error building image: {stream}: {error}")
             error = self.redact(error)
             _log.info("Error building image: {stream}: {error}", stream=stream, error=error)
+        elif identical:
+            _log.info(
+                "Identical to {name}: no new image published ({duration})",
+                name=image_name,
+                duration=format_duration(self._reactor.seconds() - started),
+            )
         else:
             _log.info(
                 "Built image: {name} in {duration}",
@@ -437,6 +447,7 @@ class Builder:
             log=log.getvalue(),
             error=error,
             requestor=requestor,
+            identical=identical,
             image=image if options.return_image and not error else None,
             need_source_image=need is not None,
             source_image=need.source_image if need else "",
@@ -541,14 +552,19 @@ class Builder:
     async def _identical_latest(
         self, stream: str, image: Image, expires_at: int, log: BuildLog
     ) -> str | None:
-        """If the stream's latest image has the same content, extend it and name it."""
+        """If the stream's latest image is the same build (content and
+        provenance), extend it and name it."""
         latest_name = await self._store.find_latest_image(stream)
         if latest_name is None:
             return None
         latest = await self._store.get_image(latest_name)
-        if latest is None or not await deferToThreadPool(
-            self._reactor, self._threadpool, same_content, image, latest
-        ):
+        if latest is None:
+            return None
+        if not await deferToThreadPool(self._reactor, self._threadpool, same_build, image, latest):
+            if provenance(image) != provenance(latest) and await deferToThreadPool(
+                self._reactor, self._threadpool, same_content, image, latest
+            ):
+                log.line(f"Same content as {latest_name}, new provenance: publishing a new image")
             return None
         extended = await self._store.change_image_expiration(latest_name, expires_at)
         log.line(
@@ -565,14 +581,16 @@ class Builder:
         requestor: str,
         log: BuildLog,
         started_mono: float,
-    ) -> str:
+    ) -> tuple[str, bool]:
+        """Publish ``image``; returns its name and whether it was the latest
+        image, extended instead (an identical build)."""
         upload_started = time.monotonic()
         now = self._reactor.seconds()
         expires_at = int((now + options.expires_in) * 1e9) if options.expires_in > 0 else 0
         if not options.return_image:
             identical = await self._identical_latest(stream, image, expires_at, log)
             if identical is not None:
-                return identical
+                return identical, True
         name = await self._store.reserve_image_name(stream, now)
         image.created_for = requestor
         image.expires_at = expires_at
@@ -586,4 +604,4 @@ class Builder:
             f"Uploaded {name} in {format_duration(finished - upload_started)}, "
             f"total build duration: {format_duration(finished - started_mono)}"
         )
-        return name
+        return name, False

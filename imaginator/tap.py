@@ -15,7 +15,6 @@ import socket
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
@@ -35,6 +34,7 @@ from imaginator.rpc.srpc import MethodRegistry, SrpcSite, make_server_tls_option
 from imaginator.runtime.archive import BuildInfo, BuildLogArchive, archive_enabled, archive_name
 from imaginator.runtime.ctime import measure_ctime_resolution
 from imaginator.runtime.logbuffer import LogRing
+from imaginator.runtime.poller import Poller
 from imaginator.runtime.process import ProcessRunner
 from imaginator.runtime.sandbox import base_environment
 from imaginator.scheduler import Builder, BuilderSettings
@@ -128,7 +128,7 @@ class Daemon(MultiService):
         self.builder: Builder | None = None
         self.auto: AutoBuilder | None = None
         self.site: SrpcSite | None = None
-        self._collector: LoopingCall | None = None
+        self._collector: Poller | None = None
         self.ready: Deferred = Deferred()
 
     def startService(self) -> None:
@@ -144,14 +144,17 @@ class Daemon(MultiService):
     async def _stop(self) -> None:
         """Kill running builds (recorded as failed), stop every service, stop listening."""
         try:
-            if self._collector is not None and self._collector.running:
-                self._collector.stop()
-            if self.auto is not None:
-                await maybeDeferred(self.auto.stopService)
+            collected = self._collector.stop() if self._collector is not None else None
+            # The cycle in flight ends once its build is killed: stop its timer
+            # first, kill the builds, then wait (bounded) for it and the collector.
+            cycle = maybeDeferred(self.auto.stopService) if self.auto is not None else None
             if self.builder is not None:
                 await self.builder.shutdown()
             else:
                 await self.runner.kill_all("daemon shutting down")
+            for pending in (cycle, collected):
+                if pending is not None:
+                    await pending
             if self.port is not None:
                 await self.port.stopListening()
                 self.port = None
@@ -291,9 +294,10 @@ class Daemon(MultiService):
         )
         self.auto.setServiceParent(self)
         self.service.auto = self.auto
-        self._collector = LoopingCall(self._collect_garbage)
-        self._collector.clock = self.reactor
-        self._collector.start(GC_INTERVAL, now=False)
+        self._collector = Poller(
+            "garbage collection", self._collect_garbage, clock=self.reactor, interval=GC_INTERVAL
+        )
+        self._collector.start()
         self.ready.callback(self)
 
     def _rpc_site(self, http_site: Site, config, streams) -> SrpcSite:
@@ -393,21 +397,21 @@ class Daemon(MultiService):
         return result.stdout
 
     async def _collect_garbage(self) -> None:
-        """Remove expired images, then objects no image references (between builds)."""
+        """Remove expired images, then objects no image references (between builds).
+
+        A failure is logged by the poller, which tries again an hour later.
+        """
         store = self.store
-        try:
-            expired = await store.delete_expired_images()
-            for name in expired:
-                _log.info("Deleted expired image: {name}", name=name)
-            removed, freed = await self.builder.exclusive(store.collect_garbage)
-            if removed:
-                _log.info(
-                    "Collected {count} unreferenced objects ({size})",
-                    count=removed,
-                    size=format_bytes(freed),
-                )
-        except Exception:
-            _log.failure("Garbage collection failed")
+        expired = await store.delete_expired_images()
+        for name in expired:
+            _log.info("Deleted expired image: {name}", name=name)
+        removed, freed = await self.builder.exclusive(store.collect_garbage)
+        if removed:
+            _log.info(
+                "Collected {count} unreferenced objects ({size})",
+                count=removed,
+                size=format_bytes(freed),
+            )
 
 
 def makeService(options: Options) -> Daemon:

@@ -42,3 +42,17 @@ def same_content(new: Image, old: Image) -> bool:
         and tuple(new.owner_users or ()) == tuple(old.owner_users or ())
         and canonical_file_system(new.file_system) == canonical_file_system(old.file_system)
     )
+
+
+def provenance(image: Image) -> tuple[str, str, str]:
+    """Where an image came from: manifest commit, branch and source image."""
+    return (image.build_commit_id, image.build_branch, image.source_image)
+
+
+def same_build(new: Image, old: Image) -> bool:
+    """Whether ``new`` can be dropped in favour of ``old``: same content *and*
+    same provenance. A rebuild from a new commit (or on a new source image)
+    with unchanged content is published as a new record, so the commit a
+    stream pins with ``SourceImageGitCommitId`` can be found; its objects are
+    all in the store already, so it stores no new file content."""
+    return provenance(new) == provenance(old) and same_content(new, old)

@@ -50,6 +50,8 @@ class BuildResult(Protocol):
     def started_at(self) -> float: ...
     @property
     def finished_at(self) -> float: ...
+    @property
+    def identical(self) -> bool: ...
 
 
 #: The archive is enabled only with a quota above this (reference §8.2).
@@ -84,10 +86,12 @@ def archive_name(result: BuildResult, datestamp: str) -> str:
     """The name to archive ``result`` under.
 
     A successful build is archived under its image name; a failed one (error
-    set, or no image) under ``<stream>/<datestamp>``, ``datestamp`` being a
-    fresh ``image_datestamp`` taken when the build finished.
+    set, or no image) and one identical to the latest image (whose name is
+    archived already, under the build that made it) under
+    ``<stream>/<datestamp>``, ``datestamp`` being a fresh ``image_datestamp``
+    taken when the build finished.
     """
-    if result.image_name and not result.error:
+    if result.image_name and not result.error and not result.identical:
         return result.image_name
     return f"{result.stream}/{datestamp}"
 

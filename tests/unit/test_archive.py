@@ -532,3 +532,11 @@ def test_query_results_are_snapshots(populated: BuildLogArchive) -> None:
     populated.add("apps/hello/2026-11-27:11:00:00", GOOD, b"more")
     assert len(before) == 7 and len(populated.builds()) == 8
     assert populated.summary_by_stream()[1] == ("apps/hello", 3, 2, 1)
+
+
+def test_an_identical_build_is_archived_under_its_own_entry() -> None:
+    # Its image name is the latest image's, archived by the build that made it.
+    same = BuildResult(
+        "apps/hello", "apps/hello/2026-11-27:10:53:19", 0.0, 1.0, b"", identical=True
+    )
+    assert archive_name(same, "2026-11-28:09:00:00") == "apps/hello/2026-11-28:09:00:00"
