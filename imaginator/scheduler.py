@@ -560,11 +560,14 @@ class Builder:
         latest = await self._store.get_image(latest_name)
         if latest is None:
             return None
-        if not await deferToThreadPool(self._reactor, self._threadpool, same_build, image, latest):
-            if provenance(image) != provenance(latest) and await deferToThreadPool(
+        # One walk of the file-systems either way: provenance is compared first.
+        if provenance(image) != provenance(latest):
+            if await deferToThreadPool(
                 self._reactor, self._threadpool, same_content, image, latest
             ):
                 log.line(f"Same content as {latest_name}, new provenance: publishing a new image")
+            return None
+        if not await deferToThreadPool(self._reactor, self._threadpool, same_build, image, latest):
             return None
         extended = await self._store.change_image_expiration(latest_name, expires_at)
         log.line(

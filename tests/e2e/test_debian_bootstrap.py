@@ -56,17 +56,17 @@ async def test_sample_configuration_builds_debian_base_and_hello(tmp_path):
     mirror = debian_mirror()
     variables.write_text(f"DEBIAN_MIRROR={mirror}\n")
     state = tmp_path / "state"
-    daemon = Daemon(
-        [
-            "-portNum=0",
-            f"-stateDir={state}",
-            f"-configurationUrl={(config / 'conf.json').as_uri()}",
-            f"-variablesFile={variables}",
-            "-buildLogDir=",
-            # A second cycle soon after the first: an unchanged rebuild must be identical.
-            "-imageRebuildInterval=20s",
-        ]
-    ).start()
+    arguments = [
+        "-portNum=0",
+        f"-stateDir={state}",
+        f"-configurationUrl={(config / 'conf.json').as_uri()}",
+        f"-variablesFile={variables}",
+        "-buildLogDir=",
+        # Images of the cycle expire after two intervals: an hour is long enough
+        # that the first images are still current when the restart rebuilds them.
+        "-imageRebuildInterval=1h",
+    ]
+    daemon = Daemon(arguments).start()
     try:
         port = await daemon.wait_listening()
         for stream in (DEBIAN, BASE, HELLO):
@@ -135,8 +135,14 @@ async def test_sample_configuration_builds_debian_base_and_hello(tmp_path):
             assert name in dom
         assert "Successful image builds" in dom
 
-        # The next cycle rebuilds all three from the same mirror and commits: nothing
-        # volatile (ldconfig's cache, apt and dpkg logs, apt lists) makes them differ.
+    finally:
+        await daemon.stop()
+
+    # A restart runs a cycle at once: it rebuilds all three from the same mirror and
+    # commits, and nothing volatile (ldconfig's cache, apt and dpkg logs, apt lists)
+    # makes them differ from the first daemon's images.
+    daemon = Daemon(arguments).start()
+    try:
         for stream in (DEBIAN, BASE, HELLO):
             first, quoted = re.escape(names[stream]), re.escape(stream)
             line = await daemon.wait_for(
