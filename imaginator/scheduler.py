@@ -523,7 +523,7 @@ class Builder:
             packager = self.config.packager_types.get(config.packager_type)
             if packager is None:
                 raise BuildError(f'packager type: "{config.packager_type}" unknown')
-            variables = {**self.secret_values(), **dict(options.variables)}
+            variables = {**self.secret_values(), **config.variables, **dict(options.variables)}
             return await build_bootstrap(
                 env,
                 config,

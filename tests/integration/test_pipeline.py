@@ -476,3 +476,32 @@ async def test_manifest_errors_fail_the_build_with_the_reference_texts(tmp_path)
     assert results["apps/two-filters"].error == "filter and filter.add files both present"
     assert results["apps/bad-manifest"].error.startswith("error reading manifest file: ")
     assert [n for n in harness.store.list_images() if n.startswith("apps/")] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_bootstrap_stream_variables_expand_the_command_and_are_its_environment(tmp_path):
+    conf = _bb_conf_with_command(
+        _BB_SCRIPT + '; echo "env: $GREETING $SOURCE_DATE_EPOCH" > etc/from-env'
+        "; echo 'expanded: $GREETING $WHO' > etc/expanded"
+    )
+    conf["BootstrapStreams"][BB]["Variables"] = {
+        "GREETING": "hello",
+        "SOURCE_DATE_EPOCH": "1700000000",
+        "WHO": "stream",
+    }
+    harness = await make_harness(tmp_path / "h", conf=conf, secrets="WHO=secret\nGREETING=s\n")
+    try:
+        result = await harness.build(BB, variables={"WHO": "request"})
+    finally:
+        harness.stop()
+    assert not result.error, result.log.decode()
+    image = harness.store.get_image(result.image_name)
+    files = {path: inode for path, _inum, inode in image.file_system.walk()}
+
+    def content(path: str) -> str:
+        return harness.store.read_object(files[path].hash.hex()).decode()
+
+    # The stream's Variables are the command's environment...
+    assert content("/etc/from-env") == "env: hello 1700000000\n"
+    # ...and expand it, over the variables file and under the request's variables.
+    assert content("/etc/expanded") == "expanded: hello request\n"
