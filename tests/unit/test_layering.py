@@ -45,7 +45,6 @@ STILL_TO_SPLIT = {
     "imaginator.sources.git",
     "imaginator.sources.streams",
     "imaginator.store.local",
-    "imaginator.tools.builder_tool",
     "imaginator.web.stream_pages",
 }
 
