@@ -298,7 +298,7 @@ class Builder:
     # -- building ----------------------------------------------------------------
 
     def new_log(self) -> BuildLog:
-        return BuildLog(self.redact)
+        return BuildLog(self.secret_values)
 
     async def lookup(self, stream: str) -> BootstrapStream | StreamConfig:
         """The stream's configuration (reloading the streams once if unknown)."""
