@@ -190,7 +190,8 @@ def test_a_value_spans_messages_after_a_new_interface_type():
         starts.append(_uint(data, pos)[0])
         pos += size
     value_messages = [first for first in starts if first % 2 == 0]
-    assert len(value_messages) == 1 + len(names)
+    # DirectoryInode was defined with FileSystem (its embedded root): no cut.
+    assert len(value_messages) == 1 + len(names - {"*filesystem.DirectoryInode"})
 
 
 def _uint(data: bytes, pos: int) -> tuple[int, int]:
