@@ -299,7 +299,9 @@ class Encoder:
 
     def _struct(self, buffer: bytearray, go_type: Struct, value: Any) -> None:
         if not isinstance(value, Mapping):
-            raise GobError(f"{go_type.name}: expected a mapping of fields, got {type(value).__name__}")
+            raise GobError(
+                f"{go_type.name}: expected a mapping of fields, got {type(value).__name__}"
+            )
         unknown = set(value) - {field.name for field in go_type.fields}
         if unknown:
             raise GobError(f"{go_type.name}: no fields {sorted(unknown)}")

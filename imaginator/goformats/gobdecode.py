@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imaginator.goformats.gobtypes import (
+    BASIC_BY_ID,
     BOOL_ID,
     BYTES_ID,
     COMPLEX_ID,
@@ -31,7 +32,6 @@ from imaginator.goformats.gobtypes import (
     INTERFACE_ID,
     STRING_ID,
     UINT_ID,
-    BASIC_BY_ID,
     Array,
     Basic,
     Field,
@@ -88,7 +88,7 @@ class _NeedMore(Exception):
 class _Cursor:
     """Reads one value from the buffer, message by message."""
 
-    __slots__ = ("data", "pos", "end", "decoder")
+    __slots__ = ("data", "decoder", "end", "pos")
 
     def __init__(self, decoder: Decoder, data: bytes | bytearray, pos: int, end: int) -> None:
         self.decoder = decoder
@@ -222,7 +222,10 @@ class Decoder:
                 raise GobError(f"invalid message length: byte {first:#x}")
             if start + 1 + count > len(buffer):
                 return None
-            size, body = int.from_bytes(buffer[start + 1 : start + 1 + count], "big"), start + 1 + count
+            size, body = (
+                int.from_bytes(buffer[start + 1 : start + 1 + count], "big"),
+                start + 1 + count,
+            )
         if size > self.max_message_size:
             raise GobError(f"message of {size} bytes exceeds the limit of {self.max_message_size}")
         if size == 0:
@@ -286,7 +289,9 @@ class Decoder:
             if isinstance(local, Struct) and local.fields and wire.fields:
                 names = {name for name, _ in wire.fields}
                 if not any(field.name in names for field in local.fields):
-                    raise GobError(f"type mismatch: no fields matched compiling decoder for {local.name}")
+                    raise GobError(
+                        f"type mismatch: no fields matched compiling decoder for {local.name}"
+                    )
             return self._decode(cursor, type_id, local, depth)
         if cursor.uint() != 0:
             raise GobError("corrupted data: non-zero delta for singleton")
@@ -315,7 +320,11 @@ class Decoder:
             schema = Map(self.schema_of(wire.key), self.schema_of(wire.elem), wire.name)
         else:
             schema = Marshaled(
-                wire.name, _opaque_bytes, lambda data, name=wire.name: Opaque(name, data), lambda _: False, kind=wire.kind
+                wire.name,
+                _opaque_bytes,
+                lambda data, name=wire.name: Opaque(name, data),
+                lambda _: False,
+                kind=wire.kind,
             )
         self._schemas[type_id] = schema
         return schema
@@ -386,7 +395,9 @@ class Decoder:
                 raise GobError(f"type definition: field number {number} out of range")
             shape = layout[number]
             if shape == "string":
-                found[number] = cursor.take(cursor.length("name")).decode("utf-8", "surrogateescape")
+                found[number] = cursor.take(cursor.length("name")).decode(
+                    "utf-8", "surrogateescape"
+                )
             elif shape == "int":
                 found[number] = cursor.int()
             elif shape == "common":
@@ -402,7 +413,9 @@ class Decoder:
 
     # -- values
 
-    def _decode(self, c: _Cursor, type_id: int, local: GoType | None, depth: int, skip: bool = False) -> Any:
+    def _decode(
+        self, c: _Cursor, type_id: int, local: GoType | None, depth: int, skip: bool = False
+    ) -> Any:
         if depth > self.max_depth:
             raise GobError(f"value nested more than {self.max_depth} deep")
         if type_id in _BASIC_NAMES:
@@ -500,7 +513,9 @@ class Decoder:
             if c.pos < c.end:
                 c.uint()  # the length of the delimited item that follows
 
-    def _struct(self, c: _Cursor, wire: WireType, local: GoType | None, depth: int, skip: bool) -> Any:
+    def _struct(
+        self, c: _Cursor, wire: WireType, local: GoType | None, depth: int, skip: bool
+    ) -> Any:
         if local is not None and not isinstance(local, Struct):
             raise self._mismatch(wire.id, local)
         result = local.zero() if local is not None else {}
@@ -526,7 +541,9 @@ class Decoder:
                 raise GobError(f"{wire.name}.{name}: {exc}") from None
         return result
 
-    def _sequence(self, c: _Cursor, wire: WireType, local: GoType | None, depth: int, skip: bool) -> Any:
+    def _sequence(
+        self, c: _Cursor, wire: WireType, local: GoType | None, depth: int, skip: bool
+    ) -> Any:
         if wire.kind == "array":
             if local is not None and not (isinstance(local, Array) and local.length == wire.length):
                 raise self._mismatch(wire.id, local)

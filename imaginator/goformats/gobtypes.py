@@ -166,7 +166,9 @@ class Interface(GoType):
     under (``gob.Register``) to their types. Decoding without a registry keeps
     the value as the wire describes it."""
 
-    def __init__(self, registry: Mapping[str, GoType] | None = None, name: str = "interface") -> None:
+    def __init__(
+        self, registry: Mapping[str, GoType] | None = None, name: str = "interface"
+    ) -> None:
         self.registry = dict(registry) if registry is not None else None
         self.name = name
 

@@ -62,7 +62,9 @@ DIRECTORY_INODE = Struct(
     "DirectoryInode",
     [
         Field("EntryList", Slice(DIRECTORY_ENTRY, "[]*filesystem.DirectoryEntry")),
-        Field("EntriesByName", Map(STRING, DIRECTORY_ENTRY, "map[string]*filesystem.DirectoryEntry")),
+        Field(
+            "EntriesByName", Map(STRING, DIRECTORY_ENTRY, "map[string]*filesystem.DirectoryEntry")
+        ),
         Field("Mode", UINT32),
         Field("Uid", UINT32),
         Field("Gid", UINT32),
@@ -118,7 +120,9 @@ TRIGGER = Struct(
 )
 TRIGGERS = Struct("Triggers", [Field("Triggers", Slice(TRIGGER, "[]*triggers.Trigger"))])
 ANNOTATION = Struct("Annotation", [Field("Object", HASH, pointer=True), Field("URL", STRING)])
-PACKAGE = Struct("Package", [Field("Name", STRING), Field("Size", UINT64), Field("Version", STRING)])
+PACKAGE = Struct(
+    "Package", [Field("Name", STRING), Field("Size", UINT64), Field("Version", STRING)]
+)
 IMAGE = Struct(
     "Image",
     [
@@ -335,7 +339,13 @@ def _inode_from_gob(inode: GoInterface | None, inum: int) -> Inode:
         return _directory_from_gob(v)
     if inode.name == REGULAR_NAME:
         return RegularInode(
-            v["Mode"], v["Uid"], v["Gid"], v["MtimeSeconds"], v["MtimeNanoSeconds"], v["Size"], v["Hash"]
+            v["Mode"],
+            v["Uid"],
+            v["Gid"],
+            v["MtimeSeconds"],
+            v["MtimeNanoSeconds"],
+            v["Size"],
+            v["Hash"],
         )
     if inode.name == COMPUTED_NAME:
         return ComputedRegularInode(v["Mode"], v["Uid"], v["Gid"], v["Source"])

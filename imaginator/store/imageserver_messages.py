@@ -262,9 +262,7 @@ class AddObjectResponse(_Message):
     error_string: str = ""
     hash: bytes = bytes(64)
     added: bool = False
-    SCHEMA = _struct(
-        "AddObjectResponse", ("ErrorString", STRING), ("Hash", HASH), ("Added", BOOL)
-    )
+    SCHEMA = _struct("AddObjectResponse", ("ErrorString", STRING), ("Hash", HASH), ("Added", BOOL))
 
 
 @dataclass

@@ -38,9 +38,7 @@ from imaginator.goformats.gob import (
 from imaginator.goformats.gobtypes import marshal_time, unmarshal_time
 from tests.support.gobstreams import STREAMS, read_stream, recorded_calls
 
-LABELS = sorted(
-    {path.name.split(".")[0] for path in STREAMS.iterdir() if ".c2s" in path.name}
-)
+LABELS = sorted({path.name.split(".")[0] for path in STREAMS.iterdir() if ".c2s" in path.name})
 
 
 def test_the_recordings_are_there():
@@ -126,7 +124,7 @@ def test_the_recorded_expiry_is_a_local_time_at_utc():
     "data", [b"", b"\x03" + bytes(14), b"\x01" + bytes(13), b"\x02" + bytes(14)]
 )
 def test_bad_times_are_refused(data):
-    with pytest.raises(GobError, match="Time.UnmarshalBinary"):
+    with pytest.raises(GobError, match=r"Time\.UnmarshalBinary"):
         unmarshal_time(data)
 
 
@@ -286,7 +284,9 @@ def test_no_common_field_is_a_type_mismatch():
 def test_unregistered_interface_names_are_refused():
     registry = Interface({"int": INT})
     schema = Struct("S", [Field("V", registry)])
-    data = Encoder().encode(Struct("S", [Field("V", Interface())]), {"V": GoInterface("str", "s", STRING)})
+    data = Encoder().encode(
+        Struct("S", [Field("V", Interface())]), {"V": GoInterface("str", "s", STRING)}
+    )
     with pytest.raises(GobError, match="not registered"):
         Decoder(schema).feed(data)
 

@@ -43,7 +43,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 UPSTREAM = "127.0.0.1"
 PROXY = "127.0.0.2"
-ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "TZ": "UTC"}
+ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C",
+    "TZ": "UTC",
+}
 
 
 def free_port(host: str) -> int:
@@ -150,9 +154,13 @@ class Child:
 
 def run(argv: list[str], *, status: int = 0, **kwargs) -> subprocess.CompletedProcess:
     print("+", " ".join(argv), flush=True)
-    result = subprocess.run(argv, capture_output=True, text=True, env=kwargs.pop("env", ENV), **kwargs)
+    result = subprocess.run(
+        argv, capture_output=True, text=True, env=kwargs.pop("env", ENV), **kwargs
+    )
     if result.returncode != status:
-        raise RuntimeError(f"{argv[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise RuntimeError(
+            f"{argv[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -224,7 +232,9 @@ def make_tree(tree: Path) -> None:
     os.chown(tree / "etc" / "passwd", 1000, 1001)
     stamp = 1_700_000_000
     for path in sorted(tree.rglob("*"), reverse=True):
-        os.utime(path, ns=(stamp * 10**9 + 123456789, stamp * 10**9 + 123456789), follow_symlinks=False)
+        os.utime(
+            path, ns=(stamp * 10**9 + 123456789, stamp * 10**9 + 123456789), follow_symlinks=False
+        )
 
 
 def imagetool_phase(root: Path, peers: Path, proxy: Proxy) -> None:
@@ -285,7 +295,12 @@ def imagetool_phase(root: Path, peers: Path, proxy: Proxy) -> None:
     tool("find-latest-image", "find-latest-image", "tools")
     tool("listdirs", "listdirs")
     tool("get-image-expiration", "get-image-expiration", "tools/expiring")
-    tool("change-image-expiration", "change-image-expiration", "tools/expiring", flags=("-expiresIn=5h",))
+    tool(
+        "change-image-expiration",
+        "change-image-expiration",
+        "tools/expiring",
+        flags=("-expiresIn=5h",),
+    )
     tool("delete", "delete", "tools/expiring")
     tool("copy", "copy", "tools/copy", "tools/tree")
     tool("addi", "addi", "tools/addi", "tools/tree", str(files / "filter"), str(files / "triggers"))
@@ -307,12 +322,13 @@ HELLO_MANIFEST = {
     "owners.json": ('{"Groups": ["devs"], "Users": ["alice"]}\n', 0o644),
     "tags.json": ('{"Role":"$IMAGE_STREAM_LEAF_NAME","Empty":"$NOTHING"}\n', 0o644),
     "triggers.add": (
-        '[{"MatchLines": ["/etc/motd", "/etc/greeting"], "Service": "motd-svc", "DoReload": true}]\n',
+        '[{"MatchLines": ["/etc/motd", "/etc/greeting"],'
+        ' "Service": "motd-svc", "DoReload": true}]\n',
         0o644,
     ),
     "files/etc/computed": ("placeholder for a computed file\n", 0o644),
     "files/etc/motd": ("Welcome to apps/hello\n", 0o644),
-    "scripts/9_first": ("#!/bin/sh\necho \"first: $IMAGE_STREAM arch=$ARCH\" >> /built-by\n", 0o755),
+    "scripts/9_first": ('#!/bin/sh\necho "first: $IMAGE_STREAM arch=$ARCH" >> /built-by\n', 0o755),
     "tests/motd": ("#!/bin/sh\ntest -f /etc/motd\n", 0o755),
 }
 
@@ -326,11 +342,23 @@ def imaginator_phase(root: Path, peers: Path, pki: Path, proxy: Proxy) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         path.chmod(mode)
-    streams = {"Streams": {"apps/hello": {"ManifestUrl": f"dir://{top / 'manifests'}", "ManifestDirectory": "hello"}}}
+    streams = {
+        "Streams": {
+            "apps/hello": {
+                "ManifestUrl": f"dir://{top / 'manifests'}",
+                "ManifestDirectory": "hello",
+            }
+        }
+    }
     (top / "image-streams.json").write_text(json.dumps(streams))
-    bb = {"CleanCommand": ["true"], "InstallCommand": ["true"], "RemoveCommand": ["true"],
-          "UpdateCommand": ["true"], "UpgradeCommand": ["true"],
-          "ListCommand": {"ArgList": ["echo", "busybox 1.35 42"], "SizeMultiplier": 1024}}
+    bb = {
+        "CleanCommand": ["true"],
+        "InstallCommand": ["true"],
+        "RemoveCommand": ["true"],
+        "UpdateCommand": ["true"],
+        "UpgradeCommand": ["true"],
+        "ListCommand": {"ArgList": ["echo", "busybox 1.35 42"], "SizeMultiplier": 1024},
+    }
     conf = {
         "BootstrapStreams": {
             "bootstrap/bb": {
@@ -348,7 +376,11 @@ def imaginator_phase(root: Path, peers: Path, pki: Path, proxy: Proxy) -> None:
     port = free_port(UPSTREAM)
     proxy.label = "imaginator-start"
     argv = [
-        "unshare", "--mount", "--propagation", "private", "--kill-child=TERM",
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--kill-child=TERM",
         str(peers / "imaginator"),
         f"-portNum={port}",
         f"-stateDir={top / 'state'}",
@@ -363,7 +395,9 @@ def imaginator_phase(root: Path, peers: Path, pki: Path, proxy: Proxy) -> None:
         "-imageRebuildInterval=0",
         "-alsoLogToStderr",
     ]
-    daemon = Child("imaginator", argv, root / "imaginator.log", dict(ENV, TMPDIR=str(top / "tmp")), top)
+    daemon = Child(
+        "imaginator", argv, root / "imaginator.log", dict(ENV, TMPDIR=str(top / "tmp")), top
+    )
     try:
         daemon.wait_for("received new image streams configuration")
         time.sleep(6)  # its directory check runs a few seconds after start
