@@ -18,7 +18,7 @@ from imaginator.store.local import LocalImageStore, check_image_name
 from imaginator.web.archive_pages import quote_query
 from imaginator.web.diff_pages import DiffPages
 from tests.support.web import Answer, answer, assert_security_headers, start, tables
-from tests.unit.export_images import DERIVED, SOURCE, make_store
+from tests.support.export_images import DERIVED, SOURCE, make_store
 
 EVIL = "evil/<script>&x/2026-01-01:00:00:00"
 

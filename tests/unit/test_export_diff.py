@@ -16,7 +16,7 @@ from imaginator.export.diff import (
     render_text,
 )
 from imaginator.image.model import Package, RegularInode, SymlinkInode
-from tests.unit.export_images import DERIVED, SOURCE, make_store
+from tests.support.export_images import DERIVED, SOURCE, make_store
 
 
 @pytest.fixture

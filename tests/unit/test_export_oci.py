@@ -23,7 +23,7 @@ from imaginator.export.oci import (
 )
 from imaginator.export.sbom import SPDX_MEDIA_TYPE
 from imaginator.export.source import ExportError
-from tests.unit.export_images import DERIVED, SOURCE, make_store
+from tests.support.export_images import DERIVED, SOURCE, make_store
 
 OPTIONS = ExportOptions(architecture="amd64")
 

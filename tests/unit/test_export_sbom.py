@@ -18,7 +18,7 @@ from imaginator.export.sbom import (
     resolve,
 )
 from imaginator.image.model import Image, RegularInode
-from tests.unit.export_images import DERIVED, SOURCE, Tree, make_store
+from tests.support.export_images import DERIVED, SOURCE, Tree, make_store
 
 #: What SPDX 2.3 requires of a document and of each package (clauses 6 and 7).
 DOCUMENT_FIELDS = {

@@ -17,7 +17,7 @@ from imaginator.export.tarlayer import (
     write_layer,
 )
 from imaginator.image.model import DirectoryInode, FileSystem, Image
-from tests.unit.export_images import (
+from tests.support.export_images import (
     DERIVED,
     DERIVED_CREATED,
     MTIME,

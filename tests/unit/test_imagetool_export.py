@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from imaginator.tools.imagetool import main, parse_args
-from tests.unit.export_images import DERIVED, SOURCE, make_store
+from tests.support.export_images import DERIVED, SOURCE, make_store
 
 
 @pytest.fixture
