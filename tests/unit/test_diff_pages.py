@@ -17,8 +17,8 @@ from imaginator.store.base import InvalidNameError
 from imaginator.store.local import LocalImageStore, check_image_name
 from imaginator.web.archive_pages import quote_query
 from imaginator.web.diff_pages import DiffPages
-from tests.support.web import Answer, answer, assert_security_headers, start, tables
 from tests.support.export_images import DERIVED, SOURCE, make_store
+from tests.support.web import Answer, answer, assert_security_headers, start, tables
 
 EVIL = "evil/<script>&x/2026-01-01:00:00:00"
 
