@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"runtime"},
     {"image"},
     {"store"},
+    {"export"},
     {"config"},
     {"sources"},
     {"pipeline"},
