@@ -39,7 +39,8 @@ from imaginator.runtime.process import ProcessRunner
 from imaginator.runtime.sandbox import base_environment
 from imaginator.scheduler import Builder, BuilderSettings
 from imaginator.sources.documents import FetchError, fetch_url
-from imaginator.sources.streams import StreamsRegistry, VariablesFile
+from imaginator.sources.streams import StreamsRegistry
+from imaginator.sources.variables import VariablesFile
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 from imaginator.web.archive_pages import ArchivePages, quote_query
 from imaginator.web.graph_pages import GraphPages

@@ -15,7 +15,8 @@ from imaginator.goformats.units import go_arch
 from imaginator.runtime.process import ProcessRunner
 from imaginator.scheduler import Builder, BuilderSettings, BuildOptions, BuildResult
 from imaginator.sources.documents import fetch_url
-from imaginator.sources.streams import StreamsRegistry, VariablesFile
+from imaginator.sources.streams import StreamsRegistry
+from imaginator.sources.variables import VariablesFile
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 from tests.support.vectors import VECTORS
 
