@@ -73,6 +73,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 
 FLAGS: tuple[Flag, ...] = (
     Flag("CAfile", "string", "/etc/ssl/CA.pem", "Name of file containing the root of trust"),
+    Flag("accessLogFile", "string", "", "File to append web access log lines to (empty: none)"),
     Flag(
         "buildLogDir",
         "string",

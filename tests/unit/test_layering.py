@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
     {"rpc", "web"},
     {"tools"},
     {"flags"},
+    {"lifecycle"},
     {"daemon"},
     {"tap"},
     {"cli"},
