@@ -73,7 +73,11 @@ class StartupError(Exception):
     """A flag makes start-up impossible; the text is the one line shown."""
 
 
-def _is_default(options: Mapping[str, Any], name: str) -> bool:
+def _is_default(
+    options: Mapping[str, Any], name: str, defaults: Mapping[str, Any] | None = None
+) -> bool:
+    if defaults is not None and name in defaults:
+        return bool(options[name] == defaults[name])
     flag = FLAGS_BY_NAME[name]
     return bool(options[name] == flag.parse(flag.default))
 
@@ -127,14 +131,17 @@ def _check_pem_key(name: str, path: str) -> None:
         ) from None
 
 
-def server_tls_options(options: Mapping[str, Any]) -> CertificateOptions | None:
+def server_tls_options(
+    options: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> CertificateOptions | None:
     """The server's TLS options under the certificate rule above (reads files: blocking).
 
     Returns None for a fresh machine (defaults, no file); raises
     :class:`StartupError` otherwise when a file is missing or bad.
+    ``defaults`` replaces the flags' defaults (tests).
     """
     paths = {name: options[name] for name in TLS_FLAGS}
-    all_default = all(_is_default(options, name) for name in TLS_FLAGS)
+    all_default = all(_is_default(options, name, defaults) for name in TLS_FLAGS)
     if all_default and not any(os.path.lexists(path) for path in paths.values()):
         return None
     for name in ("CAfile", "certFile"):
