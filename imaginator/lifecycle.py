@@ -144,9 +144,12 @@ def server_tls_options(
     all_default = all(_is_default(options, name, defaults) for name in TLS_FLAGS)
     if all_default and not any(os.path.lexists(path) for path in paths.values()):
         return None
-    for name in ("CAfile", "certFile"):
-        _check_pem_certificates(name, paths[name])
-    _check_pem_key("keyFile", paths["keyFile"])
+    # The files the operator named are checked first: their problem is the one to show.
+    for name in sorted(TLS_FLAGS, key=lambda n: _is_default(options, n, defaults)):
+        if name == "keyFile":
+            _check_pem_key(name, paths[name])
+        else:
+            _check_pem_certificates(name, paths[name])
     try:
         return make_server_tls_options(paths["CAfile"], paths["certFile"], paths["keyFile"])
     except Exception as exc:
