@@ -441,6 +441,18 @@ async def _collect_garbage(core: Core) -> None:
 # ================================================================ the process
 
 
+def check_process_environment() -> None:
+    """Refuse to run unless root with umask 022 (builds create files owned by root)."""
+    if os.geteuid() != 0:
+        raise SystemExit("imaginator: Must run the Image Builder as root")
+    previous = os.umask(0o022)
+    os.umask(previous)
+    if previous != 0o022:
+        raise SystemExit(
+            f"imaginator: umask is {previous:03o}, must be 022 (the imaginator command sets it)"
+        )
+
+
 class DaemonRunner(Service):
     """What twistd runs: the log ring, the signal handlers, start-up and its failure.
 

@@ -6,13 +6,12 @@ flags table into twistd options and hands them over, with the reactor.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from twisted.python import usage
 
-from imaginator.daemon import DaemonRunner
+from imaginator.daemon import DaemonRunner, check_process_environment
 from imaginator.flags import FLAGS, Flag, FlagError
 
 
@@ -43,18 +42,6 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self.exit_status = 0
-
-
-def check_process_environment() -> None:
-    """Refuse to run unless root with umask 022 (builds create files owned by root)."""
-    if os.geteuid() != 0:
-        raise SystemExit("imaginator: Must run the Image Builder as root")
-    previous = os.umask(0o022)
-    os.umask(previous)
-    if previous != 0o022:
-        raise SystemExit(
-            f"imaginator: umask is {previous:03o}, must be 022 (the imaginator command sets it)"
-        )
 
 
 def makeService(options: Options) -> DaemonRunner:
