@@ -40,7 +40,6 @@ from imaginator.lifecycle import (
     COLLECTOR,
     DEPS,
     POOL,
-    STOP_TIMEOUT,
     STREAMS,
     VARIABLES,
     WEB,
@@ -466,12 +465,10 @@ class DaemonRunner(Service):
         reactor: Any,
         *,
         set_exit_status: Callable[[int], None],
-        stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self.options = options
         self.reactor = reactor
         self._set_exit_status = set_exit_status
-        self.stop_timeout = stop_timeout
         self.log_ring = LogRing(options["logbufLines"])
         self.daemon: Daemon | None = None
         self.ready: Deferred[Daemon] = Deferred()
