@@ -41,13 +41,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"imaginator: {exc}\n")
         return 1
     os.umask(0o022)
+    from twisted.python import usage
     from twisted.scripts import twistd
 
-    from imaginator import tap
-
-    sys.argv = ["imaginator", "--nodaemon", "--pidfile=", "imaginator", *from_files, *normalised]
-    twistd.run()
-    return tap.exit_status[0]
+    config = twistd.ServerOptions()
+    try:
+        config.parseOptions(["--nodaemon", "--pidfile=", "imaginator", *from_files, *normalised])
+    except usage.UsageError as exc:
+        sys.stderr.write(f"imaginator: {exc}\n")
+        return 2
+    twistd.runApp(config)
+    # The plugin's Options: a start-up failure set its exit status.
+    return config.subOptions.exit_status
 
 
 if __name__ == "__main__":

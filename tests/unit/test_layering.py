@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {"rpc", "web"},
     {"tools"},
     {"flags"},
+    {"lifecycle"},
     {"daemon"},
     {"tap"},
     {"cli"},
@@ -44,7 +45,6 @@ STILL_TO_SPLIT = {
     "imaginator.rpc.srpc",
     "imaginator.runtime.treecopy",
     "imaginator.sources.git",
-    "imaginator.sources.streams",
     "imaginator.store.local",
     "imaginator.web.stream_pages",
 }

@@ -6,7 +6,6 @@ import html
 import json
 import re
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 from klein import Klein
 from klein.resource import KleinResource
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from imaginator.config.main import MainConfig, parse_main_config
 from imaginator.config.streams import StreamConfig, parse_streams
@@ -49,6 +47,7 @@ from imaginator.web.stream_pages import (
     escape_label,
     file_rows,
 )
+from tests.support.fakes import FakeReactor, SyncThreadPool
 from tests.support.vectors import VECTORS
 from tests.support.web import Answer, Request, answer, assert_security_headers, start, tables
 
@@ -709,27 +708,6 @@ def test_head_requests():
 # -- with the real embedded store -------------------------------------------------------
 
 
-class SyncReactor(Clock):
-    """A Clock that also takes thread-pool results (delivered at once)."""
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
-
-
-class SyncThreadPool:
-    """Runs "thread-pool" work at once, in the calling thread."""
-
-    def callInThreadWithCallback(
-        self, on_result: Callable[[bool, Any], None], f: Callable[..., Any], *a: Any, **kw: Any
-    ) -> None:
-        try:
-            result = f(*a, **kw)
-        except BaseException:
-            on_result(False, Failure())
-            return
-        on_result(True, result)
-
-
 def test_pages_over_the_real_store(tmp_path):
     local = LocalImageStore(str(tmp_path / "store"))
     data_hex = local.put_object_bytes(b"hello\n")
@@ -742,7 +720,7 @@ def test_pages_over_the_real_store(tmp_path):
     name = local.reserve_image_name("apps/hello", NOW)
     image = Image(file_system=fs, build_log=Annotation(object=bytes.fromhex(log_hex)))
     local.add_image(name, image)
-    reactor = SyncReactor()
+    reactor = FakeReactor()
     reactor.advance(NOW)
     store = AsyncImageStore(local, reactor, SyncThreadPool())
     app = Klein()
