@@ -43,9 +43,7 @@ FLAG_FILES = ("/etc/imaginator/flags.default", "/etc/imaginator/flags.extra")
 
 FLAGS: tuple[FlagSpec, ...] = (
     FlagSpec("CAfile", "string", "/etc/ssl/CA.pem", "Name of file containing the root of trust"),
-    FlagSpec(
-        "accessLogFile", "string", "", "File to append web access log lines to (empty: none)"
-    ),
+    FlagSpec("accessLogFile", "string", "", "File to append web access log lines to (empty: none)"),
     FlagSpec(
         "buildLogDir",
         "string",

@@ -12,10 +12,11 @@ from typing import Any
 from twisted.python import usage
 
 from imaginator.daemon import DaemonRunner, check_process_environment
-from imaginator.flags import FLAGS, Flag, FlagError
+from imaginator.flags import FLAGS, FlagError
+from imaginator.goformats.goflags import FlagSpec
 
 
-def _coerce(flag: Flag) -> Callable[[str], Any]:
+def _coerce(flag: FlagSpec) -> Callable[[str], Any]:
     def coerce(text: str) -> Any:
         try:
             return flag.parse(text)

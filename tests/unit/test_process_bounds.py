@@ -16,7 +16,9 @@ from imaginator.runtime.process import (
     ProcessRunner,
 )
 from imaginator.runtime.redact import REDACTED, Redactor
-from tests.unit.test_process import PID, Harness, _exit, _reason, result_of
+from tests.support.fakes import exit_reason as _reason
+from tests.support.fakes import fired as result_of
+from tests.unit.test_process import PID, Harness, _exit
 
 
 class BoundedHarness(Harness):
