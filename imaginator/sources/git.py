@@ -45,7 +45,7 @@ from dulwich.objects import Blob, Commit, ShaFile, Tag, Tree
 from dulwich.repo import Repo
 
 from imaginator.goformats.units import format_bytes, format_duration
-from imaginator.runtime.treecopy import open_chain
+from imaginator.runtime.inroot import open_chain
 
 __all__ = [
     "FetchResult",
