@@ -43,7 +43,6 @@ STILL_TO_SPLIT = {
     "imaginator.rpc.srpc",
     "imaginator.sources.git",
     "imaginator.sources.streams",
-    "imaginator.store.local",
     "imaginator.tools.builder_tool",
     "imaginator.web.stream_pages",
 }

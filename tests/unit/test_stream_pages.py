@@ -32,12 +32,8 @@ from imaginator.image.model import (
 from imaginator.image.triggers import Trigger
 from imaginator.scheduler import BuildResult, CurrentBuild
 from imaginator.store.base import MissingObjectError, StoreError
-from imaginator.store.local import (
-    AsyncImageStore,
-    LocalImageStore,
-    check_directory_name,
-    check_image_name,
-)
+from imaginator.store.local import AsyncImageStore, LocalImageStore
+from imaginator.store.names import check_directory_name, check_image_name
 from imaginator.web.pages import StatusPages
 from imaginator.web.stream_pages import (
     MAX_FILES,
