@@ -44,7 +44,6 @@ STILL_TO_SPLIT = {
     "imaginator.sources.git",
     "imaginator.sources.streams",
     "imaginator.tools.builder_tool",
-    "imaginator.web.stream_pages",
 }
 
 
