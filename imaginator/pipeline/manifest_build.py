@@ -67,7 +67,8 @@ from imaginator.runtime import treecopy
 from imaginator.runtime.inroot import resolve_in_root
 from imaginator.runtime.process import CommandError
 from imaginator.runtime.sandbox import BindMount
-from imaginator.sources.git import GitFetchError, fetch_manifest, public_url
+from imaginator.sources.git import GitFetchError, fetch_manifest
+from imaginator.sources.giturls import public_url
 
 SEPARATOR = "=" * 65
 

@@ -49,7 +49,8 @@ from imaginator.config.variables import make_redactor, parse_variables
 from imaginator.goformats.jsonc import ConfigError
 from imaginator.runtime.poller import Poller
 from imaginator.sources.documents import fetch_url, redact_url
-from imaginator.sources.git import fetch_manifest, is_repo_url, public_url, split_repo_url
+from imaginator.sources.git import fetch_manifest
+from imaginator.sources.giturls import is_repo_url, public_url, split_repo_url
 
 __all__ = [
     "CACHE_FILENAME",
