@@ -122,6 +122,7 @@ def fetch_manifest(
     watch = FetchWatch(fetch_timeout, stall_timeout)
     public = public_url(url)
     clean_url, username, password = strip_credentials(url)
+    have_credentials = username is not None or password is not None
     secrets = secret_forms(password)
 
     def fail(reason: str) -> GitFetchError:
@@ -139,12 +140,18 @@ def fetch_manifest(
         repo = Repo.init_bare(scratch)
         try:
             with watch:
-                client, path = make_client(clean_url, username, password, watch)
                 try:
-                    fetcher = Fetcher(client, path, repo, ref, depth, ProgressLines(log), fail)
-                    commit_id, branch = fetcher.run()
-                finally:
-                    client.close()
+                    client, path = make_client(clean_url, username, password, watch)
+                    try:
+                        fetcher = Fetcher(client, path, repo, ref, depth, ProgressLines(log), fail)
+                        commit_id, branch = fetcher.run()
+                    finally:
+                        client.close()
+                except GitFetchError:
+                    raise
+                except Exception as exc:
+                    # Only a failure of the transfer itself may be the watch's doing.
+                    raise fail(describe(exc, have_credentials, watch)) from None
             tree_id = select_tree(repo, commit_id, directory, fail)
             checkout(repo, tree_id, dest, fail)
         finally:
@@ -153,8 +160,7 @@ def fetch_manifest(
     except GitFetchError:
         raise
     except Exception as exc:
-        have_credentials = username is not None or password is not None
-        raise fail(describe(exc, have_credentials, watch)) from None
+        raise fail(describe(exc, have_credentials)) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     elapsed = max(time.monotonic() - start, 1e-9)

@@ -345,13 +345,17 @@ def _timed_out(exc: BaseException) -> bool:
     return any(isinstance(e, TimeoutError | Urllib3Timeout) for e in _causes(exc))
 
 
-def describe(exc: BaseException, have_credentials: bool, watch: FetchWatch) -> str:
-    """A user-facing reason for a transport or repository failure."""
-    if watch.expired:
-        return str(watch.deadline_error())
+def describe(exc: BaseException, have_credentials: bool, watch: FetchWatch | None = None) -> str:
+    """A user-facing reason for a transport or repository failure.
+
+    ``watch`` is given for a failure of the transfer it watched: then a
+    passed deadline or a timed-out read is reported as such.
+    """
     if isinstance(exc, FetchTimeout):
         return str(exc)
-    if _timed_out(exc):
+    if watch is not None and watch.expired:
+        return str(watch.deadline_error())
+    if watch is not None and _timed_out(exc):
         return str(watch.stall_error())
     if isinstance(exc, HTTPUnauthorized):
         if have_credentials:

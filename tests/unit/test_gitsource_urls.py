@@ -7,9 +7,11 @@ import pickle
 
 import pytest
 from dulwich.client import LocalGitClient, SSHGitClient, Urllib3HttpGitClient
+from dulwich.errors import GitProtocolError
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 
 from imaginator.sources import gitcheckout, gitfetch, giturls
-from imaginator.sources.gittransport import FetchWatch, make_client
+from imaginator.sources.gittransport import FetchWatch, describe, make_client
 from imaginator.sources.giturls import (
     GitFetchError,
     is_repo_url,
@@ -247,3 +249,33 @@ def test_ordinary_names_accepted() -> None:
 
     for name in (b"a", b".gitignore", b"..a", b"git", b"\xff"):
         gitcheckout.check_name(name, b"", fail)
+
+
+# --------------------------------------------------------------- describe
+
+
+def _read_timeout_through_dulwich() -> GitProtocolError:
+    """What dulwich raises when urllib3 gave up after read timeouts."""
+    reason = ReadTimeoutError(None, "/r.git/info/refs", "Read timed out.")  # type: ignore[arg-type]
+    retries = MaxRetryError(None, "/r.git/info/refs", reason)  # type: ignore[arg-type]
+    try:
+        raise GitProtocolError(str(retries)) from retries
+    except GitProtocolError as exc:
+        return exc
+
+
+def test_describe_a_timed_out_read_of_the_transfer() -> None:
+    assert describe(_read_timeout_through_dulwich(), False, WATCH) == (
+        "timed out: no answer from the remote for 5s"
+    )
+
+
+def test_describe_with_and_without_the_watch() -> None:
+    expired = FetchWatch(60.0, 5.0)
+    expired.expire()
+    assert describe(OSError("disk full"), False, expired) == (
+        "timed out: the fetch took longer than 1m0s"
+    )
+    # Without the watch (a failure after the transfer) the error speaks for itself.
+    assert describe(OSError("disk full"), False) == "disk full"
+    assert "Max retries exceeded" in describe(_read_timeout_through_dulwich(), False)
