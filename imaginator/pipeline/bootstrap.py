@@ -29,9 +29,9 @@ from imaginator.pipeline.pack import (
     pack,
 )
 from imaginator.pipeline.packager import generic_packager_script
+from imaginator.runtime.inroot import write_file_in_root
 from imaginator.runtime.process import CommandError
 from imaginator.runtime.sandbox import base_environment, host_argv
-from imaginator.runtime.treecopy import write_file_in_root
 
 
 def make_work_dir(stream: str, suffix: str, parent: str | None) -> str:

@@ -35,7 +35,7 @@ from imaginator.image.triggers import Trigger
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.process import MAX_CAPTURED_OUTPUT, CommandError, ProcessRunner
 from imaginator.runtime.sandbox import base_environment, chroot_argv
-from imaginator.runtime.treecopy import delete_matching
+from imaginator.runtime.treedelete import delete_matching
 
 PACKAGER = "/bin/generic-packager"
 TEST_TIMEOUT = 10.0

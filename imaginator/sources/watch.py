@@ -36,7 +36,8 @@ from twisted.logger import Logger
 from imaginator.goformats.jsonc import ConfigError
 from imaginator.runtime.poller import Poller
 from imaginator.sources.documents import fetch_url, redact_url
-from imaginator.sources.git import fetch_manifest, is_repo_url, public_url, split_repo_url
+from imaginator.sources.git import fetch_manifest
+from imaginator.sources.giturls import is_repo_url, public_url, split_repo_url
 
 __all__ = [
     "DEFAULT_LOCAL_POLL",

@@ -50,11 +50,12 @@ from imaginator.pipeline.manifest_build import (
     unpack_source,
 )
 from imaginator.pipeline.pack import BuildEnv, BuildError, compile_filter
-from imaginator.runtime import treecopy
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.ctime import measure_ctime_resolution
+from imaginator.runtime.inroot import TreeCopyError
 from imaginator.runtime.process import CommandError, ProcessRunner
 from imaginator.runtime.sandbox import BindMount
+from imaginator.runtime.treedelete import delete_matching
 from imaginator.store.base import StoreError
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 from imaginator.tools.builder_common import (
@@ -74,7 +75,7 @@ DAY = 24 * 3600.0
 
 # What can go wrong in the steps below besides BuildError; each becomes a BuildError.
 _STEP_ERRORS = (
-    treecopy.TreeCopyError,
+    TreeCopyError,
     ManifestError,
     CommandError,
     UnpackError,
@@ -226,7 +227,7 @@ def _delete_filtered(root: str, lines: tuple[str, ...]) -> list[str]:
     scan_filter = compile_filter(lines, "FilterLines")
     if scan_filter is None:
         return []
-    return treecopy.delete_matching(root, scan_filter.match)
+    return delete_matching(root, scan_filter.match)
 
 
 async def build_tree_from_manifest(

@@ -37,7 +37,7 @@ from imaginator.deps import (
     stream_matches,
 )
 from imaginator.goformats.units import format_time
-from imaginator.sources.git import GitFetchError, public_url
+from imaginator.sources.giturls import GitFetchError, public_url
 from imaginator.web.graph_pages import GraphPages
 from tests.support.fakes import FakeReactor, SyncThreadPool, fired
 from tests.support.vectors import VECTORS

@@ -1,4 +1,4 @@
-"""The stream, image, image list and metrics pages (imaginator.web.stream_pages)."""
+"""The stream, image and image list pages (imaginator.web.stream_pages)."""
 
 from __future__ import annotations
 
@@ -30,12 +30,8 @@ from imaginator.image.model import (
 from imaginator.image.triggers import Trigger
 from imaginator.scheduler import BuildResult, CurrentBuild
 from imaginator.store.base import MissingObjectError, StoreError
-from imaginator.store.local import (
-    AsyncImageStore,
-    LocalImageStore,
-    check_directory_name,
-    check_image_name,
-)
+from imaginator.store.local import AsyncImageStore, LocalImageStore
+from imaginator.store.names import check_directory_name, check_image_name
 from imaginator.web.pages import StatusPages
 from imaginator.web.stream_pages import (
     MAX_FILES,
@@ -44,7 +40,6 @@ from imaginator.web.stream_pages import (
     StreamPages,
     StreamSource,
     count_entries,
-    escape_label,
     file_rows,
 )
 from tests.support.fakes import FakeReactor, SyncThreadPool
@@ -619,62 +614,6 @@ def test_list_images_grouped_by_stream():
     assert '<li><a href="showImage?bootstrap/bb/2027-01-01:00:00:00">' in text
     assert_no_raw_evil(text)
     assert store.read("get_image") == []
-
-
-# -- /metrics ---------------------------------------------------------------------------
-
-
-def metric_lines(text: str) -> dict[str, str]:
-    return dict(
-        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
-    )
-
-
-def test_metrics():
-    builder = FakeBuilder(running=2)
-    builder.results = {
-        "apps/hello": BuildResult("apps/hello", "apps/hello/1", NOW - 30, NOW - 10, b""),
-        "apps/broken": BuildResult("apps/broken", "", NOW - 5, NOW - 4.5, b"", error="x"),
-        'we"ird\\\n': BuildResult('we"ird\\\n', "", NOW - 1, NOW, b"", error="x"),
-    }
-    store = FakeStore()
-    store.images = {f"apps/hello/{i}": make_image(NOW) for i in range(3)}
-    a = get("/metrics", builder, store)
-    assert a.code == 200
-    assert a.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
-    values = metric_lines(a.text)
-    assert values == {
-        "imaginator_builds_running": "2",
-        'imaginator_stream_last_build_success{stream="apps/broken"}': "0",
-        'imaginator_stream_last_build_success{stream="apps/hello"}': "1",
-        'imaginator_stream_last_build_success{stream="we\\"ird\\\\\\n"}': "0",
-        'imaginator_stream_last_build_duration_seconds{stream="apps/broken"}': "0.5",
-        'imaginator_stream_last_build_duration_seconds{stream="apps/hello"}': "20.0",
-        'imaginator_stream_last_build_duration_seconds{stream="we\\"ird\\\\\\n"}': "1.0",
-        'imaginator_stream_last_build_timestamp_seconds{stream="apps/broken"}': repr(NOW - 4.5),
-        'imaginator_stream_last_build_timestamp_seconds{stream="apps/hello"}': repr(NOW - 10),
-        'imaginator_stream_last_build_timestamp_seconds{stream="we\\"ird\\\\\\n"}': repr(NOW),
-        "imaginator_images_total": "3",
-        "imaginator_uptime_seconds": "100.0",
-    }
-    for family in ("imaginator_builds_running", "imaginator_uptime_seconds"):
-        assert f"# TYPE {family} gauge\n" in a.text
-    assert a.text.endswith("\n")
-
-
-def test_escape_label():
-    assert escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
-
-
-def test_metrics_without_store_still_answers():
-    class BrokenStore(FakeStore):
-        async def list_images(self) -> list[str]:
-            raise StoreError("disk gone")
-
-    a = get("/metrics", store=BrokenStore())
-    assert a.code == 200
-    assert "imaginator_images_total" not in a.text
-    assert "imaginator_uptime_seconds 100.0" in a.text
 
 
 # -- wiring -----------------------------------------------------------------------------
