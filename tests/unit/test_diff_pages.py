@@ -14,7 +14,8 @@ from twisted.internet.task import Clock
 from imaginator.export.diff import diff_images
 from imaginator.image.model import Image
 from imaginator.store.base import InvalidNameError
-from imaginator.store.local import LocalImageStore, check_image_name
+from imaginator.store.local import LocalImageStore
+from imaginator.store.names import check_image_name
 from imaginator.web.archive_pages import quote_query
 from imaginator.web.diff_pages import DiffPages
 from tests.support.export_images import DERIVED, SOURCE, make_store
