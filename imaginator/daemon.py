@@ -61,7 +61,6 @@ from imaginator.runtime.ctime import measure_ctime_resolution
 from imaginator.runtime.logbuffer import LogRing
 from imaginator.runtime.poller import Poller, PollerService
 from imaginator.runtime.process import ProcessRunner
-from imaginator.runtime.sandbox import base_environment
 from imaginator.runtime.threads import make_thread_pool
 from imaginator.scheduler import Builder, BuilderSettings
 from imaginator.sources.documents import FetchError, fetch_url
@@ -70,14 +69,14 @@ from imaginator.sources.variables import VariablesFile
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 from imaginator.web.access import AccessLog, AccessLogError, PagesSite
 from imaginator.web.archive_pages import ArchivePages, quote_query
-from imaginator.web.graph_pages import GraphPages
+from imaginator.web.diff_pages import DiffPages
+from imaginator.web.graph_pages import GraphPages, spawn_dot
 from imaginator.web.pages import StatusPages
 from imaginator.web.stream_pages import StreamPages
 
 THREADS = 4
 BUILD_NICENESS = 10
 GC_INTERVAL = 3600.0
-DOT_TIMEOUT = 60.0
 
 _log = Logger()
 
@@ -370,24 +369,12 @@ def _pages(
     if archive is not None:
         ArchivePages(archive, in_thread, reactor).install(pages.app)
 
-    async def run_dot(dot: str) -> bytes:
-        result = await runner.run(
-            ["dot", "-Tsvg"],
-            log=None,
-            env=base_environment(),
-            stdin=dot.encode("utf-8"),
-            capture_stdout=True,
-            capture_stderr=True,
-            deadline=reactor.seconds() + DOT_TIMEOUT,
-            step="dot",
-        )
-        return result.stdout
-
+    DiffPages(core.store, in_thread, reactor, __version__).install(pages.app)
     GraphPages(
         deps,
         reactor,
         core.config.relationships_quick_links,
-        run_dot,
+        spawn_dot(reactor, runner=runner),
         auto_rebuild=lambda: core.config.image_streams_to_auto_rebuild,
         version=__version__,
     ).install(pages.app)

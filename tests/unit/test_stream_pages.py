@@ -328,11 +328,17 @@ def test_stream_page_shows_latest_image_last_build_and_images():
         f'<a href="showImage?{names[-1]}">{names[-1]}</a><br>'
     ) in a.text
     (images,) = tables(a.text)
-    assert images[0][1] == ["Name", "Created", "Expires"]
+    assert images[0][1] == ["Name", "Created", "Expires", "Changes"]
     assert [cells[0] for _, cells in images[1:]] == [
         f'<a href="showImage?{n}">{n}</a>' for n in reversed(names)
     ]
-    assert images[1][1][1:] == [format_time(NOW - 998), format_time(NOW - 998 + 3600)]
+    assert images[1][1][1:3] == [format_time(NOW - 998), format_time(NOW - 998 + 3600)]
+    # Each image links to the diff from the one before it; the oldest has none.
+    assert [cells[3] for _, cells in images[1:]] == [
+        f'<a href="diffImages?{names[1]}&amp;{names[2]}">diff</a>',
+        f'<a href="diffImages?{names[0]}&amp;{names[1]}">diff</a>',
+        "",
+    ]
     assert "Images of this stream (3)" in a.text
 
 
@@ -474,6 +480,10 @@ def test_show_image_of_the_vector():
     assert "CreatedFor: peer-client<br>" in text
     assert '(stream <a href="showImageStream?bootstrap/bb">' in text
     assert f'Build log: <a href="showImageBuildLog?{name}">log</a><br>' in text
+    assert (
+        f'SBOM: <a href="showImageSbom?{name}">SPDX</a>, '
+        f'<a href="showImageCycloneDx?{name}">CycloneDX</a><br>'
+    ) in text
     assert "OwnerGroups: devs<br>" in text and "OwnerUsers: alice<br>" in text
     plain = html.unescape(text)
     assert '"Role": "hello"' in plain
