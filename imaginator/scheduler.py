@@ -27,9 +27,11 @@ from imaginator.image.model import Image
 from imaginator.pipeline.bootstrap import build_bootstrap
 from imaginator.pipeline.manifest_build import NeedSourceImage, NormalBuild, build_normal
 from imaginator.pipeline.pack import BuildEnv, BuildError
+from imaginator.pipeline.report import BuildReport, ManifestSnapshot
 from imaginator.pipeline.rootfs import SourceTrees
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.process import ProcessRunner
+from imaginator.runtime.stages import StageTime
 
 DAY = 24 * 3600.0
 _log = Logger()
@@ -44,6 +46,8 @@ class CurrentBuild:
     log: BuildLog
     requestor: str = ""
     auto: bool = False
+    #: Stage timings so far and the manifest read (the pipeline reports to it).
+    report: BuildReport = field(default_factory=BuildReport)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class BuildResult:
     source_image: str = ""
     source_image_git_commit_id: str = ""
     source_image_build_variables: Mapping[str, str] = field(default_factory=dict)
+    #: How long each stage took (``runtime.stages``), and the manifest as the build read it.
+    stages: tuple[StageTime, ...] = ()
+    manifest: ManifestSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -431,6 +438,7 @@ class Builder:
         except Exception as exc:  # a bug must fail the build, not the daemon
             _log.failure("Unexpected error building {stream}", stream=stream)
             error = f"internal error: {exc}"
+        current.report.finish(failed=bool(error))
         if error and self.shutting_down:
             error = f"daemon shutting down ({error})"
         if error:
@@ -463,6 +471,8 @@ class Builder:
             source_image=need.source_image if need else "",
             source_image_git_commit_id=need.git_commit_id if need else "",
             source_image_build_variables=dict(need.build_variables) if need else {},
+            stages=current.report.stages.stages(),
+            manifest=current.report.manifest,
         )
         del self._running[stream]
         self._last[stream] = replace(result, image=None)
@@ -476,7 +486,7 @@ class Builder:
                 _log.failure("Build result listener failed")
         return result
 
-    def _env(self, log: BuildLog, options: BuildOptions) -> BuildEnv:
+    def _env(self, log: BuildLog, options: BuildOptions, report: BuildReport) -> BuildEnv:
         env = BuildEnv(
             reactor=self._reactor,
             threadpool=self._threadpool,
@@ -487,6 +497,7 @@ class Builder:
             deadline_seconds=build_deadline_seconds(
                 self._settings.maximum_build_duration, options.maximum_build_duration
             ),
+            report=report,
         )
         env.start_deadline()
         return env
@@ -515,6 +526,7 @@ class Builder:
                 maximum_build_duration=options.maximum_build_duration,
             )
             log.line(f"Building source image: {source} ({need})")
+            self._report(stream).begin("build source image")
             inner = self.new_log()
             stop = inner.subscribe(log.write)
             try:
@@ -528,7 +540,7 @@ class Builder:
 
     async def _make_image(self, stream: str, options: BuildOptions, log: BuildLog) -> Image:
         config = await self.lookup(stream)
-        env = self._env(log, options)
+        env = self._env(log, options, self._report(stream))
         if isinstance(config, BootstrapStream):
             packager = self.config.packager_types.get(config.packager_type)
             if packager is None:
@@ -558,6 +570,11 @@ class Builder:
                 source_trees=self.source_trees,
             ),
         )
+
+    def _report(self, stream: str) -> BuildReport:
+        """The report of the running build of ``stream`` (a throw-away one if none runs)."""
+        running = self._running.get(stream)
+        return running.current.report if running is not None else BuildReport()
 
     async def _identical_latest(
         self, stream: str, image: Image, expires_at: int, log: BuildLog
@@ -598,6 +615,7 @@ class Builder:
         """Publish ``image``; returns its name and whether it was the latest
         image, extended instead (an identical build)."""
         upload_started = time.monotonic()
+        self._report(stream).begin("store")
         now = self._reactor.seconds()
         expires_at = int((now + options.expires_in) * 1e9) if options.expires_in > 0 else 0
         if not options.return_image:

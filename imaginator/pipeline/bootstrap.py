@@ -73,6 +73,7 @@ async def build_bootstrap(
     ``SOURCE_DATE_EPOCH`` for reproducible roots). The working directory is
     always removed.
     """
+    env.report.begin("bootstrap command")
     scan_filter = compile_filter(stream.filter_lines, "FilterLines")
     root = await env.in_thread(make_work_dir, stream.name, "", tmpdir)
     try:

@@ -381,6 +381,7 @@ class Steps:
         if source is None:
             self.env.log.line(f"No {name} directory")
             return
+        self.env.report.begin(name)
         await self.env.in_thread(
             treecopy.copy_tree, source, self.root, label=name, log=self.env.thread_log
         )
@@ -390,6 +391,7 @@ class Steps:
         if source is None:
             self.env.log.line(f"No {name} directory")
             return
+        self.env.report.begin(name)
         await self.env.in_thread(
             treecopy.append_tree, source, self.root, label=name, log=self.env.thread_log
         )
@@ -409,6 +411,7 @@ class Steps:
         staged = await self.env.in_thread(treecopy.stage_scripts, source, self.root, names)
         try:
             for script in names:
+                self.env.report.begin(f"{name}/{script}")
                 log.line(f"Running script: {script}")
                 script_started = time.monotonic()
                 try:
@@ -434,6 +437,7 @@ class Steps:
         if not packages:
             log.line("No packages to install")
             return
+        self.env.report.begin("packages")
         for label, command in (
             ("Updating package database:", "update"),
             (
@@ -561,11 +565,13 @@ def trim_cache(directory: str, size_limit: int) -> list[str]:
 
 async def build_normal(env: BuildEnv, request: NormalBuild) -> Image:
     """Build a normal stream; raises ``BuildError`` (or ``NeedSourceImage``)."""
+    env.fetching_manifest()
     manifest_dir = await env.in_thread(make_work_dir, request.stream, ".manifest", request.tmpdir)
     root = None
     mount = RootMount()
     try:
         git, variables = await fetch_manifest_tree(env, request, manifest_dir)
+        await env.read_manifest(manifest_dir)
         env.start_deadline()
         bind_mounts = await env.in_thread(bind_mounts_for, request.main, request.stream)
         try:
@@ -578,6 +584,7 @@ async def build_normal(env: BuildEnv, request: NormalBuild) -> Image:
                 env.log.line(line)
         root = await env.in_thread(make_work_dir, request.stream, ".root", request.tmpdir)
         env.log.line(f"Created image working directory: {root}")
+        env.report.begin("unpack source")
         source_name, source, tree_cache = await unpack_source(env, request, manifest, root, mount)
         started = time.monotonic()
         try:

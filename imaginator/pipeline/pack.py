@@ -32,6 +32,7 @@ from imaginator.image.model import (
 from imaginator.image.mtimes import copy_mtimes
 from imaginator.image.scan import ScanError, scan_tree
 from imaginator.image.triggers import Trigger
+from imaginator.pipeline.report import BuildReport, read_manifest_snapshot
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.process import MAX_CAPTURED_OUTPUT, CommandError, ProcessRunner
 from imaginator.runtime.sandbox import base_environment, chroot_argv
@@ -59,6 +60,7 @@ class BuildEnv:
     log: BuildLog
     deadline_seconds: float = 24 * 3600.0
     deadline: float | None = None
+    report: BuildReport = field(default_factory=BuildReport)
 
     def start_deadline(self) -> None:
         """Start the build deadline clock (after the manifest fetch, reference §5.1.4)."""
@@ -66,6 +68,19 @@ class BuildEnv:
 
     async def in_thread(self, fn, *args, **kwargs):
         return await deferToThreadPool(self.reactor, self.threadpool, fn, *args, **kwargs)
+
+    def fetching_manifest(self) -> None:
+        """The stage "fetch manifest" starts: keep what the log says until ``read_manifest``."""
+        self.report.begin("fetch manifest")
+        self.report.fetch_log.start(self.log)
+
+    async def read_manifest(self, directory: str) -> None:
+        """Keep a bounded, redacted snapshot of the fetched manifest for the pages."""
+        captured = self.report.fetch_log
+        text = captured.stop()
+        self.report.manifest = await self.in_thread(
+            read_manifest_snapshot, directory, text, captured.truncated, self.log.redactor()
+        )
 
     def thread_log(self, text: str) -> None:
         """Log a line from a pool thread (the build log belongs to the reactor thread)."""
@@ -178,6 +193,7 @@ _TMP_CONTENTS = Filter(("/tmp/.*",))
 
 async def clean_packages(env: BuildEnv, root: str, bind_mounts: tuple = ()) -> None:
     """``generic-packager clean`` then delete what ``show-clean-patterns`` lists."""
+    env.report.begin("clean packages")
     env.log.line("\nCleaning packages:")
     started = time.monotonic()
     try:
@@ -317,8 +333,10 @@ async def run_tests(env: BuildEnv, root: str, fs: FileSystem) -> None:
 
 async def pack(env: BuildEnv, spec: PackSpec) -> Image:
     """Turn the tree at ``spec.root`` into an image whose objects are all stored."""
+    env.report.begin("list packages")
     packages = await list_packages(env, spec.root)
     await env.in_thread(delete_matching, spec.root, _TMP_CONTENTS.match)
+    env.report.begin("scan")
     env.log.line("Scanning file-system and uploading objects")
     try:
         result = await scan_tree(
@@ -341,7 +359,9 @@ async def pack(env: BuildEnv, spec: PackSpec) -> Image:
         f"({format_bytes(result.bytes_added)}) in {format_duration(result.duration)} "
         f"({_rate(result.bytes_added, result.duration)})"
     )
+    env.report.begin("copy mtimes")
     await copy_previous_mtimes(env, spec, fs)
+    env.report.begin("tests")
     await run_tests(env, spec.root, fs)
     log_hash = await env.store.add_object(env.log.getvalue())
     return Image(

@@ -265,3 +265,53 @@ def test_shutdown_refuses_new_builds():
     fired(stopping)
     refused = fired(start(builder, "boot"))
     assert refused.error == "daemon shutting down"
+
+
+class StagedPipeline(FakePipeline):
+    """Reports stages to the build's report as the real pipeline steps do."""
+
+    async def _bootstrap(self, env, config, packager, **_kwargs: Any) -> Image:
+        env.report.begin("bootstrap command")
+        return await self._wait(config.name)
+
+    async def _normal(self, env, build) -> Image:
+        env.report.begin("fetch manifest")
+        return await super()._normal(env, build)
+
+
+def make_staged(**kwargs: Any):
+    builder, _fake, store = make(**kwargs)
+    staged = StagedPipeline()
+    builder._pipeline = staged.pipeline()
+    return builder, staged, store
+
+
+def test_the_result_carries_the_stages_of_the_build():
+    builder, fake, _store = make_staged()
+    done = start(builder, "boot")
+    current = builder.current_build("boot")
+    assert current is not None and current.report.stages.current()[0] == "bootstrap command"
+    fake.finish("boot")
+    result = fired(done)
+    assert [(s.name, s.failed) for s in result.stages] == [
+        ("bootstrap command", False),
+        ("store", False),
+    ]
+    assert builder.last_result("boot").stages == result.stages
+
+
+def test_the_stage_a_build_failed_in_is_marked_and_a_source_build_is_a_stage():
+    builder, fake, _store = make_staged(normal=("app",), limit=1)
+    fake.needs["app"] = "boot"
+    done = start(builder, "app")
+    fake.finish("boot")
+    fake.finish("app", RuntimeError("boom"))
+    result = fired(done)
+    assert result.error == "internal error: boom"
+    assert [(s.name, s.failed) for s in result.stages] == [
+        ("fetch manifest", False),
+        ("build source image", False),
+        ("fetch manifest", True),
+    ]
+    source = builder.last_result("boot")
+    assert [s.name for s in source.stages] == ["bootstrap command", "store"]
