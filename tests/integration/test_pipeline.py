@@ -118,6 +118,34 @@ async def test_hello_from_git_over_http_file_by_file_and_field_by_field(tmp_path
     assert log.startswith(stored_log)  # the stored log stops before "Uploaded ..."
     assert "Uploaded " not in stored_log and f"Uploaded {result.image_name}" in log
 
+    # What the pages show of the build: its stages and the manifest as it was read.
+    assert [(s.name, s.failed) for s in result.stages] == [
+        (name, False)
+        for name in (
+            "fetch manifest",
+            "unpack source",
+            "files",
+            "scripts/9_first",
+            "scripts/10_note",
+            "clean packages",
+            "list packages",
+            "scan",
+            "copy mtimes",
+            "tests",
+            "store",
+        )
+    ]
+    total = sum(s.seconds for s in result.stages)
+    assert total <= result.finished_at - result.started_at + 0.5
+    manifest = result.manifest
+    assert [(f.name, f.text) for f in manifest.files] == [
+        ("manifest", '{\n    "SourceImage": "bootstrap/bb"\n}\n'),
+        ("tags.json", '{"Role":"$IMAGE_STREAM_LEAF_NAME","Empty":"$NOTHING"}\n'),
+    ]
+    hello = root / "hello"
+    assert manifest.tree_size == sum(p.stat().st_size for p in hello.rglob("*") if p.is_file())
+    assert f"Cloning repository: {url} branch: (default)" in manifest.fetch_log
+
 
 @pytest_twisted.ensureDeferred
 async def test_broken_stream_fails_alone_and_stores_nothing(tmp_path, repo):
@@ -199,6 +227,7 @@ async def test_dir_manifest_and_unknown_stream(tmp_path, repo):
         harness.stop()
     assert not local.error, local.log.decode()
     assert f"Copying manifest tree: {root}/hello" in local.log.decode()
+    assert local.manifest.fetch_log == f"Copying manifest tree: {root}/hello\n"
     image = harness.store.get_image(local.image_name)
     assert image.build_commit_id == "" and image.build_git_url == ""
     assert unknown.error == "unknown stream: no/such/stream"
@@ -228,6 +257,8 @@ async def test_wrong_git_password_fails_without_showing_it(tmp_path, repo):
     assert "wrong-hunter2" not in result.error
     assert "wrong-hunter2" not in result.log.decode()
     assert "401" in result.error or "auth" in result.error.lower()
+    assert result.manifest is None
+    assert [(s.name, s.failed) for s in result.stages] == [("fetch manifest", True)]
 
 
 @pytest_twisted.ensureDeferred
