@@ -12,7 +12,6 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
-from urllib.parse import quote
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
@@ -25,7 +24,14 @@ from imaginator.runtime.archive import (
     BuildCounts,
     Kind,
 )
-from imaginator.web.pages import HTML, TEXT, make_environment, query_argument, set_security_headers
+from imaginator.web.pages import (
+    HTML,
+    TEXT,
+    make_environment,
+    query_argument,
+    quote_query,
+    set_security_headers,
+)
 
 #: ``async run_in_thread(fn, *args)``: runs blocking ``fn(*args)`` off the reactor thread.
 RunInThread = Callable[..., Awaitable[Any]]
@@ -34,11 +40,6 @@ RunInThread = Callable[..., Awaitable[Any]]
 _KINDS: tuple[tuple[str, Kind], ...] = (("All", "all"), ("Good", "good"), ("Error", "bad"))
 
 NOT_FOUND = b"404 page not found\n"
-
-# Characters left as they are in a query argument: what the Go pages write
-# unquoted in image and stream names. Everything else (``&``, ``#``, ``%``,
-# ``?``, quotes, spaces, non-ASCII) is %-encoded; ``query_argument`` decodes.
-_QUERY_SAFE = "/:@-._~!$()*+,;="
 
 
 class ArchiveSource(Protocol):
@@ -57,11 +58,6 @@ class ArchiveSource(Protocol):
     def read_log(self, image_name: str) -> bytes | None:
         """Blocking: called only through ``run_in_thread``."""
         ...
-
-
-def quote_query(value: str) -> str:
-    """``value`` made safe as a raw query string (the Go pages' argument)."""
-    return quote(value, safe=_QUERY_SAFE)
 
 
 def clean_argument(value: str) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import html
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from treq.testing import StubTreq
@@ -14,11 +15,13 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from imaginator.goformats.units import format_duration, format_time
+from imaginator.pipeline.report import BuildReport
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.logbuffer import LogRing
+from imaginator.runtime.stages import StageRecorder, StageTime
 from imaginator.scheduler import BuildResult, CurrentBuild
-from imaginator.web.pages import StatusPages, StatusSource
-from tests.support.web import Answer, Request, answer, assert_security_headers, start
+from imaginator.web.pages import StatusPages, StatusSource, split_format
+from tests.support.web import Answer, Request, answer, assert_security_headers, start, tables
 
 STARTED = 1_800_000_000.0
 NOW = STARTED + 62.0
@@ -191,14 +194,17 @@ def test_status_page_build_tables() -> None:
     current = rows(body, "Current image builds:")
     assert current == [
         [
-            "apps/hello",
+            '<a href="showImageStream?apps/hello">apps/hello</a>',
             '<a href="showCurrentBuildLog?apps/hello#bottom">log</a>',
             format_duration(5),
+            "",
         ],
         [
-            "<b>bootstrap/bb</b>",  # auto-rebuilt streams are bold
+            # auto-rebuilt streams are bold
+            '<b><a href="showImageStream?bootstrap/bb">bootstrap/bb</a></b>',
             '<a href="showCurrentBuildLog?bootstrap/bb#bottom">log</a>',
             "1m30s",
+            "",
         ],
     ]
 
@@ -207,9 +213,9 @@ def test_status_page_build_tables() -> None:
         in body
     )
     failed = rows(body, "Failed image builds:")
-    assert [r[0] for r in failed] == ["apps/broken", "apps/zeta"]
+    assert [re.sub("<[^>]+>", "", r[0]) for r in failed] == ["apps/broken", "apps/zeta"]
     assert failed[0] == [
-        "apps/broken",
+        '<a href="showImageStream?apps/broken">apps/broken</a>',
         "error running script: 1_fail: exit status 1",
         '<a href="showLastBuildLog?apps/broken">log</a>',
         format_duration(0.01),
@@ -219,7 +225,7 @@ def test_status_page_build_tables() -> None:
     good = rows(body, "Successful image builds:")
     assert good == [
         [
-            "apps/hello",
+            '<a href="showImageStream?apps/hello">apps/hello</a>',
             '<a href="http://store.example/showImage?apps/hello/2026-11-27:10:53:19">'
             "apps/hello/2026-11-27:10:53:19</a>",
             '<a href="showLastBuildLog?apps/hello">log</a>',
@@ -227,7 +233,7 @@ def test_status_page_build_tables() -> None:
             "50s ago",
         ],
         [
-            "bootstrap/bb",
+            '<a href="showImageStream?bootstrap/bb">bootstrap/bb</a>',
             '<a href="http://store.example/showImage?bootstrap/bb/2026-11-27:10:53:19">'
             "bootstrap/bb/2026-11-27:10:53:19</a>",
             '<a href="showLastBuildLog?bootstrap/bb">log</a>',
@@ -314,12 +320,12 @@ def test_show_current_build_log() -> None:
     assert body.index("</pre>") < body.index('<a name="bottom">')
 
 
-def test_show_current_build_log_not_building() -> None:
-    a = get(make_pages(busy_source()), "/showCurrentBuildLog?apps/broken")
+def test_show_current_build_log_never_built() -> None:
+    a = get(make_pages(busy_source()), "/showCurrentBuildLog?apps/none")
     assert a.code == 200
     assert_security_headers(a)
     assert a.headers["content-type"] == "text/plain; charset=utf-8"
-    assert a.text == "unknown image: apps/broken\n"
+    assert a.text == "unknown image: apps/none\n"
 
 
 def test_show_last_build_log() -> None:
@@ -358,7 +364,9 @@ def test_log_pages_escape_hostile_stream_names() -> None:
     for path in ("/showCurrentBuildLog?", "/showLastBuildLog?"):
         body = get(pages, path + quoted).text
         assert "<script>" not in body
-        assert body.count(html.escape(EVIL)) == 3  # title, heading, log
+        # Title, heading, log; the last build's error in its result line.
+        expected = 3 if path == "/showCurrentBuildLog?" else 4
+        assert body.count(html.escape(EVIL)) == expected
     unknown = get(pages, "/showLastBuildLog?" + quoted + "x")
     assert unknown.headers["content-type"] == "text/plain; charset=utf-8"
 
@@ -569,3 +577,280 @@ def test_log_ring_levels_and_failures() -> None:
 def test_log_ring_rejects_bad_size() -> None:
     with pytest.raises(ValueError):
         LogRing(0)
+
+
+# -- beyond the Go pages: links, refresh, JSON, results of ended builds, /logs -------
+
+
+def staged_result(stream: str, **kw) -> BuildResult:
+    return replace(
+        result(stream, **kw),
+        stages=(
+            StageTime("fetch manifest", 1.0),
+            StageTime("scripts/10_x", 3.0, failed=bool(kw.get("error"))),
+        ),
+    )
+
+
+def stage_clock_build(stream: str, stage: str, seconds: float) -> CurrentBuild:
+    """A running build in ``stage`` for ``seconds``."""
+    clock = Clock()
+    report = BuildReport(StageRecorder(clock.seconds))
+    report.begin(stage)
+    clock.advance(seconds)
+    return CurrentBuild(stream, NOW - 5, BuildLog(), "alice", False, report)
+
+
+def test_status_page_links_refresh_and_cpu_rows() -> None:
+    source = busy_source()
+    source.current["apps/hello"] = stage_clock_build("apps/hello", "scripts/10_x", 2.5)
+    body = get(make_pages(source), "/").text
+    assert 'Raw <a href="metrics">metrics</a>' in body
+    assert '(<a href="listImages">images</a>)' in body
+    assert '<a href="?format=json">JSON</a>' in body
+    assert '<meta http-equiv="refresh" content="5">' in body  # builds run: durations move
+    assert rows(body, "Current image builds:")[0][3] == "scripts/10_x (2.5s)"
+    for label in (
+        "Process Total CPU Time: ",
+        "Subprocess Total CPU Time: ",
+        "Recent CPU Time: ",
+        "Maximum resident memory: ",
+        "Largest subprocess resident memory: ",
+    ):
+        assert label in body, label
+    assert body.count("Recent CPU Time: ") == 2
+
+    idle = FakeSource(results=busy_source().results, streams=["apps/hello"])
+    assert "http-equiv" not in get(make_pages(idle), "/").text  # nothing moves: no reloads
+
+
+def test_status_page_recent_cpu_is_since_the_previous_view() -> None:
+    clock = make_clock()
+    pages = make_pages(FakeSource(), clock=clock)
+    first = get(pages, "/").text
+    total = re.search(r"Process Total CPU Time: ([^<]*)<", first).group(1)
+    recent = re.search(r"Recent CPU Time: ([^<]*)<", first).group(1)
+    assert recent == total  # the first view: since the start
+    clock.advance(1000)
+    second = get(pages, "/").text
+    recent = re.search(r"Recent CPU Time: ([0-9.]+)%", second).group(1)
+    assert float(recent) < 50.0  # a few milliseconds over 1000 s
+
+
+def test_status_page_logs_link_and_redacted_lines() -> None:
+    ring = LogRing()
+    Logger(observer=ring).info("cloned https://u:{p}@host", p="hunter2")
+    pages = make_pages(
+        FakeSource(), log_ring=ring, redact=lambda text: text.replace("hunter2", "[REDACTED]")
+    )
+    body = get(pages, "/").text
+    assert '<a href="logs">Logs:</a>' in body
+    assert "hunter2" not in body and "https://u:[REDACTED]@host" in body
+
+
+def test_status_json() -> None:
+    source = busy_source()
+    source.current["apps/hello"] = stage_clock_build("apps/hello", "scripts/10_x", 2.5)
+    source.results["apps/hello"] = staged_result("apps/hello", image="apps/hello/1")
+    source.disabled_until = NOW + 60
+    a = get(make_pages(source), "/?format=json")
+    assert a.code == 200
+    assert_security_headers(a)
+    assert a.headers["content-type"] == "application/json; charset=utf-8"
+    data = json.loads(a.body)
+    assert data["Hostname"] == "vm" and data["Version"] == "1.2.3"
+    assert data["StartedAt"] == "2027-01-15T08:00:00Z"
+    assert data["UptimeSeconds"] == 62.0
+    assert data["BuildRequestsDisabledUntil"] == "2027-01-15T08:02:02Z"
+    assert data["NumImageStreams"] == 5
+    assert [b["Stream"] for b in data["CurrentBuilds"]] == ["apps/hello", "bootstrap/bb"]
+    hello = data["CurrentBuilds"][0]
+    assert hello == {
+        "Stream": "apps/hello",
+        "Requestor": "alice",
+        "Auto": False,
+        "StartedAt": "2027-01-15T08:00:57Z",
+        "DurationSeconds": 5.0,
+        "Stage": "scripts/10_x",
+        "StageSeconds": 2.5,
+    }
+    assert data["CurrentBuilds"][1]["Auto"] is True
+    last = {b["Stream"]: b for b in data["LastBuilds"]}
+    assert list(last) == ["apps/broken", "apps/hello", "apps/zeta", "bootstrap/bb"]
+    assert last["apps/hello"] == {
+        "Stream": "apps/hello",
+        "Succeeded": True,
+        "Identical": False,
+        "ImageName": "apps/hello/1",
+        "Error": "",
+        "Requestor": "peer-client",
+        "StartedAt": "2027-01-15T08:00:02Z",
+        "FinishedAt": "2027-01-15T08:00:12Z",
+        "DurationSeconds": 10.0,
+        "Stages": [
+            {"Name": "fetch manifest", "Seconds": 1.0, "Failed": False},
+            {"Name": "scripts/10_x", "Seconds": 3.0, "Failed": False},
+        ],
+    }
+    assert last["apps/broken"]["Succeeded"] is False
+    assert last["apps/broken"]["Error"] == "error running script: 1_fail: exit status 1"
+
+
+def test_split_format() -> None:
+    assert split_format("format=json") == ("", "json")
+    assert split_format("apps/hello&format=json") == ("apps/hello", "json")
+    assert split_format("apps/hello") == ("apps/hello", "")
+    assert split_format("a&format=json&b") == ("a&format=json&b", "")
+    assert split_format("") == ("", "")
+
+
+def test_show_current_build_log_while_running_follows_and_names_the_stage() -> None:
+    source = busy_source()
+    source.current["apps/hello"] = stage_clock_build("apps/hello", "packages", 61)
+    body = get(make_pages(source), "/showCurrentBuildLog?apps/hello").text
+    assert '<noscript><meta http-equiv="refresh" content="2"></noscript>' in body
+    assert '<script src="static/livelog.js" data-mode="poll"></script>' in body
+    assert '<div id="live" data-state="running">' in body
+    assert "Running for 5s, in stage packages for 1m1s" in body
+
+
+def test_show_current_build_log_after_the_build_ended_shows_its_result() -> None:
+    source = busy_source()
+    source.results["apps/hello"] = staged_result(
+        "apps/hello", image="apps/hello/2026-11-27:10:53:19", log=b"Built <it>\n"
+    )
+    del source.current["apps/hello"]
+    a = get(make_pages(source), "/showCurrentBuildLog?apps/hello")
+    assert a.headers["content-type"] == "text/html; charset=utf-8"
+    body = a.text
+    assert "refresh" not in body and "livelog.js" not in body  # nothing moves any more
+    assert '<div id="live" data-state="finished">' in body
+    assert "Build log for stream: apps/hello (finished)" in body
+    assert (
+        'Build <a href="showLastBuildLog?apps/hello">succeeded</a> at '
+        f"{format_time(NOW - 50)} (50s ago) in 10s: "
+        '<a href="showImage?apps/hello/2026-11-27:10:53:19">apps/hello/2026-11-27:10:53:19</a>'
+    ) in body
+    assert tables(body)[0][1:] == [
+        ("", ["fetch manifest", "1s", "25.0%"]),
+        ('style="background-color:#fafafa"', ["scripts/10_x", "3s", "75.0%"]),
+    ]
+    assert "<pre>\nBuilt &lt;it&gt;\n</pre>" in body
+
+    failed = get(make_pages(source), "/showCurrentBuildLog?apps/broken").text
+    assert (
+        'Build <a href="showLastBuildLog?apps/broken">failed</a> at '
+        f"{format_time(NOW - 54.7)} (54.7s ago) after 10ms: "
+        "<b>error running script: 1_fail: exit status 1</b>"
+    ) in failed
+
+    source.results["apps/hello"] = replace(source.results["apps/hello"], identical=True)
+    same = get(make_pages(source), "/showCurrentBuildLog?apps/hello").text
+    assert ', identical to <a href="showImage?apps/hello/2026-11-27:10:53:19">' in same
+    assert "no new image" in same
+
+
+def test_show_last_build_log_has_the_result_and_stage_table() -> None:
+    source = busy_source()
+    source.results["apps/broken"] = staged_result("apps/broken", error="exit status 1")
+    body = get(make_pages(source), "/showLastBuildLog?apps/broken").text
+    assert 'Build <a href="showLastBuildLog?apps/broken">failed</a>' in body
+    assert "<td><b>scripts/10_x (failed)</b></td>" in body
+
+
+def html_follow_request(pages: StatusPages, target: str) -> Request:
+    req = Request(target.encode())
+    req.requestHeaders.addRawHeader(b"Accept", b"text/html,application/xhtml+xml,*/*;q=0.8")
+    pages.resource().render(req)
+    return req
+
+
+def test_follow_in_a_browser_is_html_that_ends_with_the_result() -> None:
+    source = busy_source()
+    build = source.current["apps/hello"]
+    clock = make_clock()
+    pages = make_pages(source, clock=clock)
+    req = html_follow_request(pages, "/followBuildLog?apps/hello")
+    a = answer(req)
+    assert_security_headers(a)
+    assert a.headers["content-type"] == "text/html; charset=utf-8"
+    assert a.headers["vary"] == "Accept"
+    head = a.text
+    assert "<title>build log for stream apps/hello</title>" in head
+    assert '<script src="static/livelog.js" data-mode="stream"></script>' in head
+    assert head.endswith("<pre>\nBuilding: apps/hello for: peer-client\n")
+    build.log.line(f"step {EVIL} & done")
+    assert req.written[-1] == b"step &lt;script&gt;alert(1)&lt;/script&gt; &amp; done\n"
+    assert not req.finished
+
+    del source.current["apps/hello"]
+    source.results["apps/hello"] = replace(
+        staged_result("apps/hello", image="apps/hello/2"), started_at=build.started_at
+    )
+    build.log.close()
+    assert req.finish_count == 1
+    tail = req.written[-1].decode()
+    assert tail.startswith('</pre>\n<div id="end">')
+    assert 'Build <a href="showLastBuildLog?apps/hello">succeeded</a>' in tail
+    assert '<a href="showImage?apps/hello/2">apps/hello/2</a>' in tail
+    assert "<td>scripts/10_x</td>" in tail
+    assert tail.rstrip().endswith("</html>")
+    assert clock.getDelayedCalls() == []
+
+
+def test_follow_in_a_browser_without_a_matching_result_says_it_ended() -> None:
+    source = busy_source()
+    build = source.current["apps/hello"]
+    req = html_follow_request(make_pages(source), "/followBuildLog?apps/hello")
+    del source.current["apps/hello"]  # the result kept is an older build's
+    build.log.close()
+    tail = req.written[-1].decode()
+    assert 'Build ended: <a href="showLastBuildLog?apps/hello">last build log</a>' in tail
+    assert "succeeded" not in tail
+
+
+def test_follow_in_a_browser_dropped_reader_is_told_the_build_runs_on() -> None:
+    source = busy_source()
+    build = source.current["apps/hello"]
+    pages = make_pages(source, follow_limit=100)
+    req = html_follow_request(pages, "/followBuildLog?apps/hello")
+    req.producer.pauseProducing()
+    for i in range(12):
+        build.log.line(f"line {i:04d}")
+    assert req.finish_count == 1
+    body = b"".join(req.written).decode()
+    assert "[log follower too slow: " in body
+    assert (
+        'Build still running: <a href="showCurrentBuildLog?apps/hello#bottom">its log</a>' in body
+    )
+
+
+def test_logs_page_follows_the_daemon_log_without_secrets() -> None:
+    ring = LogRing()
+    log = Logger(observer=ring)
+    log.info("Startup: {v}", v="1.2.3")
+    log.info("fetching with {p} and {e}", p="hunter2", e=EVIL)
+    pages = make_pages(
+        FakeSource(), log_ring=ring, redact=lambda text: text.replace("hunter2", "[REDACTED]")
+    )
+    a = get(pages, "/logs")
+    assert a.code == 200 and a.headers["content-type"] == "text/html; charset=utf-8"
+    assert_security_headers(a)
+    body = a.text
+    assert "<title>imaginator logs</title>" in body
+    assert '<script src="static/livelog.js" data-mode="poll"></script>' in body
+    assert '<div id="live" data-state="running">' in body
+    assert "hunter2" not in body and "<script>alert" not in body
+    assert f"fetching with [REDACTED] and {html.escape(EVIL)}" in body
+    assert body.index("Startup: 1.2.3") < body.index("fetching with")
+    text = get(pages, "/logs?format=text")
+    assert text.headers["content-type"] == "text/plain; charset=utf-8"
+    assert text.text.endswith(f"fetching with [REDACTED] and {EVIL}\n")
+    assert "No daemon log lines are kept" in get(make_pages(FakeSource()), "/logs").text
+
+
+def test_live_log_script_is_served() -> None:
+    a = get(make_pages(FakeSource()), "/static/livelog.js")
+    assert a.code == 200
+    assert a.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert b'getElementById("live")' in a.body
