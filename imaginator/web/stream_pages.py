@@ -50,7 +50,17 @@ from imaginator.web.image_views import (
     triggers_json,
 )
 from imaginator.web.metrics import MetricsPage
-from imaginator.web.pages import HTML, TEXT, make_environment, query_argument, set_security_headers
+from imaginator.web.pages import (
+    HTML,
+    TEXT,
+    json_answer,
+    make_environment,
+    query_argument,
+    set_security_headers,
+    split_format,
+)
+from imaginator.web.stream_json import bootstrap_json, normal_json, stream_json, streams_json
+from imaginator.web.views import stage_rows
 
 __all__ = ["MAX_FILES", "MAX_IMAGE_DETAILS", "StreamPages"]
 
@@ -119,11 +129,16 @@ class SourceLink:
 
 @dataclass(frozen=True)
 class ImageRow:
-    """An image of a stream; ``created``/``expires`` are empty when its record was not read."""
+    """An image of a stream; ``read`` is false (and the rest empty) when its record
+    was not read. ``expired``: past its expiry, to be deleted by the next collection."""
 
     name: str
     created: str = ""
     expires: str = ""
+    expired: bool = False
+    read: bool = False
+    created_on: int = 0
+    expires_at: int = 0
 
 
 # ------------------------------------------------------------------ the pages
@@ -313,7 +328,14 @@ class StreamPages:
                 "ago": format_duration(max(0.0, now - result.finished_at)),
                 "duration": format_duration(max(0.0, result.finished_at - result.started_at)),
             }
-        return {"building": building, "last": last}
+        manifest = result.manifest if result is not None else None
+        return {
+            "building": building,
+            "last": last,
+            "stages": stage_rows(result.stages) if result is not None else [],
+            "manifest": manifest,
+            "manifest_size": format_bytes(manifest.tree_size) if manifest is not None else "",
+        }
 
     # -- images of a stream -------------------------------------------------------
 
@@ -329,16 +351,25 @@ class StreamPages:
     async def _image_rows(self, names: list[str], known: Mapping[str, Image]) -> list[ImageRow]:
         """A row per name; the records of the first ``MAX_IMAGE_DETAILS`` are read."""
         rows = []
+        now_ns = int(self._clock.seconds() * 1e9)
         for index, name in enumerate(names):
             image = known.get(name)
             if image is None and index < MAX_IMAGE_DETAILS:
                 image = await self._image_quietly(name)
             if image is None:
                 rows.append(ImageRow(name))
-            else:
-                rows.append(
-                    ImageRow(name, created_text(image.created_on), expiry_text(image.expires_at))
+                continue
+            rows.append(
+                ImageRow(
+                    name,
+                    created_text(image.created_on),
+                    expiry_text(image.expires_at),
+                    expired=0 < image.expires_at <= now_ns,
+                    read=True,
+                    created_on=image.created_on,
+                    expires_at=image.expires_at,
                 )
+            )
         return rows
 
     async def _store_context(self, stream: str) -> dict[str, Any]:
@@ -358,11 +389,16 @@ class StreamPages:
 
     def show_streams(self, request: IRequest) -> bytes:
         """``/showImageStreams``: every bootstrap and normal stream with its manifest location."""
+        if split_format(query_argument(request))[1] == "json":
+            return json_answer(request, streams_json(self._stream_rows()))
         return self._html(request, "streams", streams=self._stream_rows())
 
     async def show_stream(self, request: IRequest) -> bytes:
-        """``/showImageStream?<name>``: configuration, latest image, last build, images."""
-        name = query_argument(request)
+        """``/showImageStream?<name>``: configuration, latest image, last build, images
+        (``&format=json``: the same as JSON)."""
+        name, answer_format = split_format(query_argument(request))
+        if answer_format == "json":
+            return await self._stream_json(request, name)
         kind = self._kind_context(name)
         if kind is None:
             return self._html(request, "stream", name=name, exists=False)
@@ -370,6 +406,33 @@ class StreamPages:
         return self._html(
             request, "stream", name=name, exists=True, **kind, **store, **self._build_context(name)
         )
+
+    async def _stream_json(self, request: IRequest, name: str) -> bytes:
+        bootstrap = self._builder.config.bootstrap_streams.get(name)
+        normal = self._builder.normal_streams().get(name)
+        if bootstrap is not None:
+            config = bootstrap_json(bootstrap)
+        elif normal is not None:
+            config = normal_json(name, normal, self._arch)
+        else:
+            return json_answer(request, {"Error": f"unknown stream: {name}"}, 404)
+        store = await self._store_context(name)
+        building = next((b for b in self._builder.current_builds() if b.stream == name), None)
+        last = self._builder.last_result(name)
+        value = stream_json(
+            name,
+            config,
+            latest_name=store["latest_name"],
+            latest=store["latest"],
+            images=store["images"],
+            building=building,
+            stage=building.report.stages.current() if building is not None else None,
+            last=last,
+            manifest=last.manifest if last is not None else None,
+            auto=name in self._builder.auto_rebuild_streams(),
+            now=self._clock.seconds(),
+        )
+        return json_answer(request, value)
 
     async def show_image(self, request: IRequest) -> bytes:
         """``/showImage?<name>``: an image of the store; 404 if there is none."""

@@ -28,6 +28,9 @@ from imaginator.image.model import (
     image_from_json,
 )
 from imaginator.image.triggers import Trigger
+from imaginator.pipeline.report import ManifestFile, ManifestSnapshot
+from imaginator.runtime.buildlog import BuildLog
+from imaginator.runtime.stages import StageTime
 from imaginator.scheduler import BuildResult, CurrentBuild
 from imaginator.store.base import MissingObjectError, StoreError
 from imaginator.store.local import AsyncImageStore, LocalImageStore
@@ -689,3 +692,176 @@ def test_pages_over_the_real_store(tmp_path):
     assert fetch("/showImage?apps/hello/../x").code == 404
     assert name in fetch("/listImages").text
     assert "imaginator_images_total 1\n" in fetch("/metrics").text
+
+
+# -- beyond the Go pages: expired images, stages, the manifest as read, JSON -------------
+
+
+def hello_result(**kwargs: Any) -> BuildResult:
+    values: dict[str, Any] = {
+        "stream": "apps/hello",
+        "image_name": "apps/hello/2027-01-15:07:59:00",
+        "started_at": NOW - 90,
+        "finished_at": NOW - 60,
+        "log": b"log",
+        "requestor": "alice",
+        "stages": (StageTime("fetch manifest", 1.5), StageTime("scripts/9_first", 4.5)),
+        "manifest": ManifestSnapshot(
+            files=(
+                ManifestFile("manifest", '{\n    "SourceImage": "bootstrap/bb"\n}\n'),
+                ManifestFile("tags.json", f'{{"Role": "{EVIL}"}}\n', truncated=True),
+            ),
+            tree_size=21109,
+            fetch_log=f"Copying manifest tree: /m/hello {EVIL}\n",
+        ),
+    }
+    values.update(kwargs)
+    return BuildResult(**values)
+
+
+def test_stream_page_marks_expired_images():
+    store = FakeStore()
+    store.images["bootstrap/bb/2027-01-15:06:00:00"] = make_image(NOW - 7200)  # expired an hour ago
+    store.images["bootstrap/bb/2027-01-15:07:59:00"] = make_image(NOW - 60)
+    store.images["bootstrap/bb/2027-01-15:07:59:30"] = make_image(NOW - 30, expires_at=0)
+    a = get("/showImageStream?bootstrap/bb", store=store)
+    rows = {re.sub("<[^>]+>", "", cells[0]): cells[2] for _, cells in tables(a.text)[0][1:]}
+    assert rows["bootstrap/bb/2027-01-15:06:00:00"] == (
+        f'{format_time(NOW - 3600)} <b class="expired">(expired)</b>'
+    )
+    assert rows["bootstrap/bb/2027-01-15:07:59:00"] == format_time(NOW + 3540)
+    assert rows["bootstrap/bb/2027-01-15:07:59:30"] == "never"
+
+
+def test_stream_page_shows_the_stages_and_the_manifest_the_last_build_read():
+    builder = FakeBuilder()
+    builder.results["apps/hello"] = hello_result()
+    text = get("/showImageStream?apps/hello", builder).text
+    assert_no_raw_evil(text)
+    stages = tables(text)[0]
+    assert stages[0][1] == ["Stage", "Duration", "Share"]
+    assert [cells for _, cells in stages[1:]] == [
+        ["fetch manifest", "1.5s", "25.0%"],
+        ["scripts/9_first", "4.5s", "75.0%"],
+    ]
+    assert f"The manifest as the last build read it ({format_time(NOW - 60)}):" in text
+    assert (
+        "Contents of <code>manifest</code> file:<br>\n"
+        '<pre style="background-color: #eee; border: 1px solid #999; display: block; float: left;">'
+        "\n{\n    &#34;SourceImage&#34;: &#34;bootstrap/bb&#34;\n}\n</pre>"
+    ) in text
+    assert "Contents of <code>tags.json</code> file (its start):" in text
+    assert "Manifest tree size: 21109 B<br>" in text  # as the Go page says it
+    assert '<hr style="height:2px"><font color="#bbb">\n<b>Logging output:</b>' in text
+    assert "Copying manifest tree: /m/hello &lt;script&gt;" in text
+    # Order of the Go page: the manifest's contents after the configuration.
+    assert text.index("Manifest Directory:") < text.index("Contents of") < text.index("Last build")
+
+
+def test_stream_page_without_a_manifest_snapshot_shows_no_contents():
+    builder = FakeBuilder()
+    builder.results["apps/hello"] = hello_result(manifest=None, error="error fetching", stages=())
+    text = get("/showImageStream?apps/hello", builder).text
+    assert "Contents of" not in text and "Manifest tree size" not in text
+    assert 'class="stages"' not in text
+
+
+def test_streams_json():
+    builder = FakeBuilder()
+    builder.streams["apps/leaf"] = StreamConfig(
+        manifest_url="https://bob:$SECRET@git.example/r.git",
+        manifest_directory="d/${IMAGE_STREAM_LEAF_NAME}/$SECRET",
+    )
+    builder.auto = frozenset({"apps/hello"})
+    a = get("/showImageStreams?format=json", builder)
+    assert a.headers["content-type"] == "application/json; charset=utf-8"
+    streams = {s["Name"]: s for s in json.loads(a.body)["Streams"]}
+    assert streams["apps/leaf"] == {
+        "Name": "apps/leaf",
+        "Kind": "manifest",
+        "AutoRebuild": False,
+        "ManifestUrl": "https://bob:***@git.example/r.git",
+        "ManifestDirectory": "d/${IMAGE_STREAM_LEAF_NAME}/$SECRET",
+        "ExpandedManifestDirectory": "d/leaf/",
+    }
+    assert streams["apps/hello"]["AutoRebuild"] is True
+    assert streams["bootstrap/bb"]["Kind"] == "bootstrap"
+    assert SECRET not in a.text
+
+
+def test_stream_json():
+    builder = FakeBuilder()
+    builder.streams["apps/hello"] = StreamConfig(
+        manifest_url="https://bob:$SECRET@git.example/$IMAGE_STREAM_LEAF_NAME.git",
+        manifest_directory="hello",
+        variables={"VERSION": "1.2"},
+    )
+    builder.results["apps/hello"] = hello_result()
+    builder.current = [CurrentBuild("apps/hello", NOW - 5, BuildLog(), "bob")]
+    store = FakeStore()
+    store.images["apps/hello/2027-01-15:06:00:00"] = make_image(NOW - 7200)
+    store.images["apps/hello/2027-01-15:07:59:00"] = make_image(
+        NOW - 60, build_commit_id="c0ffee", source_image="bootstrap/bb/1"
+    )
+    a = get("/showImageStream?apps/hello&format=json", builder, store)
+    assert a.code == 200 and a.headers["content-type"] == "application/json; charset=utf-8"
+    data = json.loads(a.body)
+    assert data["Name"] == "apps/hello" and data["AutoRebuild"] is False
+    assert data["Configuration"] == {
+        "Kind": "manifest",
+        "ManifestUrl": "https://bob:***@git.example/$IMAGE_STREAM_LEAF_NAME.git",
+        "ExpandedManifestUrl": "https://bob:***@git.example/hello.git",
+        "ManifestDirectory": "hello",
+        "ExpandedManifestDirectory": "hello",
+        "BuilderGroups": [],
+        "BuilderUsers": [],
+        "Variables": {"VERSION": "1.2"},
+    }
+    assert data["LatestImage"] == {
+        "Name": "apps/hello/2027-01-15:07:59:00",
+        "CreatedOn": "2027-01-15T07:59:00Z",
+        "ExpiresAt": "2027-01-15T08:59:00Z",
+        "SourceImage": "bootstrap/bb/1",
+        "BuildCommitId": "c0ffee",
+        "BuildBranch": "",
+        "BuildGitUrl": "",
+    }
+    assert data["Building"]["Requestor"] == "bob"
+    assert data["Building"]["DurationSeconds"] == 5.0
+    last = data["LastBuild"]
+    assert last["Succeeded"] is True and last["DurationSeconds"] == 30.0
+    assert last["Stages"][1] == {"Name": "scripts/9_first", "Seconds": 4.5, "Failed": False}
+    assert last["Manifest"] == {
+        "Files": {
+            "manifest": '{\n    "SourceImage": "bootstrap/bb"\n}\n',
+            "tags.json": f'{{"Role": "{EVIL}"}}\n',
+        },
+        "TruncatedFiles": ["tags.json"],
+        "TreeSize": 21109,
+        "FetchLog": f"Copying manifest tree: /m/hello {EVIL}\n",
+    }
+    assert data["Images"] == [
+        {
+            "Name": "apps/hello/2027-01-15:07:59:00",
+            "CreatedOn": "2027-01-15T07:59:00Z",
+            "ExpiresAt": "2027-01-15T08:59:00Z",
+            "Expired": False,
+        },
+        {
+            "Name": "apps/hello/2027-01-15:06:00:00",
+            "CreatedOn": "2027-01-15T06:00:00Z",
+            "ExpiresAt": "2027-01-15T07:00:00Z",
+            "Expired": True,
+        },
+    ]
+    assert SECRET not in a.text
+
+
+def test_stream_json_of_a_bootstrap_stream_and_an_unknown_one():
+    data = json.loads(get("/showImageStream?bootstrap/bb&format=json").body)
+    assert data["Configuration"]["Kind"] == "bootstrap"
+    assert data["Configuration"]["BootstrapCommand"][0] == "/bin/sh"
+    assert data["LatestImage"] is None and data["LastBuild"] is None and data["Images"] == []
+    unknown = get(f"/showImageStream?{EVIL}&format=json")
+    assert unknown.code == 404
+    assert json.loads(unknown.body) == {"Error": f"unknown stream: {EVIL}"}
