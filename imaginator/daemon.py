@@ -71,6 +71,7 @@ from imaginator.web.access import AccessLog, AccessLogError, PagesSite
 from imaginator.web.archive_pages import ArchivePages, quote_query
 from imaginator.web.diff_pages import DiffPages
 from imaginator.web.graph_pages import GraphPages, spawn_dot
+from imaginator.web.metrics import BuildCounters
 from imaginator.web.pages import StatusPages
 from imaginator.web.stream_pages import StreamPages
 
@@ -362,9 +363,18 @@ def _pages(
         log_ring=log_ring,
         image_link=lambda name: f"showImage?{quote_query(name)}",
         archive_enabled=archive is not None,
+        redact=core.builder.redact,
     )
+    counters = BuildCounters()
+    core.builder.add_listener(counters.record)
     StreamPages(
-        core.builder, core.store, reactor, arch, __version__, started_at=started_at
+        core.builder,
+        core.store,
+        reactor,
+        arch,
+        __version__,
+        started_at=started_at,
+        counters=counters,
     ).install(pages.app)
     if archive is not None:
         ArchivePages(archive, in_thread, reactor).install(pages.app)

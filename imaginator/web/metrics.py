@@ -1,16 +1,19 @@
 """``/metrics``: the daemon's state in the Prometheus text exposition format.
 
-Gauges only: builds running now, each stream's last build (success, duration,
-when it finished), the number of images in the store and the uptime. The
-builder's state is in memory; the image count is read through the
-``AsyncImageStore`` (its thread pool), so the handler never blocks the
-reactor, and an unreadable store only leaves ``imaginator_images_total`` out.
-Stream names are label values, escaped as the format requires.
+Gauges: builds running now, each stream's last build (success, duration,
+when it finished, and how long each of its stages took), the number of
+images in the store and the uptime. Counters (with a :class:`BuildCounters`
+fed by the builder's listener): builds finished and builds failed per stream
+since the daemon started. The builder's state is in memory; the image count
+is read through the ``AsyncImageStore`` (its thread pool), so the handler
+never blocks the reactor, and an unreadable store only leaves
+``imaginator_images_total`` out. Stream and stage names are label values,
+escaped as the format requires.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from klein import Klein
@@ -18,10 +21,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from imaginator.runtime.stages import StageTime, stage_totals
 from imaginator.store.base import StoreError
 from imaginator.web.pages import set_security_headers
 
-__all__ = ["METRICS_CONTENT_TYPE", "MetricsPage", "escape_label"]
+__all__ = ["METRICS_CONTENT_TYPE", "BuildCounters", "MetricsPage", "escape_label"]
 
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -45,6 +49,9 @@ class LastBuild(Protocol):
 
     @property
     def finished_at(self) -> float: ...
+
+    @property
+    def stages(self) -> tuple[StageTime, ...]: ...
 
 
 class BuildState(Protocol):
@@ -70,6 +77,24 @@ def _number(value: float) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
+class BuildCounters:
+    """Builds finished and failed per stream since the start (``record`` is a build
+    result listener: ``Builder.add_listener(counters.record)``)."""
+
+    def __init__(self) -> None:
+        self.finished: dict[str, int] = {}
+        self.failed: dict[str, int] = {}
+
+    def record(self, result: LastBuild) -> None:
+        stream = result.stream
+        self.finished[stream] = self.finished.get(stream, 0) + 1
+        failed = bool(result.error) or not result.image_name
+        self.failed[stream] = self.failed.get(stream, 0) + int(failed)
+
+
+Labels = Mapping[str, str]
+
+
 class _Metrics:
     """Collects the lines of a Prometheus text exposition."""
 
@@ -78,11 +103,21 @@ class _Metrics:
 
     def family(self, name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> None:
         """One gauge: ``samples`` are ``(stream label or "", value)``."""
+        self.labelled(
+            name, help_text, (({"stream": s} if s else {}, v) for s, v in samples), "gauge"
+        )
+
+    def labelled(
+        self, name: str, help_text: str, samples: Iterable[tuple[Labels, float]], kind: str
+    ) -> None:
+        """One family of type ``kind``: ``samples`` are ``(labels, value)``."""
         self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} gauge")
-        for stream, value in samples:
-            labels = f'{{stream="{escape_label(stream)}"}}' if stream else ""
-            self.lines.append(f"{name}{labels} {_number(value)}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            text = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
+            self.lines.append(
+                f"{name}{{{text}}} {_number(value)}" if text else f"{name} {_number(value)}"
+            )
 
     def text(self) -> bytes:
         return "".join(line + "\n" for line in self.lines).encode("utf-8")
@@ -97,12 +132,18 @@ class MetricsPage:
     """
 
     def __init__(
-        self, builder: BuildState, store: ImageList, clock: IReactorTime, started_at: float
+        self,
+        builder: BuildState,
+        store: ImageList,
+        clock: IReactorTime,
+        started_at: float,
+        counters: BuildCounters | None = None,
     ) -> None:
         self._builder = builder
         self._store = store
         self._clock = clock
         self._started_at = started_at
+        self._counters = counters
 
     def install(self, app: Klein) -> None:
         """Add the route to ``app``."""
@@ -147,6 +188,32 @@ class MetricsPage:
             "imaginator_stream_last_build_timestamp_seconds",
             "When the stream's last build finished (Unix time).",
             [(r.stream, r.finished_at) for r in results],
+        )
+        out.labelled(
+            "imaginator_build_stage_seconds",
+            "Seconds each stage of the stream's last build took.",
+            [
+                ({"stream": r.stream, "stage": stage}, seconds)
+                for r in results
+                for stage, seconds in stage_totals(r.stages).items()
+            ],
+            "gauge",
+        )
+        counters = self._counters
+        if counters is None:
+            return
+        streams = sorted(counters.finished)
+        out.labelled(
+            "imaginator_builds_total",
+            "Builds finished since the daemon started.",
+            [({"stream": s}, counters.finished[s]) for s in streams],
+            "counter",
+        )
+        out.labelled(
+            "imaginator_builds_failed_total",
+            "Builds failed since the daemon started.",
+            [({"stream": s}, counters.failed.get(s, 0)) for s in streams],
+            "counter",
         )
 
     async def _image_count(self) -> int | None:

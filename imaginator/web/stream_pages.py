@@ -49,7 +49,7 @@ from imaginator.web.image_views import (
     packager_view,
     triggers_json,
 )
-from imaginator.web.metrics import MetricsPage
+from imaginator.web.metrics import BuildCounters, MetricsPage
 from imaginator.web.pages import (
     HTML,
     TEXT,
@@ -150,7 +150,8 @@ class StreamPages:
     ``builder`` gives the configuration and build state (``Builder``),
     ``store`` the images (``AsyncImageStore``), ``clock`` the time (page
     footers, uptime), ``arch`` the ``$ARCH`` of stream environments and
-    ``version`` the footer's version.
+    ``version`` the footer's version; ``counters`` (fed by the builder)
+    adds the build counters to ``/metrics``.
     """
 
     def __init__(
@@ -162,6 +163,7 @@ class StreamPages:
         version: str,
         *,
         started_at: float | None = None,
+        counters: BuildCounters | None = None,
     ) -> None:
         self._builder = builder
         self._store = store
@@ -169,6 +171,7 @@ class StreamPages:
         self._arch = arch
         self._version = version
         self._started_at = clock.seconds() if started_at is None else started_at
+        self._counters = counters
         env = make_environment()
         self._templates = {
             name: env.get_template(f"{name}.html")
@@ -186,7 +189,9 @@ class StreamPages:
         )
         for path, handler in routes:
             app.route(path, methods=["GET", "HEAD"], endpoint=f"streams:{path}")(handler)
-        MetricsPage(self._builder, self._store, self._clock, self._started_at).install(app)
+        MetricsPage(
+            self._builder, self._store, self._clock, self._started_at, self._counters
+        ).install(app)
 
     # -- answers ---------------------------------------------------------------
 
