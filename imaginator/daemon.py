@@ -74,6 +74,7 @@ from imaginator.web.graph_pages import GraphPages, spawn_dot
 from imaginator.web.metrics import BuildCounters
 from imaginator.web.pages import StatusPages
 from imaginator.web.stream_pages import StreamPages
+from imaginator.web.tarball import TarballPage
 
 THREADS = 4
 BUILD_NICENESS = 10
@@ -380,6 +381,7 @@ def _pages(
         ArchivePages(archive, in_thread, reactor).install(pages.app)
 
     DiffPages(core.store, in_thread, reactor, __version__).install(pages.app)
+    TarballPage(core.store, core.local_store, in_thread, reactor).install(pages.app)
     GraphPages(
         deps,
         reactor,

@@ -293,6 +293,19 @@ def write_tar(
             _add_member(tar, reader, member, times)
 
 
+def write_image_tar(
+    image: Image, reader: ImageReader, out: BinaryIO, source_date_epoch: int | None = None
+) -> None:
+    """The whole image as ``imagetool tar`` writes it (and ``/imageTarball`` sends
+    it): a ``.`` entry for the root, computed files as empty files, times by
+    :meth:`TimePolicy.for_image`. ``ExportError`` for an image without a file-system."""
+    fs = image.file_system
+    if fs is None:
+        raise ExportError("image has no file-system")
+    times = TimePolicy.for_image(image, source_date_epoch)
+    write_tar(full_members(fs, computed_as_empty=True), reader, out, times, root=fs.root)
+
+
 def write_layer(
     members: Iterable[Member], reader: ImageReader, times: TimePolicy, path: str
 ) -> LayerFile:

@@ -19,8 +19,7 @@ from typing import BinaryIO, TextIO
 
 from imaginator.export.registry import RegistryError
 from imaginator.export.source import ExportError
-from imaginator.export.tarlayer import TimePolicy, full_members
-from imaginator.export.tarlayer import write_tar as write_tar_stream
+from imaginator.export.tarlayer import write_image_tar
 from imaginator.image.model import Image, dumps_image
 from imaginator.image.unpack import UnpackError, materialise
 from imaginator.store.base import StoreError
@@ -261,12 +260,9 @@ def write_tar(
     computed files as empty files. Directories and symlinks, which have no
     mtime in the image, get the image's creation time; with
     ``source_date_epoch`` no mtime is later than it."""
-    fs = image.file_system
-    if fs is None:
+    if image.file_system is None:
         raise CommandError("image has no file-system")
-    times = TimePolicy.for_image(image, source_date_epoch)
-    members = full_members(fs, computed_as_empty=True)
-    write_tar_stream(members, store, out, times, root=fs.root)
+    write_image_tar(image, store, out, source_date_epoch)
 
 
 def _describe_os_error(exc: OSError) -> str:

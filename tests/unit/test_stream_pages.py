@@ -488,6 +488,7 @@ def test_show_image_of_the_vector():
         f'<a href="showImageCycloneDx?{name}">CycloneDX</a><br>'
     ) in text
     assert "OwnerGroups: devs<br>" in text and "OwnerUsers: alice<br>" in text
+    assert f'Download: <a href="imageTarball?{name}">tarball</a>' in text
     plain = html.unescape(text)
     assert '"Role": "hello"' in plain
     assert '"/etc/motd\\\\.local"' in plain
