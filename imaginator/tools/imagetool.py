@@ -33,6 +33,7 @@ from imaginator.tools.imagetool_base import (
     printable,
 )
 from imaginator.tools.imagetool_export import cmd_diff, cmd_oci, cmd_push, cmd_sbom
+from imaginator.tools.imagetool_summary import summary_lines
 
 PROGRAM = "imagetool"
 USAGE = f"""\
@@ -40,7 +41,7 @@ Usage: {PROGRAM} [flags] <command> [flags] [arguments]
 
 Commands:
   list                 list the names of all images
-  show NAME            print the image record as JSON
+  show NAME            print the image record as JSON (-summary: one screen)
   get NAME DIR         write the image's file tree into DIR (new or empty)
   tar NAME FILE        write the image's file tree as a tar archive (FILE - = stdout)
   list-packages NAME   list the image's packages: name version size
@@ -56,6 +57,8 @@ Flags:
   -stateDir DIR        the imaginator state directory (default {DEFAULT_STATE_DIR});
                        the store is DIR/store
   -json                diff: print JSON
+  -summary             show: name, dates, source, commit, sizes, counts, packages,
+                       tags, filter, triggers and build log on one screen
   -sbomFormat FORMAT   sbom: spdx (default) or cyclonedx
   -registryCredentials FILE
                        push: credentials (Docker's config.json, or a JSON object
@@ -76,7 +79,7 @@ STRING_FLAGS = {
     "registryCA": "registry_ca",
 }
 __all__ = ["COMMANDS", "DEFAULT_STATE_DIR", "main", "parse_args", "write_tar"]
-BOOL_FLAGS = {"json": "json", "registryPlainHttp": "registry_plain_http"}
+BOOL_FLAGS = {"json": "json", "registryPlainHttp": "registry_plain_http", "summary": "summary"}
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
@@ -198,9 +201,13 @@ def cmd_list(store: LocalImageStore, _arguments: Arguments) -> None:
     _write_lines(sys.stdout, store.list_images())
 
 
-def cmd_show(store: LocalImageStore, _arguments: Arguments, name: str) -> None:
-    """Print the image record as 4-space-indented JSON."""
-    sys.stdout.write(printable(dumps_image(load_image(store, name), indent=4)) + "\n")
+def cmd_show(store: LocalImageStore, arguments: Arguments, name: str) -> None:
+    """Print the image record as 4-space-indented JSON (``-summary``: a summary)."""
+    image = load_image(store, name)
+    if arguments.summary:
+        _write_lines(sys.stdout, summary_lines(name, image))
+        return
+    sys.stdout.write(printable(dumps_image(image, indent=4)) + "\n")
 
 
 def cmd_list_packages(store: LocalImageStore, _arguments: Arguments, name: str) -> None:

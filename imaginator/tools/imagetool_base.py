@@ -28,6 +28,7 @@ class Arguments:
     args: list[str] = field(default_factory=list)
     help: bool = False
     json: bool = False
+    summary: bool = False
     sbom_format: str = "spdx"
     registry_credentials: str = ""
     registry_ca: str = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -13,6 +14,7 @@ import tarfile
 import pytest
 
 from imaginator.image.model import (
+    Annotation,
     ComputedRegularInode,
     DirectoryInode,
     FileSystem,
@@ -23,6 +25,7 @@ from imaginator.image.model import (
     SymlinkInode,
     image_to_json,
 )
+from imaginator.image.triggers import Trigger
 from imaginator.store.local import LocalImageStore
 from imaginator.tools.imagetool import DEFAULT_STATE_DIR, main, parse_args
 
@@ -244,3 +247,40 @@ def test_main_reads_sys_argv(capsys, state_dir, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["imagetool", "-stateDir", state_dir, "list"])
     assert main() == 0
     assert capsys.readouterr().out == f"{NAME}\n{OTHER}\n"
+
+
+def test_show_summary_is_one_screen(capsys, tmp_path):
+    store = LocalImageStore(str(tmp_path / "state" / "store"))
+    image = dataclasses.replace(
+        build_image(store),
+        expires_at=CREATED_ON + 3600 * 10**9,
+        created_for="alice",
+        source_image=OTHER,
+        build_commit_id="c0ffee",
+        build_branch="main",
+        build_git_url="https://git.example/m.git",
+        tags={f"k{i:02d}": f"v{i}" for i in range(10)},
+        filter=("/var/log/.*", "/tmp/.*"),
+        triggers=(Trigger(("/etc/ssh/.*",), "sshd"), Trigger(("/etc/x",), "cron")),
+        build_log=Annotation(object=bytes.fromhex(store.put_object_bytes(b"log\n")), url=""),
+    )
+    store.add_image(NAME, image)
+    status, out, err = run(capsys, f"-stateDir={tmp_path / 'state'}", "show", "-summary", NAME)
+    assert (status, err) == (0, "")
+    assert out.splitlines() == [
+        "Name:      apps/hello/2026-11-27:10:53:19",
+        "Stream:    apps/hello",
+        "Created:   27 Nov 2026 10:53:19 UTC (by imaginator, for alice)",
+        "Expires:   27 Nov 2026 11:53:19 UTC",
+        f"Source:    {OTHER}",
+        "Commit:    c0ffee (branch main, https://git.example/m.git)",
+        "Inodes:    3 regular files, 5 directories, 1 symlinks, 3 devices and fifos, 1 computed",
+        f"Size:      {len(PASSWD) + len(SU)} B in 2 distinct objects",
+        "Packages:  2",
+        "Tags:      k00=v0, k01=v1, k02=v2, k03=v3, k04=v4, k05=v5, k06=v6, k07=v7, … (10 in all)",
+        "Filter:    2 lines",
+        "Triggers:  2 (cron, sshd)",
+        f"Build log: stored (object {image.build_log.object.hex()[:16]}…)",
+    ]
+    plain = run(capsys, f"-stateDir={tmp_path / 'state'}", "show", NAME)[1]
+    assert plain.startswith("{\n")  # without -summary: the record as JSON
