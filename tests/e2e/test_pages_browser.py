@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,8 +17,10 @@ from twisted.web.server import Site
 
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.logbuffer import LogRing
+from imaginator.runtime.stages import StageTime
 from imaginator.scheduler import BuildResult, CurrentBuild
 from imaginator.web.pages import StatusPages
+from tests.support.browser import open_page
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +44,7 @@ class Source:
     """A StatusSource with a running build, a failure and a success."""
 
     def __init__(self, now: float) -> None:
+        self.ring: LogRing | None = None
         log = BuildLog()
         log.line("Building: apps/hello for: peer-client")
         log.line("Running script: 9_first")
@@ -144,6 +148,7 @@ def served(tmp_path: Path):
     Logger(observer=ring).info("Startup: {version}", version="test-1")
     Logger(observer=ring).info("peer-client requested building image for stream: {s}", s=EVIL)
     source = Source(now)
+    source.ring = ring
     pages = StatusPages(
         source=source,
         clock=reactor,
@@ -250,3 +255,156 @@ async def test_follow_build_log_in_chromium(served, tmp_path: Path) -> None:
         f"Running script: 10_note {EVIL}\nUploaded apps/hello/2026-11-27:10:53:19\n"
     ) in text
     assert "<script>" not in dom.decode()
+
+
+# -- live logs in a driven browser: the newest line in view, the result at the end ----
+
+#: The last non-empty line of the page's log (its <pre>), where it is on the screen,
+#: and where the page is scrolled.
+NEWEST_LINE = """(() => {
+  const pre = document.querySelector("pre");
+  if (!pre) return null;
+  const walker = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
+  let last = null, node;
+  while ((node = walker.nextNode())) if (node.data.trim()) last = node;
+  if (!last) return null;
+  const text = last.data.replace(/\\s+$/, "");
+  const start = text.lastIndexOf("\\n") + 1;
+  const range = document.createRange();
+  range.setStart(last, start);
+  range.setEnd(last, text.length);
+  const box = range.getBoundingClientRect();
+  const root = document.scrollingElement;
+  return {line: text.slice(start), top: box.top, bottom: box.bottom,
+          height: window.innerHeight, scrollTop: root.scrollTop,
+          scrollHeight: root.scrollHeight};
+})()"""
+
+#: The links of the build's result (``#end``), and whether the result is on the screen.
+RESULT = """(() => {
+  const end = document.getElementById("end");
+  if (!end || !end.querySelector("a")) return null;
+  const box = end.querySelector(".state").getBoundingClientRect();
+  return {text: end.textContent,
+          links: [...end.querySelectorAll("a")].map(a => a.getAttribute("href")),
+          visible: box.top >= 0 && box.bottom <= window.innerHeight};
+})()"""
+
+
+async def newest_in_view(page, line: str) -> dict:
+    """Wait until ``line`` is the page's newest log line and it is on the screen."""
+    return await page.wait_for(
+        f"(s => s && s.line === {json.dumps(line)} && s.top >= 0 && s.bottom <= s.height"
+        f" && s)({NEWEST_LINE})"
+    )
+
+
+async def newest_present(page, line: str) -> dict:
+    """Wait until ``line`` is the page's newest log line, wherever the page is scrolled."""
+    return await page.wait_for(f"(s => s && s.line === {json.dumps(line)} && s)({NEWEST_LINE})")
+
+
+def write_lines(build: CurrentBuild, first: int, count: int) -> str:
+    for i in range(first, first + count):
+        build.log.line(f"line {i:03d} {EVIL}")
+    return f"line {first + count - 1:03d} {EVIL}"
+
+
+def finish_build(source: Source, build: CurrentBuild) -> None:
+    """The build ends as the builder ends one: result recorded, then the log closed."""
+    del source.current[build.stream]
+    source.results[build.stream] = BuildResult(
+        stream=build.stream,
+        image_name="apps/hello/2026-11-27:10:53:20",
+        started_at=build.started_at,
+        finished_at=build.started_at + 30,
+        log=build.log.getvalue(),
+        requestor="peer-client",
+        stages=(StageTime("fetch manifest", 1.0), StageTime("scripts/9_first", 2.0)),
+    )
+    build.log.close()
+
+
+async def follow_the_watcher(page, source: Source, build: CurrentBuild) -> None:
+    """The log grows; the watcher scrolls up, then back; the build ends."""
+    newest = await newest_in_view(page, write_lines(build, 0, 120))
+    assert newest["scrollHeight"] > newest["height"] * 2  # the log is longer than the screen
+
+    newest = await newest_in_view(page, write_lines(build, 120, 40))  # followed as it grows
+
+    await page.evaluate("window.scrollTo(0, 0)")  # the reader scrolls up to read
+    line = write_lines(build, 160, 40)
+    newest = await newest_present(page, line)
+    assert newest["scrollTop"] == 0  # and stays where they are
+    assert newest["top"] > newest["height"]
+
+    await page.evaluate("window.scrollTo(0, document.scrollingElement.scrollHeight)")
+    await newest_in_view(page, write_lines(build, 200, 40))  # back at the end: followed again
+
+    finish_build(source, build)
+    result = await page.wait_for(f"({RESULT})")
+    assert "succeeded" in result["text"]
+    assert result["links"][:2] == [
+        "showLastBuildLog?apps/hello",
+        "showImage?apps/hello/2026-11-27:10:53:20",
+    ]
+    assert result["visible"], result  # the result is in view, below the newest line
+    await newest_in_view(page, f"line 239 {EVIL}")
+    assert await page.evaluate("document.title") == "build log for stream apps/hello"
+
+
+@pytest_twisted.ensureDeferred
+async def test_follow_page_keeps_the_newest_line_in_view_and_ends_with_the_result(
+    served, tmp_path: Path
+) -> None:
+    _require_chromium()
+    _reactor, base, source = served
+    build = source.current["apps/hello"]
+    page = await open_page(tmp_path / "profile")
+    try:
+        await page.navigate(base + "/followBuildLog?apps/hello")
+        await follow_the_watcher(page, source, build)
+    finally:
+        await page.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_current_build_page_follows_the_log_and_shows_the_result_when_done(
+    served, tmp_path: Path
+) -> None:
+    _require_chromium()
+    _reactor, base, source = served
+    build = source.current["apps/hello"]
+    page = await open_page(tmp_path / "profile")
+    try:
+        await page.navigate(base + "/showCurrentBuildLog?apps/hello#bottom")
+        await follow_the_watcher(page, source, build)
+        # The page stopped reloading: the finished part stays.
+        assert await page.evaluate('document.getElementById("live").dataset.state') == "finished"
+        # A reload after the build ended shows the result too (not "unknown image").
+        await page.navigate(base + "/showCurrentBuildLog?apps/hello")
+        result = await page.wait_for(f"({RESULT})")
+        assert "showImage?apps/hello/2026-11-27:10:53:20" in result["links"]
+    finally:
+        await page.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_logs_page_follows_the_daemon_log(served, tmp_path: Path) -> None:
+    _require_chromium()
+    _reactor, base, source = served
+    log = Logger(observer=source.ring)
+    for i in range(60):
+        log.info("daemon line {i:03d}", i=i)
+    page = await open_page(tmp_path / "profile")
+    try:
+        await page.navigate(base + "/logs")
+        state = await page.wait_for(
+            f"(s => s && s.line.endsWith('daemon line 059') && s)({NEWEST_LINE})"
+        )
+        assert state["bottom"] <= state["height"]
+        log.info("daemon line {i}", i="after")
+        after = "s.line.endsWith('daemon line after') && s.bottom <= s.height"
+        await page.wait_for(f"(s => s && {after})({NEWEST_LINE})")
+    finally:
+        await page.close()

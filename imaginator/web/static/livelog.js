@@ -15,6 +15,7 @@
   var POLL_MS = 2000;
   var SLACK = 48; // pixels from the end that still count as "at the end"
   var follow = true;
+  var lastTop = -1; // where the page last scrolled itself to
 
   function root() {
     return document.scrollingElement || document.documentElement;
@@ -24,12 +25,22 @@
     return r.scrollTop + window.innerHeight >= r.scrollHeight - SLACK;
   }
   function toEnd() {
+    var r = root();
+    // Scrolled up since (even if the scroll event is not handled yet): stay there.
+    if (lastTop >= 0 && r.scrollTop < lastTop - SLACK) {
+      follow = false;
+    }
     if (follow) {
-      var r = root();
       r.scrollTop = r.scrollHeight;
+      lastTop = r.scrollTop;
     }
   }
-  window.addEventListener("scroll", function () { follow = atEnd(); }, { passive: true });
+  window.addEventListener("scroll", function () {
+    follow = atEnd();
+    if (follow) {
+      lastTop = root().scrollTop;
+    }
+  }, { passive: true });
 
   if (mode === "stream") {
     var timer = setInterval(toEnd, 100);
