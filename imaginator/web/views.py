@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from imaginator.goformats.units import format_bytes, format_duration, format_time
+from imaginator.goformats.units import format_duration, format_time
 from imaginator.runtime.stages import StageTime
 
 JSON = b"application/json; charset=utf-8"
@@ -59,8 +59,7 @@ def succeeded(result: Result) -> bool:
 
 def rfc3339(seconds: float) -> str:
     """``seconds`` since the epoch as an RFC 3339 UTC time (``…Z``), for JSON."""
-    text = datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-    return text
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def result_view(result: Result, now: float) -> dict[str, Any]:
@@ -135,7 +134,3 @@ def current_json(
 def dumps(value: Any) -> bytes:
     """The JSON answer's body: indented, sorted as given, UTF-8, final newline."""
     return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def size_text(size: int) -> str:
-    return format_bytes(size)
