@@ -28,9 +28,7 @@ from imaginator.deps import DependencyGenerator, dependency_order
 from imaginator.flags import FLAGS, FlagError
 from imaginator.goformats.units import format_bytes, format_duration, go_arch, image_datestamp
 from imaginator.pipeline.rootfs import unmount_all_under
-from imaginator.rpc.auth import Authoriser
 from imaginator.rpc.service import PUBLIC_METHODS, ExpirationLimits, ImaginatorService
-from imaginator.rpc.srpc import MethodRegistry, SrpcSite, make_server_tls_options
 from imaginator.runtime.archive import BuildInfo, BuildLogArchive, archive_enabled, archive_name
 from imaginator.runtime.ctime import measure_ctime_resolution
 from imaginator.runtime.logbuffer import LogRing
@@ -40,6 +38,10 @@ from imaginator.runtime.sandbox import base_environment
 from imaginator.scheduler import Builder, BuilderSettings
 from imaginator.sources.documents import FetchError, fetch_url
 from imaginator.sources.streams import StreamsRegistry, VariablesFile
+from imaginator.srpc.identity import Authoriser
+from imaginator.srpc.server import MethodRegistry
+from imaginator.srpc.site import SrpcSite
+from imaginator.srpc.tls import make_server_tls_options
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 from imaginator.web.archive_pages import ArchivePages, quote_query
 from imaginator.web.graph_pages import GraphPages

@@ -19,12 +19,13 @@ from twisted.logger import Logger
 from imaginator.autobuild import AutoBuilder, AutoBuildError
 from imaginator.config.main import BootstrapStream
 from imaginator.deps import DependencyGenerator, graphviz_dot
+from imaginator.goformats.gojson import JsonDecodeError
 from imaginator.goformats.units import format_duration, format_time
 from imaginator.image.model import format_go_time, image_to_json
 from imaginator.pipeline.pack import BuildError
-from imaginator.rpc.auth import CallAuth
-from imaginator.rpc.srpc import Call, CallError, JsonDecodeError, MethodRegistry
 from imaginator.scheduler import Builder, BuildOptions, BuildResult
+from imaginator.srpc.identity import CallAuth
+from imaginator.srpc.server import Call, CallError, MethodRegistry
 
 NS = 1_000_000_000
 STREAMS_WAIT = 60.0

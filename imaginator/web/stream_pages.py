@@ -35,6 +35,7 @@ from twisted.web.iweb import IRequest
 from imaginator.config.main import BootstrapStream, MainConfig, PackagerType
 from imaginator.config.streams import StreamConfig, public_manifest_location
 from imaginator.config.urls import redact_url
+from imaginator.goformats.gojson import marshal_text
 from imaginator.goformats.units import format_bytes, format_duration, format_time
 from imaginator.image.model import (
     ComputedRegularInode,
@@ -45,7 +46,6 @@ from imaginator.image.model import (
     RegularInode,
     SpecialInode,
     SymlinkInode,
-    dumps_go_json,
 )
 from imaginator.image.triggers import Trigger, triggers_to_json
 from imaginator.pipeline.packager import generic_packager_script
@@ -159,7 +159,7 @@ class PackagerView:
 
 def pretty_json(value: Any) -> str:
     """JSON as Go's ``libjson.WriteWithIndent`` writes it (4 spaces, final newline)."""
-    return dumps_go_json(value, indent=4) + "\n"
+    return marshal_text(value, indent="    ") + "\n"
 
 
 def directory_of(image_name: str) -> str:

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from imaginator.goformats.units import HOUR, MINUTE, SECOND
-from imaginator.rpc.srpc import SrpcConnectionError, SrpcError
+from imaginator.srpc.framing import SrpcConnectionError, SrpcError
 from imaginator.tools import builder_tool
 from imaginator.tools.builder_tool import (
     END_BANNER,
@@ -26,7 +26,6 @@ from imaginator.tools.builder_tool import (
     Io,
     default_values,
     find_client_certs,
-    go_indent,
     parse_flag_file,
     parse_flags,
     usage_text,
@@ -261,14 +260,6 @@ def test_flag_file_values_are_checked():
         parse_flag_file("disableFor=x\n", "f", values)
     parse_flag_file("  disableFor =  10m \n", "f", values)
     assert values["disableFor"] == 10 * MINUTE
-
-
-def test_go_indent():
-    assert go_indent(b"{}") == b"{}"
-    assert go_indent(b'{"a":[],"b":{"c":[1,2],"d":"x,{:}\\""},"e":null}') == (
-        b'{\n    "a": [],\n    "b": {\n        "c": [\n            1,\n            2\n'
-        b'        ],\n        "d": "x,{:}\\""\n    },\n    "e": null\n}'
-    )
 
 
 # ------------------------------------------------------------------ usage and exit codes

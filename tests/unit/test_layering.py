@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"__init__"},
     {"goformats"},
     {"runtime"},
+    {"srpc"},
     {"image"},
     {"store"},
     {"config"},
@@ -40,7 +41,6 @@ MAX_LINES = 650
 #: Modules still waiting for their split (issue 9). The list may only shrink:
 #: a module on it that has come under the limit fails the test below.
 STILL_TO_SPLIT = {
-    "imaginator.rpc.srpc",
     "imaginator.runtime.treecopy",
     "imaginator.sources.git",
     "imaginator.sources.streams",
