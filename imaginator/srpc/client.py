@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred, DeferredLock, fail
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.error import ConnectError, ConnectionDone, DNSLookupError
@@ -93,8 +94,9 @@ class _ClientProtocol(Protocol):
     """Buffers what the server sends and lets coroutines await lines, messages
     and raw bytes; one reader and one writer may wait at a time."""
 
-    def __init__(self, limits: SrpcLimits) -> None:
+    def __init__(self, limits: SrpcLimits, host: str) -> None:
         self.limits = limits
+        self.host = host
         self.buffer = bytearray()
         self._waiter: Deferred[None] | None = None
         self._writer: Deferred[None] | None = None
@@ -145,7 +147,7 @@ class _ClientProtocol(Protocol):
             return SrpcConnectionError("connection closed")
         if self._lost is None:
             return SrpcConnectionError("connection not usable")
-        return _connection_error(self._lost)
+        return _connection_error(self._lost, self.host)
 
     def fail(self, error: SrpcConnectionError) -> None:
         """End the connection now; waiting and later operations raise ``error``."""
@@ -278,11 +280,13 @@ class _ClientProtocol(Protocol):
         return chunk
 
 
-def _connection_error(reason: Failure) -> SrpcConnectionError:
+def _connection_error(reason: Failure, host: str) -> SrpcConnectionError:
     if reason.check(ConnectionDone):
         return SrpcConnectionError("connection closed by the server")
     if reason.check(SSL.Error):
         return SrpcConnectionError(f"TLS error: {reason.getErrorMessage()}")
+    if reason.check(VerificationError):
+        return SrpcConnectionError(f"TLS error: the server's certificate is not for {host}")
     return SrpcConnectionError(f"connection lost: {reason.getErrorMessage()}")
 
 
@@ -521,7 +525,7 @@ async def connect(
         )
     if path is None:
         path = coder.tls_path if tls else coder.insecure_path
-    protocol = _ClientProtocol(limits)
+    protocol = _ClientProtocol(limits, host)
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
     try:
         await connectProtocol(endpoint, protocol)

@@ -23,7 +23,6 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
-    PrivateCertificate,
     TLSVersion,
     optionsForClientTLS,
     trustRootFromCertificates,
@@ -96,19 +95,13 @@ def make_client_tls_options(
             caCerts=[X509.from_cryptography(cert) for cert in ca_certs],
             raiseMinimumTo=TLSVersion.TLSv1_2,
         )
-    client_certificate = None
-    extra: dict[str, Any] = {"raiseMinimumTo": TLSVersion.TLSv1_2}
-    if credentials:
-        client_certificate = PrivateCertificate.loadPEM(
-            Path(key_file).read_bytes() + Path(cert_file).read_bytes()  # type: ignore[arg-type]
-        )
-        extra["extraCertChain"] = credentials["extraCertChain"]
     trust = trustRootFromCertificates(
         [Certificate.loadPEM(cert.public_bytes(serialization.Encoding.PEM)) for cert in ca_certs]
     )
+    # The credentials go in as cryptography objects, like the server's (a
+    # PrivateCertificate would hand pyOpenSSL its deprecated types).
     return optionsForClientTLS(
         hostname,
         trustRoot=trust,
-        clientCertificate=client_certificate,
-        extraCertificateOptions=extra,
+        extraCertificateOptions={**credentials, "raiseMinimumTo": TLSVersion.TLSv1_2},
     )
