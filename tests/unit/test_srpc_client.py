@@ -317,7 +317,7 @@ async def test_refused_call_keeps_the_connection(server: tuple[Server, int]) -> 
         await answer_ping(peer)
 
     serving = Deferred.fromCoroutine(serve())
-    with pytest.raises(SrpcError, match="^access to method denied$") as raised:
+    with pytest.raises(SrpcError, match=r"^access to method denied$") as raised:
         async with client.open_call("ObjectServer.AddObjects"):
             raise AssertionError("the block must not run")
     assert not isinstance(raised.value, SrpcConnectionError)
