@@ -105,6 +105,7 @@ class _ClientProtocol(Protocol):
         self._tls_started = False
         self._reading_paused = False
         self._gate: _WriteGate | None = None
+        self._last_decoder: MessageDecoder | None = None
         self.writes_paused = False
         self.closed_locally = False
         self.handshake: Deferred[None] = Deferred()
@@ -238,6 +239,7 @@ class _ClientProtocol(Protocol):
 
     async def read_line(self) -> str:
         """The next line without its LF (invalid UTF-8 replaced)."""
+        await self._settle()
         while (end := self.buffer.find(b"\n")) < 0:
             if len(self.buffer) > self.limits.max_message:
                 self.fail(SrpcConnectionError("line too long"))
@@ -261,17 +263,24 @@ class _ClientProtocol(Protocol):
                 self.fail(SrpcConnectionError(f"bad message from the server: {text}"))
                 raise self.error() from None
             if message is not INCOMPLETE:
+                self._last_decoder = decoder
                 self._consumed()
                 return message
             await self._more()
 
-    async def finish(self, decoder: MessageDecoder) -> None:
-        """Take what the coder writes after its last message (before raw bytes or a line)."""
-        while not decoder.finish(self.buffer):
-            await self._more()
+    async def _settle(self) -> None:
+        """Before a line or raw bytes: take what the coder writes after the last
+        message (JSON: the LF, which may come later than the value), even if
+        that message ended the previous call."""
+        decoder = self._last_decoder
+        if decoder is not None:
+            while not decoder.finish(self.buffer):
+                await self._more()
+            self._last_decoder = None
 
     async def read_some(self, limit: int) -> bytes:
         """Between 1 and ``limit`` raw bytes, as soon as there are any."""
+        await self._settle()
         while not self.buffer:
             await self._more()
         chunk = bytes(self.buffer[:limit])
@@ -297,9 +306,16 @@ class ClientCall:
     """An accepted call of a coder or raw method, driven by its caller.
 
     Messages go through the client's coder (a fresh encoder and decoder per
-    call, as in Go); raw bytes and lines bypass it. Every send is a write of
-    its own, in order. One coroutine may receive while another sends (as
-    ``AddObjects`` needs: the server answers while objects are still sent).
+    call, as in Go); raw bytes and lines bypass it. Sends go out in order, and
+    wait while the transport's buffer is full. One coroutine may receive
+    while another sends (as ``AddObjects`` needs: the server answers while
+    objects are still being sent). It is usable only inside its ``open_call``
+    block.
+
+    Twisted's TLS layer gathers the writes of one reactor turn into one TLS
+    record, so a header and the raw bytes after it may share a record: the Go
+    objectserver's JSON decoder then swallows the bytes (reference §5.2).
+    ``AddObjects`` to a Go imageserver needs the GOB coder.
     """
 
     def __init__(self, protocol: _ClientProtocol, method: str, coder: Coder) -> None:
@@ -307,19 +323,28 @@ class ClientCall:
         self._protocol = protocol
         self._encoder = coder.new_encoder()
         self._decoder = coder.new_decoder(protocol.limits.max_message)
+        self._open = True
+
+    def _check(self) -> _ClientProtocol:
+        if not self._open:
+            raise RuntimeError(f"{self.method}: the call has ended")
+        return self._protocol
+
+    def _end(self) -> None:
+        self._open = False
 
     async def send(self, message: Any) -> None:
         """Send one coded message."""
-        await self._protocol.send(self._encoder.encode(message))
+        await self._check().send(self._encoder.encode(message))
 
     async def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (an object's contents after its header)."""
         if data:
-            await self._protocol.send(data)
+            await self._check().send(data)
 
     async def receive(self) -> Any:
         """The next coded message."""
-        return await self._protocol.read_message(self._decoder)
+        return await self._check().read_message(self._decoder)
 
     async def receive_raw(self, size: int) -> bytes:
         """Exactly ``size`` raw bytes (after the last message's terminator)."""
@@ -329,20 +354,20 @@ class ClientCall:
         self, size: int, chunk_size: int = RAW_CHUNK
     ) -> AsyncIterator[bytes]:
         """Exactly ``size`` raw bytes, as they arrive, in chunks of at most
-        ``chunk_size`` (an object of any size without holding it whole)."""
+        ``chunk_size`` (an object of any size without holding it whole).
+        Read them all: what is left would be taken for the next answer."""
         if size < 0 or chunk_size < 1:
             raise ValueError(f"bad raw read: size {size}, chunk size {chunk_size}")
-        await self._protocol.finish(self._decoder)
+        protocol = self._check()
         remaining = size
         while remaining:
-            chunk = await self._protocol.read_some(min(remaining, chunk_size))
+            chunk = await protocol.read_some(min(remaining, chunk_size))
             remaining -= len(chunk)
             yield chunk
 
     async def receive_line(self) -> str:
         """The next raw text line, without its LF (``ListImages``: a name per line)."""
-        await self._protocol.finish(self._decoder)
-        return await self._protocol.read_line()
+        return await self._check().read_line()
 
     async def receive_status(self) -> None:
         """A status line: return on LF alone, raise :class:`SrpcError` with its text."""
@@ -426,11 +451,14 @@ class SrpcClient:
         async with self._exclusive(method, timeout):
             self._protocol.write(method.encode("utf-8") + b"\n")
             await self._status()
+            call = ClientCall(self._protocol, method, self.coder)
             try:
-                yield ClientCall(self._protocol, method, self.coder)
+                yield call
             except BaseException:
                 self._protocol.fail(SrpcConnectionError(f"{method}: call abandoned"))
                 raise
+            finally:
+                call._end()
 
     def close(self) -> Deferred[None]:
         """Close the connection; the Deferred fires once it is closed."""

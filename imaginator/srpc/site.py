@@ -213,7 +213,7 @@ class SrpcSite(ServerFactory):
     """The listening factory: SRPC and the HTTP site on one port.
 
     ``http_factory`` is the ordinary ``twisted.web.server.Site``;
-    ``tls_options`` (see :func:`make_server_tls_options`) may be None only for
+    ``tls_options`` (see :func:`~imaginator.srpc.tls.make_server_tls_options`) may be None only for
     a server without a CA, whose TLS path then answers 404; with
     ``permit_insecure`` the plaintext JSON path is open and grants every
     method, otherwise it answers 405 (unless some methods need no

@@ -14,7 +14,7 @@ import ast
 import hashlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
@@ -124,6 +124,20 @@ async def open_client(
     return await connecting, peer
 
 
+def play(peer: Peer, script: Coroutine[Any, Any, None]) -> Deferred[None]:
+    """Run the server's part; if it fails, drop the connection so that the
+    client's side fails too instead of waiting for an answer."""
+
+    async def guarded() -> None:
+        try:
+            await script
+        except BaseException:
+            peer.transport.abortConnection()  # type: ignore[union-attr]
+            raise
+
+    return Deferred.fromCoroutine(guarded())
+
+
 async def answer_ping(peer: Peer) -> None:
     assert await peer.take_until() == b"\n"
     peer.send(b"\n")
@@ -168,7 +182,7 @@ async def test_get_objects_reply_then_raw_bytes(server: tuple[Server, int]) -> N
             peer.send(data)
         await answer_ping(peer)
 
-    serving = Deferred.fromCoroutine(serve())
+    serving = play(peer, serve())
     async with client.open_call("ObjectServer.GetObjects") as call:
         await call.send({"Exclusive": False, "Hashes": hashes})
         reply = await call.receive()
@@ -189,7 +203,7 @@ async def test_raw_bytes_in_bounded_chunks(server: tuple[Server, int]) -> None:
         assert await peer.take_until() == b"Test.Blob\n"
         peer.send(b"\n" + marshal({"Size": len(data)}) + b"\n" + data + b"after\n")
 
-    serving = Deferred.fromCoroutine(serve())
+    serving = play(peer, serve())
     async with client.open_call("Test.Blob") as call:
         size = (await call.receive())["Size"]
         chunks = [chunk async for chunk in call.receive_raw_chunks(size, chunk_size=4096)]
@@ -224,7 +238,7 @@ async def test_add_objects_headers_raw_bytes_and_replies_read_concurrently(
             reply = {"ErrorString": "", "Hash": hashlib.sha512(data).hexdigest(), "Added": True}
             peer.send(marshal(reply) + b"\n")
 
-    serving = Deferred.fromCoroutine(serve())
+    serving = play(peer, serve())
     async with client.open_call("ObjectServer.AddObjects") as call:
 
         async def send_all() -> None:
@@ -254,7 +268,7 @@ async def test_list_images_raw_text_lines(server: tuple[Server, int]) -> None:
         peer.send(b"\nbootstrap/bb/2026-11-27:10:53:19\napps/h\xffllo/x\n\n")
         await answer_ping(peer)
 
-    serving = Deferred.fromCoroutine(serve())
+    serving = play(peer, serve())
     names = []
     async with client.open_call("ImageServer.ListImages") as call:
         while line := await call.receive_line():
@@ -269,8 +283,8 @@ async def test_list_images_raw_text_lines(server: tuple[Server, int]) -> None:
 async def test_list_directories_against_the_go_transcript(server: tuple[Server, int]) -> None:
     """The coder stream as the Go imageserver sent it, then a ping."""
     client, peer = await open_client(server)
-    serving = Deferred.fromCoroutine(
-        replay(peer, transcript_after_handshake("imageserver-listdirectories.txt"))
+    serving = play(
+        peer, replay(peer, transcript_after_handshake("imageserver-listdirectories.txt"))
     )
     names = []
     async with client.open_call("ImageServer.ListDirectories") as call:
@@ -289,7 +303,7 @@ async def test_get_objects_errors_against_the_go_transcript(server: tuple[Server
     requests are byte for byte Go's, the replies read, the connection in step."""
     client, peer = await open_client(server)
     steps = transcript_after_handshake("imageserver-getobjects-errors.txt")
-    serving = Deferred.fromCoroutine(replay(peer, steps))
+    serving = play(peer, replay(peer, steps))
     requests = [json.loads(data) for direction, data in steps if data.startswith(b'{"Exc')]
     errors = []
     for request in requests:
@@ -301,6 +315,52 @@ async def test_get_objects_errors_against_the_go_transcript(server: tuple[Server
     assert errors[0].startswith("unknown object: abab")
     assert errors[1].startswith("first of 2 unknown objects: efef")
     assert errors[2] == "bad character"
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_lf_after_a_reply_may_come_with_the_next_answer(
+    server: tuple[Server, int],
+) -> None:
+    """A reply's trailing LF that arrives after the call ended is not taken
+    for the status line of the next call."""
+    client, peer = await open_client(server)
+
+    async def serve() -> None:
+        assert await peer.take_until() == b"Test.Echo\n"
+        peer.send(b"\n")
+        assert await peer.take_until() == b"{}\n"
+        peer.send(b'\n{"A":1}')  # the reply, its LF held back
+        assert await peer.take_until() == b"Test.Refused\n"
+        peer.send(b"\nnot now\n")  # the LF, then the refusal
+        await answer_ping(peer)  # not a request: the client knew it was refused
+
+    serving = play(peer, serve())
+    assert await client.call("Test.Echo", {}) == {"A": 1}
+    with pytest.raises(SrpcError, match=r"^not now$"):
+        await client.call("Test.Refused", {})
+    await client.ping()
+    await serving
+    assert client._protocol.buffer == bytearray()
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_is_usable_only_inside_its_block(server: tuple[Server, int]) -> None:
+    client, peer = await open_client(server)
+
+    async def serve() -> None:
+        assert await peer.take_until() == b"ImageServer.ListImages\n"
+        peer.send(b"\n\n")
+
+    serving = play(peer, serve())
+    async with client.open_call("ImageServer.ListImages") as call:
+        assert await call.receive_line() == ""
+    await serving
+    with pytest.raises(RuntimeError, match="the call has ended"):
+        await call.receive_line()
+    with pytest.raises(RuntimeError, match="the call has ended"):
+        await call.send_raw(b"late")
     await client.close()
 
 
@@ -316,7 +376,7 @@ async def test_refused_call_keeps_the_connection(server: tuple[Server, int]) -> 
         peer.send(b"access to method denied\n")
         await answer_ping(peer)
 
-    serving = Deferred.fromCoroutine(serve())
+    serving = play(peer, serve())
     with pytest.raises(SrpcError, match=r"^access to method denied$") as raised:
         async with client.open_call("ObjectServer.AddObjects"):
             raise AssertionError("the block must not run")
@@ -336,7 +396,7 @@ async def test_leaving_a_call_by_an_exception_closes_the_connection(
         assert await peer.take_until() == b"Test.Stream\n"
         peer.send(b'\n{"Half":')
 
-    serving = Deferred.fromCoroutine(serve())
+    serving = play(peer, serve())
     with pytest.raises(KeyError):
         async with client.open_call("Test.Stream"):
             raise KeyError("the caller's own failure")
@@ -358,7 +418,7 @@ async def test_bad_message_from_the_server_ends_the_connection(
         assert await peer.take_until() == b'{"A":"\\u003c"}\n'
         peer.send(b"\nhello\n")
 
-    serving = Deferred.fromCoroutine(serve())
+    serving = play(peer, serve())
     with pytest.raises(SrpcConnectionError, match="bad message from the server: invalid char"):
         await client.call("Test.Echo", {"A": "<"})
     await serving
@@ -499,7 +559,7 @@ async def test_a_plugged_in_coder(server: tuple[Server, int]) -> None:
         assert await peer.take(4) == b"T0:,"  # a fresh encoder: the header again
         peer.send(b"\n2:no,")  # but the reply lacks its header
 
-    serving = Deferred.fromCoroutine(serve())
+    serving = play(peer, serve())
     assert await client.call("Test.Upper", "hello") == "HELLO"
     assert await client.call("Test.Upper", "again") == "AGAIN"
     async with client.open_call("Test.Mixed") as call:
@@ -600,7 +660,7 @@ async def test_reading_pauses_while_nobody_takes_the_bytes(server: tuple[Server,
         assert await peer.take_until() == b"Test.Download\n"
         peer.send(b"\n" + marshal({"Size": len(data)}) + b"\n" + data)
 
-    serving = Deferred.fromCoroutine(serve())
+    serving = play(peer, serve())
     async with client.open_call("Test.Download") as call:
         size = (await call.receive())["Size"]
         await paused.addTimeout(60, reactor)  # a guard against hanging, not a measurement
