@@ -250,11 +250,11 @@ class _ClientProtocol(Protocol):
         self._consumed()
         return line.decode("utf-8", "replace")
 
-    async def read_message(self, decoder: MessageDecoder) -> Any:
+    async def read_message(self, decoder: MessageDecoder, kind: object | None = None) -> Any:
         """The next message; bad bytes end the (now unusable) connection."""
         while True:
             try:
-                message = decoder.decode(self.buffer)
+                message = decoder.decode(self.buffer, kind)
             except MessageTooLarge:
                 self.fail(SrpcConnectionError("message too large"))
                 raise self.error() from None
@@ -342,9 +342,10 @@ class ClientCall:
         if data:
             await self._check().send(data)
 
-    async def receive(self) -> Any:
-        """The next coded message."""
-        return await self._check().read_message(self._decoder)
+    async def receive(self, kind: object | None = None) -> Any:
+        """The next coded message; ``kind`` is for a coder that decodes by
+        the expected type (GOB: the message class), ignored by JSON."""
+        return await self._check().read_message(self._decoder, kind)
 
     async def receive_raw(self, size: int) -> bytes:
         """Exactly ``size`` raw bytes (after the last message's terminator)."""
@@ -411,11 +412,19 @@ class SrpcClient:
             self._protocol.write(b"\n")
             await self._status()
 
-    async def call(self, method: str, request: Any, *, timeout: Timeout = CLIENT_DEFAULT) -> Any:
-        """A request/reply call; raises :class:`SrpcError` on an error line."""
+    async def call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        reply_kind: object | None = None,
+        timeout: Timeout = CLIENT_DEFAULT,
+    ) -> Any:
+        """A request/reply call; raises :class:`SrpcError` on an error line.
+        ``reply_kind``: see :meth:`ClientCall.receive`."""
         async with self._exclusive(method, timeout):
             decoder = await self._begin(method, request)
-            return await self._protocol.read_message(decoder)
+            return await self._protocol.read_message(decoder, reply_kind)
 
     async def call_stream(
         self,
@@ -424,6 +433,7 @@ class SrpcClient:
         on_message: Callable[[Any], object],
         done: Callable[[Any], bool] = is_final_build_message,
         *,
+        reply_kind: object | None = None,
         timeout: Timeout = CLIENT_DEFAULT,
     ) -> Any:
         """A streaming call in the ``BuildImage`` style: method line, request,
@@ -433,7 +443,7 @@ class SrpcClient:
         async with self._exclusive(method, timeout):
             decoder = await self._begin(method, request)
             while True:
-                message = await self._protocol.read_message(decoder)
+                message = await self._protocol.read_message(decoder, reply_kind)
                 on_message(message)
                 if done(message):
                     return message

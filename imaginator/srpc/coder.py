@@ -42,16 +42,21 @@ class MessageEncoder(Protocol):
     """One call's encoder."""
 
     def encode(self, message: Any) -> bytes:
-        """The bytes that carry ``message`` (all of them: one write)."""
+        """The bytes that carry ``message`` (all of them: one write). A coder
+        that needs a message's type (GOB) takes it from the message."""
         ...
 
 
 class MessageDecoder(Protocol):
     """One call's decoder, fed the connection's receive buffer."""
 
-    def decode(self, buffer: bytearray) -> Any:
+    def decode(self, buffer: bytearray, kind: object | None) -> Any:
         """Remove one complete message from the front of ``buffer`` and return
         it, or return :data:`INCOMPLETE` and leave the bytes for the next try.
+
+        ``kind`` is what the caller expects, for a coder that needs it (GOB:
+        the message class with its schema); None asks for the coder's generic
+        value. The JSON coder ignores it.
 
         Raises ``ValueError`` (e.g. ``JsonDecodeError``) for bytes that are
         not a message, :class:`~imaginator.srpc.framing.MessageTooLarge` for
@@ -115,7 +120,7 @@ class JsonDecoder:
         self._framer = JsonFramer()
         self._owe_newline = False
 
-    def decode(self, buffer: bytearray) -> Any:
+    def decode(self, buffer: bytearray, kind: object | None = None) -> Any:
         end = self._framer.scan(buffer)
         if end is None:
             if self._framer.pending_size(buffer) > self._max_message:

@@ -500,7 +500,7 @@ class NetstringDecoder:
         self._max_message = max_message
         self._header_seen = False
 
-    def decode(self, buffer: bytearray) -> Any:
+    def decode(self, buffer: bytearray, kind: object | None) -> Any:
         start = 0 if self._header_seen else 1
         if not self._header_seen and buffer[:1] not in (b"", b"T"):
             raise ValueError("no type header")
@@ -518,7 +518,7 @@ class NetstringDecoder:
         message = bytes(buffer[colon + 1 : end]).decode()
         del buffer[: end + 1]
         self._header_seen = True
-        return message
+        return message if kind is None else kind(message)  # type: ignore[operator]
 
     def finish(self, buffer: bytearray) -> bool:
         return True
@@ -538,8 +538,9 @@ class NetstringCoder:
 
 @pytest_twisted.ensureDeferred
 async def test_a_plugged_in_coder(server: tuple[Server, int]) -> None:
-    """Its CONNECT path, fresh encoder and decoder per call, messages mixed
-    with raw bytes, and its errors."""
+    """Its CONNECT path, fresh encoder and decoder per call, the expected
+    kind of a reply handed to its decoder, messages mixed with raw bytes,
+    and its errors."""
     client, peer = await open_client(
         server, b"CONNECT /_netstring_/ HTTP/1.0\n\n", coder=NetstringCoder()
     )
@@ -561,12 +562,12 @@ async def test_a_plugged_in_coder(server: tuple[Server, int]) -> None:
 
     serving = play(peer, serve())
     assert await client.call("Test.Upper", "hello") == "HELLO"
-    assert await client.call("Test.Upper", "again") == "AGAIN"
+    assert await client.call("Test.Upper", "again", reply_kind=str.lower) == "again"
     async with client.open_call("Test.Mixed") as call:
         await call.send("one")
         await call.send_raw(b"RAW")
         await call.send("two")
-        assert await call.receive() == "ok"
+        assert await call.receive(len) == 2  # "ok", as the kind made it
         assert await call.receive_raw(5) == b"BYTES"
         assert await call.receive() == "end"
     with pytest.raises(SrpcConnectionError, match="bad message from the server: no type header"):
