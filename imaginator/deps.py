@@ -44,7 +44,8 @@ from imaginator.config.streams import (
 from imaginator.config.variables import make_redactor
 from imaginator.goformats.units import format_duration
 from imaginator.runtime.poller import Poller
-from imaginator.sources.git import fetch_manifest, public_url
+from imaginator.sources.git import fetch_manifest
+from imaginator.sources.giturls import public_url
 
 __all__ = [
     "INITIAL_INTERVAL",

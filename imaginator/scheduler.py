@@ -123,6 +123,14 @@ class BuilderSettings:
     tree_cache_images: int = 4
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """What makes one image: the real build steps, or fakes in unit tests of the scheduling."""
+
+    bootstrap: Callable[..., Awaitable[Image]] = build_bootstrap
+    normal: Callable[[BuildEnv, NormalBuild], Awaitable[Image]] = build_normal
+
+
 @dataclass
 class _Running:
     current: CurrentBuild
@@ -161,8 +169,10 @@ class Builder:
         settings: BuilderSettings,
         streams=None,
         secrets=None,
+        pipeline: Pipeline = Pipeline(),
     ) -> None:
         self._reactor = reactor
+        self._pipeline = pipeline
         self._threadpool = threadpool
         self.config = config
         self._store = store
@@ -298,7 +308,7 @@ class Builder:
     # -- building ----------------------------------------------------------------
 
     def new_log(self) -> BuildLog:
-        return BuildLog(self.redact)
+        return BuildLog(self.secret_values)
 
     async def lookup(self, stream: str) -> BootstrapStream | StreamConfig:
         """The stream's configuration (reloading the streams once if unknown)."""
@@ -523,8 +533,8 @@ class Builder:
             packager = self.config.packager_types.get(config.packager_type)
             if packager is None:
                 raise BuildError(f'packager type: "{config.packager_type}" unknown')
-            variables = {**self.secret_values(), **dict(options.variables)}
-            return await build_bootstrap(
+            variables = {**self.secret_values(), **config.variables, **dict(options.variables)}
+            return await self._pipeline.bootstrap(
                 env,
                 config,
                 packager,
@@ -532,7 +542,7 @@ class Builder:
                 mtimes_filter=self._mtimes_filter,
                 tmpdir=self._settings.tmpdir,
             )
-        return await build_normal(
+        return await self._pipeline.normal(
             env,
             NormalBuild(
                 stream=stream,

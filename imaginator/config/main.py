@@ -88,6 +88,8 @@ class BootstrapStream:
     image_filter: tuple[str, ...] | None = None
     image_tags: Mapping[str, str] = field(default_factory=dict)
     image_triggers: tuple[Trigger, ...] | None = None
+    #: Plain (not secret) variables: for expanding the command, and in its environment.
+    variables: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,10 @@ def _string_list(value: Any, path: str) -> tuple[str, ...]:
     return tuple(_string(item, _join(path, i)) for i, item in enumerate(value))
 
 
+def _string_map(value: Any, path: str) -> dict[str, str]:
+    return {key: _string(item, _join(path, key)) for key, item in _object(value, path).items()}
+
+
 def _uint(value: Any, path: str) -> int:
     """A non-negative JSON integer (Go ``uint``: no fractions, no strings)."""
     if value is None:
@@ -240,6 +246,7 @@ def _bootstrap_stream(
         image_triggers_url=_string(obj.get("ImageTriggersUrl"), _join(path, "ImageTriggersUrl")),
         owners=_owners(obj.get("Owners"), _join(path, "Owners")),
         packager_type=_string(obj.get("PackagerType"), _join(path, "PackagerType")),
+        variables=_string_map(obj.get("Variables"), _join(path, "Variables")),
     )
 
 

@@ -14,8 +14,10 @@ from collections.abc import Callable, Mapping
 
 from imaginator.config.main import ConfigError
 from imaginator.goformats.jsonc import loads as jsonc_loads
+from imaginator.runtime.redact import REDACTED, Redactor
 
-REDACTED = "[REDACTED]"
+__all__ = ["REDACTED", "make_redactor", "parse_variables"]
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -67,11 +69,7 @@ def _parse_lines(text: str, source: str) -> dict[str, str]:
 def make_redactor(secrets: Mapping[str, str]) -> Callable[[str], str]:
     """A function replacing every non-empty secret value in a text by ``[REDACTED]``.
 
-    Longer values are replaced first, so a secret containing another is removed
-    whole.
+    A secret containing another is removed whole, and overlapping secrets
+    leave nothing of either (see :class:`~imaginator.runtime.redact.Redactor`).
     """
-    values = sorted({v for v in secrets.values() if v}, key=len, reverse=True)
-    if not values:
-        return lambda text: text
-    pattern = re.compile("|".join(re.escape(v) for v in values))
-    return lambda text: pattern.sub(REDACTED, text)
+    return Redactor(secrets.values())

@@ -29,9 +29,9 @@ from imaginator.pipeline.pack import (
     pack,
 )
 from imaginator.pipeline.packager import generic_packager_script
+from imaginator.runtime.inroot import write_file_in_root
 from imaginator.runtime.process import CommandError
 from imaginator.runtime.sandbox import base_environment, host_argv
-from imaginator.runtime.treecopy import write_file_in_root
 
 
 def make_work_dir(stream: str, suffix: str, parent: str | None) -> str:
@@ -67,8 +67,11 @@ async def build_bootstrap(
 ) -> Image:
     """Build ``stream`` from scratch; returns the packed (not yet published) image.
 
-    ``variables`` are the request's variables (and the variables file, lowest);
-    ``$dir`` is added here. The working directory is always removed.
+    ``variables`` expand the command: the request's variables over the stream's
+    ``Variables`` over the variables files (lowest); ``$dir`` is added here. The
+    stream's ``Variables`` are also the command's environment (e.g.
+    ``SOURCE_DATE_EPOCH`` for reproducible roots). The working directory is
+    always removed.
     """
     scan_filter = compile_filter(stream.filter_lines, "FilterLines")
     root = await env.in_thread(make_work_dir, stream.name, "", tmpdir)
@@ -83,7 +86,7 @@ async def build_bootstrap(
             await env.runner.run(
                 host_argv(argv),
                 log=env.log,
-                env=base_environment(tz=os.environ.get("TZ")),
+                env=base_environment(stream.variables, tz=os.environ.get("TZ")),
                 deadline=env.deadline,
                 step="bootstrap",
             )

@@ -64,9 +64,11 @@ from imaginator.pipeline.pack import (
     pack,
 )
 from imaginator.runtime import treecopy
+from imaginator.runtime.inroot import resolve_in_root
 from imaginator.runtime.process import CommandError
 from imaginator.runtime.sandbox import BindMount
-from imaginator.sources.git import GitFetchError, fetch_manifest, public_url
+from imaginator.sources.git import GitFetchError, fetch_manifest
+from imaginator.sources.giturls import public_url
 
 SEPARATOR = "=" * 65
 
@@ -509,7 +511,7 @@ def _resolve_mount_targets(root: str, mounts: tuple[BindMount, ...]) -> tuple[Bi
     is followed within the root, never out of it)."""
     resolved = []
     for mount in mounts:
-        host = treecopy.resolve_in_root(root, mount.target)
+        host = resolve_in_root(root, mount.target)
         relative = os.path.relpath(host, root)
         inside = "/" if relative == "." else "/" + relative
         resolved.append(BindMount(mount.source, inside, mount.writable))

@@ -33,13 +33,14 @@ from imaginator.image.mtimes import copy_mtimes
 from imaginator.image.scan import ScanError, scan_tree
 from imaginator.image.triggers import Trigger
 from imaginator.runtime.buildlog import BuildLog
-from imaginator.runtime.process import CommandError, ProcessRunner
+from imaginator.runtime.process import MAX_CAPTURED_OUTPUT, CommandError, ProcessRunner
 from imaginator.runtime.sandbox import base_environment, chroot_argv
-from imaginator.runtime.treecopy import delete_matching
+from imaginator.runtime.treedelete import delete_matching
 
 PACKAGER = "/bin/generic-packager"
 TEST_TIMEOUT = 10.0
 TEST_OUTPUT_LIMIT = 4096
+"""Bytes of a test's output shown in the build log; the rest is never kept in memory."""
 
 
 class BuildError(Exception):
@@ -79,11 +80,17 @@ class BuildEnv:
         variables: Mapping[str, str] | None = None,
         capture_stdout: bool = False,
         capture_stderr: bool = False,
+        capture_limit: int = MAX_CAPTURED_OUTPUT,
+        truncate_capture: bool = False,
         stdin: bytes | None = None,
         bind_mounts: tuple = (),
         deadline: float | None = None,
     ):
-        """Run ``argv`` in the sandbox rooted at ``root`` under the build deadline."""
+        """Run ``argv`` in the sandbox rooted at ``root`` under the build deadline.
+
+        Captured output is bounded by ``capture_limit`` (see
+        :meth:`~imaginator.runtime.process.ProcessRunner.run`).
+        """
         if deadline is None or (self.deadline is not None and self.deadline < deadline):
             deadline = self.deadline
         return await self.runner.run(
@@ -94,6 +101,8 @@ class BuildEnv:
             deadline=deadline,
             capture_stdout=capture_stdout,
             capture_stderr=capture_stderr,
+            capture_limit=capture_limit,
+            truncate_capture=truncate_capture,
             step=step,
         )
 
@@ -266,17 +275,19 @@ async def _run_test(env: BuildEnv, root: str, path: str) -> tuple[str, str, floa
             step=f"test {path}",
             capture_stdout=True,
             capture_stderr=True,
+            capture_limit=TEST_OUTPUT_LIMIT,
+            truncate_capture=True,
             deadline=limit,
         )
-        output, error = result.stdout + result.stderr, ""
+        output, dropped, error = result.stdout + result.stderr, result.dropped, ""
     except CommandError as exc:
-        output = exc.stdout + exc.stderr
+        output, dropped = exc.stdout + exc.stderr, exc.dropped
         timed_out = env.reactor.seconds() >= limit and (
             env.deadline is None or limit < env.deadline
         )
         error = "test timed out" if timed_out else str(exc)
     text = output[:TEST_OUTPUT_LIMIT].decode("utf-8", errors="replace")
-    if len(output) > TEST_OUTPUT_LIMIT:
+    if dropped or len(output) > TEST_OUTPUT_LIMIT:
         text += f"\n[output truncated at {TEST_OUTPUT_LIMIT} bytes]\n"
     return text, error, time.monotonic() - started
 

@@ -23,6 +23,7 @@ from imaginator.goformats.gojson import JsonDecodeError
 from imaginator.goformats.units import format_duration, format_time
 from imaginator.image.model import format_go_time, image_to_json
 from imaginator.pipeline.pack import BuildError
+from imaginator.runtime.follower import FOLLOWER_BUFFER_LIMIT, Consumer, LogPump
 from imaginator.scheduler import Builder, BuildOptions, BuildResult
 from imaginator.srpc.identity import CallAuth
 from imaginator.srpc.server import Call, CallError, MethodRegistry
@@ -170,8 +171,22 @@ class ExpirationLimits:
         return cls(minimum, maximum, privileged)
 
 
+def _call_consumer(call: Call) -> Consumer | None:
+    """The transport under ``call``: it pushes back when the client reads slowly.
+
+    ``Call`` does not offer it yet, so it is taken from the call's channel;
+    without one the log is written as it comes.
+    """
+    channel = getattr(call, "_channel", None)
+    return getattr(channel, "transport", None)
+
+
 class ImaginatorService:
-    """The handlers of the ``Imaginator`` SRPC service."""
+    """The handlers of the ``Imaginator`` SRPC service.
+
+    A client streaming a build's log may fall ``follow_limit`` bytes behind
+    before the log stream to it is dropped.
+    """
 
     def __init__(
         self,
@@ -183,6 +198,7 @@ class ImaginatorService:
         limits: ExpirationLimits,
         streams_loaded: Callable[[], Deferred] | None = None,
         per_user_limit: int = 1,
+        follow_limit: int = FOLLOWER_BUFFER_LIMIT,
     ) -> None:
         self.builder = builder
         self.auto = auto
@@ -191,6 +207,7 @@ class ImaginatorService:
         self.limits = limits
         self.streams_loaded = streams_loaded
         self.per_user_limit = per_user_limit
+        self.follow_limit = follow_limit
         self._in_flight: dict[str, int] = {}
 
     def register(self, registry: MethodRegistry) -> None:
@@ -253,12 +270,27 @@ class ImaginatorService:
         )
         log = self.builder.new_log()
         streaming = request["StreamBuildLog"]
+        pump: LogPump | None = None
         if streaming:
-            log.subscribe(lambda chunk: call.send_json(build_response(build_log=chunk)))
+            # At the client's pace: a client that stops reading is dropped with
+            # a note (and still gets the result); the build never waits for it.
+            pump = LogPump(
+                log,
+                _call_consumer(call),
+                lambda chunk: call.send_json(build_response(build_log=chunk)),
+                snapshot=False,
+                limit=self.follow_limit,
+            )
+            pump.start()
+            call.disconnected.addCallback(lambda _: pump.stop())
         user = call.auth.username
         _log.info("{user} requested building image for stream: {stream}", user=user, stream=stream)
         log.line(f"Building: {stream} for: {user}")
-        result = await self.builder.build(stream, options, user, log)
+        try:
+            result = await self.builder.build(stream, options, user, log)
+        finally:
+            if pump is not None:
+                pump.finish()
         image = image_to_json(result.image) if result.image is not None else None
         call.send_json(
             build_response(

@@ -7,6 +7,7 @@ observer (next to the file or stdout observer) and the pages read ``lines()``.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -15,6 +16,24 @@ from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent
 from zope.interface import implementer
 
 DEFAULT_SIZE = 1024
+
+# What Twisted says about its own machinery: factories starting and stopping,
+# ports opening and closing. Nothing an operator of the imaginator acts on.
+_TWISTED_NOISE = re.compile(
+    r"^(Starting|Stopping) factory |^\S+ starting on \d+$|^\(\w+ Port \S+ Closed\)$"
+)
+
+
+def is_twisted_noise(event: LogEvent) -> bool:
+    """Whether ``event`` is Twisted announcing a factory or port starting or stopping."""
+    namespace = str(event.get("log_namespace", ""))
+    if namespace.startswith("imaginator."):
+        return False
+    try:
+        text = formatEvent(event)
+    except Exception:
+        return False
+    return bool(_TWISTED_NOISE.search(text))
 
 
 def format_log_line(event: LogEvent) -> str:
@@ -37,7 +56,8 @@ def format_log_line(event: LogEvent) -> str:
 
 @implementer(ILogObserver)
 class LogRing:
-    """Keeps the last ``size`` formatted log lines (events below ``min_level`` are ignored).
+    """Keeps the last ``size`` formatted log lines (events below ``min_level``
+    and Twisted's factory and port announcements are left out).
 
     Observers may be called from any thread that logs, so appends and reads
     take a lock; both are O(1)/O(size) and never block on I/O.
@@ -53,6 +73,8 @@ class LogRing:
     def __call__(self, event: LogEvent) -> None:
         level = event.get("log_level")
         if isinstance(level, type(LogLevel.info)) and level < self._min_level:
+            return
+        if is_twisted_noise(event):
             return
         line = format_log_line(event)
         with self._lock:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -252,3 +253,20 @@ class Poller:
 
 class PollerStopped(Exception):
     """A requested run will not happen: the poller was stopped."""
+
+
+class PollerService(Service):
+    """A poller as a service: started with the daemon, and its ``stopService``
+    waits for the run in flight (bounded by the poller's ``stop_timeout``)."""
+
+    def __init__(self, poller: Poller, *, first_delay: float | None = None) -> None:
+        self.poller = poller
+        self._first_delay = first_delay
+
+    def startService(self) -> None:
+        super().startService()
+        self.poller.start(self._first_delay)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.poller.stop()

@@ -9,6 +9,13 @@ whatever is left of its process group is killed, so a build step never leaves
 processes behind (the sandbox's PID namespace catches those that escape the
 group).
 
+Every wait is bounded: a child that has not ended ``kill_wait`` seconds after
+its SIGKILL (stuck in the kernel, in D state) is given up on, and its
+:meth:`ProcessRunner.run` fails with "did not exit after SIGKILL";
+:meth:`ProcessRunner.kill_all` returns within its timeout. Captured output is
+bounded too (``capture_limit``): past it the child is killed and the run
+fails, or, with ``truncate_capture``, the rest is counted and dropped.
+
 Failures are raised as :class:`CommandError`, whose text is what Go's
 ``exec`` package says (``exit status 1``, ``signal: killed``), so callers can
 reproduce the reference error messages ("error running script: 1_fail: exit
@@ -31,8 +38,11 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from imaginator.goformats.units import format_bytes
+from imaginator.goformats.waitstatus import describe_wait_status, signal_description
 from imaginator.runtime.buildlog import BuildLog
 
 SETSID = shutil.which("setsid") or "/usr/bin/setsid"
@@ -45,40 +55,31 @@ DEADLINE_EXCEEDED = "context deadline exceeded"
 # writes a newline (a progress bar) cannot make us buffer without bound.
 MAX_PENDING_LINE = 64 * 1024
 
-# Go's names for the Linux signals (syscall.Signal.String()).
-_GO_SIGNAL_NAMES: dict[int, str] = {
-    1: "hangup",
-    2: "interrupt",
-    3: "quit",
-    4: "illegal instruction",
-    5: "trace/breakpoint trap",
-    6: "aborted",
-    7: "bus error",
-    8: "floating point exception",
-    9: "killed",
-    10: "user defined signal 1",
-    11: "segmentation fault",
-    12: "user defined signal 2",
-    13: "broken pipe",
-    14: "alarm clock",
-    15: "terminated",
-    16: "stack fault",
-    17: "child exited",
-    18: "continued",
-    19: "stopped (signal)",
-    20: "stopped",
-    21: "stopped (tty input)",
-    22: "stopped (tty output)",
-    23: "urgent I/O condition",
-    24: "CPU time limit exceeded",
-    25: "file size limit exceeded",
-    26: "virtual timer expired",
-    27: "profiling timer expired",
-    28: "window changed",
-    29: "I/O possible",
-    30: "power failure",
-    31: "bad system call",
-}
+MAX_CAPTURED_OUTPUT = 16 << 20
+"""Default bound on one captured stream (stdout or stderr) of a command whose
+output the daemon reads (package lists, ``dot``'s SVG): 16 MiB."""
+
+KILL_WAIT = 10.0
+"""Seconds a child may take to end after SIGKILL before the runner gives up on it."""
+
+_ABANDONED = -1
+"""The wait status a job's waiter gets when the runner gave up on the child."""
+
+_log = Logger()
+
+__all__ = [
+    "DEADLINE_EXCEEDED",
+    "KILL_WAIT",
+    "MAX_CAPTURED_OUTPUT",
+    "MAX_PENDING_LINE",
+    "SETSID",
+    "CommandError",
+    "ProcessReactor",
+    "ProcessResult",
+    "ProcessRunner",
+    "describe_wait_status",
+    "signal_description",
+]
 
 
 class ProcessReactor(Protocol):
@@ -107,6 +108,8 @@ class ProcessResult:
     exit_code: int
     stdout: bytes = b""
     stderr: bytes = b""
+    dropped: int = 0
+    """Captured bytes beyond ``capture_limit`` that were dropped (``truncate_capture``)."""
 
 
 class CommandError(Exception):
@@ -119,7 +122,8 @@ class CommandError(Exception):
     ``step`` names the build step, for callers that build messages from it.
     ``killed_because`` says why the runner killed the child (the deadline, or
     the reason given to ``kill_all``); it is ``None`` when the child failed by
-    itself. Captured output is kept, since it often explains the failure.
+    itself. Captured output is kept, since it often explains the failure
+    (``dropped`` counts the captured bytes beyond the capture limit).
     """
 
     def __init__(
@@ -132,6 +136,7 @@ class CommandError(Exception):
         killed_because: str | None = None,
         stdout: bytes = b"",
         stderr: bytes = b"",
+        dropped: int = 0,
     ) -> None:
         super().__init__(reason)
         self.step = step
@@ -141,24 +146,10 @@ class CommandError(Exception):
         self.killed_because = killed_because
         self.stdout = stdout
         self.stderr = stderr
+        self.dropped = dropped
 
     def __str__(self) -> str:
         return self.reason
-
-
-def signal_description(signum: int) -> str:
-    """Go's name for a signal (``killed`` for 9), ``signal N`` when it has none."""
-    return _GO_SIGNAL_NAMES.get(signum, f"signal {signum}")
-
-
-def describe_wait_status(status: int) -> str:
-    """Go's ``ProcessState.String()`` for a raw wait status."""
-    if os.WIFEXITED(status):
-        return f"exit status {os.WEXITSTATUS(status)}"
-    if os.WIFSIGNALED(status):
-        text = "signal: " + signal_description(os.WTERMSIG(status))
-        return text + " (core dumped)" if os.WCOREDUMP(status) else text
-    return f"unknown wait status {status:#x}"
 
 
 def _wait_status(reason: Failure) -> int:
@@ -177,22 +168,36 @@ def _wait_status(reason: Failure) -> int:
 class _OutputStream:
     """One output pipe of a child: cut into lines for the log, or captured.
 
-    A captured stream is returned to the caller and not logged; otherwise each
-    complete line is written to the log as its own chunk as soon as it
-    arrives, and a trailing partial line when the pipe closes.
+    A captured stream is returned to the caller and not logged; it keeps at
+    most ``limit`` bytes and counts the rest (``overflowed`` fires once, with
+    the pipe, when the limit is first passed). Otherwise each complete line is
+    written to the log as its own chunk as soon as it arrives, and a trailing
+    partial line when the pipe closes; all of it through one
+    :class:`~imaginator.runtime.buildlog.LogStream`, so a secret or a UTF-8
+    character split between two pieces of an endless line is still whole.
     """
 
-    def __init__(self, log: BuildLog | None, capture: bool) -> None:
-        self._log = None if capture else log
+    def __init__(
+        self,
+        log: BuildLog | None,
+        capture: bool,
+        limit: int = MAX_CAPTURED_OUTPUT,
+        overflowed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._stream = None if capture or log is None else log.stream()
         self._capture = capture
         self._captured: list[bytes] = []
+        self._kept = 0
+        self._limit = limit
+        self._overflowed = overflowed
+        self.dropped = 0
         self._pending = bytearray()
 
     def feed(self, data: bytes) -> None:
         if self._capture:
-            self._captured.append(data)
+            self._keep(data)
             return
-        if self._log is None:
+        if self._stream is None:
             return
         self._pending += data
         end = self._pending.rfind(b"\n")
@@ -200,14 +205,28 @@ class _OutputStream:
             complete = bytes(self._pending[: end + 1])
             del self._pending[: end + 1]
             for line in complete.split(b"\n")[:-1]:
-                self._log.write(line + b"\n")
+                self._stream.write(line + b"\n")
         if len(self._pending) >= MAX_PENDING_LINE:
-            self.flush()
+            self._stream.write(bytes(self._pending))
+            self._pending.clear()
+
+    def _keep(self, data: bytes) -> None:
+        room = self._limit - self._kept
+        if len(data) > room:
+            if not self.dropped:
+                self._overflowed()
+            self.dropped += len(data) - max(room, 0)
+            data = data[: max(room, 0)]
+        if data:
+            self._captured.append(data)
+            self._kept += len(data)
 
     def flush(self) -> None:
-        """Write out a partial line (at the end of the output)."""
-        if self._pending and self._log is not None:
-            self._log.write(bytes(self._pending))
+        """The pipe closed: write out a partial line and what the log held back."""
+        if self._stream is not None:
+            if self._pending:
+                self._stream.write(bytes(self._pending))
+            self._stream.close()
         self._pending.clear()
 
     def captured(self) -> bytes:
@@ -264,11 +283,15 @@ class _Job:
     """The runner's record of one live child (its process group is ``pgid``)."""
 
     argv: tuple[str, ...]
+    step: str = ""
     transport: IProcessTransport | None = None
     pgid: int = 0
     exited: bool = False
     killed_because: str | None = None
+    overflow: str | None = None
+    abandoned: str | None = None
     timers: list[IDelayedCall] = field(default_factory=list)
+    backup: IDelayedCall | None = None
     waiter: Deferred[int] = field(default_factory=Deferred)
     finished: Deferred[None] = field(default_factory=Deferred)
 
@@ -283,6 +306,11 @@ class _Job:
                 timer.cancel()
         self.timers.clear()
 
+    def cancel_backup(self) -> None:
+        if self.backup is not None and self.backup.active():
+            self.backup.cancel()
+        self.backup = None
+
 
 class ProcessRunner:
     """Runs child processes for the daemon (see the module docstring).
@@ -290,8 +318,10 @@ class ProcessRunner:
     ``kill_grace`` is the time between SIGTERM and SIGKILL when a deadline
     passes, and also how long the runner waits, after the child has exited,
     for its output pipes to close before closing them itself (a process that
-    left the process group may still hold them). ``setsid`` and ``killpg`` are
-    injectable so that unit tests can run without real processes.
+    left the process group may still hold them). ``kill_wait`` is how long it
+    waits for a child to end after SIGKILL before giving up on it. ``setsid``
+    and ``killpg`` are injectable so that unit tests can run without real
+    processes.
     """
 
     def __init__(
@@ -299,6 +329,7 @@ class ProcessRunner:
         reactor: ProcessReactor,
         kill_grace: float = 5.0,
         *,
+        kill_wait: float = KILL_WAIT,
         setsid: str = SETSID,
         killpg: Callable[[int, int], None] = os.killpg,
         niceness: int = 0,
@@ -308,6 +339,7 @@ class ProcessRunner:
         # and log streaming) stays responsive while builds keep the cores busy.
         self._prefix = ("nice", "-n", str(niceness)) if niceness else ()
         self._kill_grace = kill_grace
+        self._kill_wait = kill_wait
         self._setsid = setsid
         self._killpg = killpg
         self._jobs: set[_Job] = set()
@@ -327,6 +359,8 @@ class ProcessRunner:
         deadline: float | None = None,
         capture_stdout: bool = False,
         capture_stderr: bool = False,
+        capture_limit: int = MAX_CAPTURED_OUTPUT,
+        truncate_capture: bool = False,
         step: str = "",
     ) -> ProcessResult:
         """Run ``argv`` to completion; raise :class:`CommandError` unless it exits 0.
@@ -334,16 +368,36 @@ class ProcessRunner:
         ``env`` is the child's whole environment. ``stdin`` is written to the
         child and then closed (with ``None`` the child reads EOF at once).
         Output goes line by line to ``log`` (``None``: discarded), except a
-        captured stream, which is returned in the result instead. ``deadline``
-        is an absolute ``reactor.seconds()`` time; ``step`` is copied into the
-        error.
+        captured stream, which is returned in the result instead. A captured
+        stream keeps at most ``capture_limit`` bytes: beyond that the child is
+        killed and the run fails ("stdout larger than 16 MiB"), or, with
+        ``truncate_capture``, the rest is dropped and counted in ``dropped``.
+        ``deadline`` is an absolute ``reactor.seconds()`` time; ``step`` is
+        copied into the error.
         """
         if not argv:
             raise ValueError("empty argv")
         if deadline is not None and deadline <= self._reactor.seconds():
             raise CommandError(step, DEADLINE_EXCEEDED, killed_because=DEADLINE_EXCEEDED)
-        outputs = {1: _OutputStream(log, capture_stdout), 2: _OutputStream(log, capture_stderr)}
-        job = self._start(tuple(argv), outputs, env=env, cwd=cwd, stdin=stdin)
+        started: list[_Job] = []
+
+        def overflowed(name: str) -> Callable[[], None]:
+            def kill() -> None:
+                if truncate_capture or not started:
+                    return
+                job = started[0]
+                if job.overflow is None:
+                    job.overflow = f"{name} larger than {format_bytes(capture_limit)}"
+                    self._kill_group(job, signal.SIGKILL, job.overflow)
+
+            return kill
+
+        outputs = {
+            1: _OutputStream(log, capture_stdout, capture_limit, overflowed("stdout")),
+            2: _OutputStream(log, capture_stderr, capture_limit, overflowed("stderr")),
+        }
+        job = self._start(tuple(argv), outputs, env=env, cwd=cwd, stdin=stdin, step=step)
+        started.append(job)
         if deadline is not None:
             delay = deadline - self._reactor.seconds()
             job.timers.append(
@@ -351,22 +405,57 @@ class ProcessRunner:
             )
         status = await job.waiter
         stdout, stderr = outputs[1].captured(), outputs[2].captured()
+        dropped = outputs[1].dropped + outputs[2].dropped
+        if job.abandoned is not None or job.overflow is not None:
+            reason = job.abandoned or job.overflow or ""
+            if job.abandoned is not None and job.killed_because is not None:
+                reason = f"{job.killed_because}: {reason}"
+            raise CommandError(
+                step,
+                reason,
+                killed_because=job.killed_because,
+                stdout=stdout,
+                stderr=stderr,
+                dropped=dropped,
+            )
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 and job.killed_because is None:
-            return ProcessResult(0, stdout, stderr)
-        raise _command_error(step, status, job.killed_because, stdout, stderr)
+            return ProcessResult(0, stdout, stderr, dropped)
+        error = _command_error(step, status, job.killed_because, stdout, stderr)
+        error.dropped = dropped
+        raise error
 
-    def kill_all(self, reason: str) -> Deferred[None]:
+    def kill_all(self, reason: str, timeout: float | None = None) -> Deferred[None]:
         """SIGKILL every running process group (daemon shutdown).
 
         Each pending :meth:`run` fails with a :class:`CommandError` whose
         ``killed_because`` is ``reason``. The returned Deferred fires once every
-        child has ended.
+        child has ended, and at the latest after ``timeout`` seconds (default:
+        the runner's ``kill_wait``): the runner gives up on the children still
+        there then (their runs fail with "did not exit after SIGKILL").
         """
         jobs = list(self._jobs)
         for job in jobs:
             self._kill_group(job, signal.SIGKILL, reason)
-        done: Deferred[Any] = gatherResults([job.finished for job in jobs])
-        return done.addCallback(lambda _: None)
+        pending = [job for job in jobs if not job.finished.called]
+        done: Deferred[None] = Deferred()
+        if not pending:
+            done.callback(None)
+            return done
+
+        def expire() -> None:
+            for job in pending:
+                self._give_up(job)
+
+        timer = self._reactor.callLater(self._kill_wait if timeout is None else timeout, expire)
+
+        def all_ended(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            done.callback(None)
+
+        ended: Deferred[Any] = gatherResults([job.finished for job in pending])
+        ended.addCallback(all_ended)
+        return done
 
     def _start(
         self,
@@ -376,8 +465,9 @@ class ProcessRunner:
         env: Mapping[str, str],
         cwd: str,
         stdin: bytes | None,
+        step: str = "",
     ) -> _Job:
-        job = _Job(argv)
+        job = _Job(argv, step)
         # Cancelling the caller's Deferred kills the child rather than leaving it behind.
         job.waiter = Deferred(lambda _: self._kill_group(job, signal.SIGKILL, "cancelled"))
         protocol = _ChildProtocol(
@@ -417,6 +507,40 @@ class ProcessRunner:
         if job.killed_because is None:
             job.killed_because = because
         self._signal(job.pgid, sig)
+        if sig == signal.SIGKILL and job.backup is None and job.abandoned is None:
+            # A child in D state ignores even SIGKILL until the kernel lets it
+            # go, which may be never: bound the wait for it.
+            job.backup = self._reactor.callLater(self._kill_wait, self._give_up, job)
+
+    def _give_up(self, job: _Job) -> None:
+        """The child did not end in time after SIGKILL: stop waiting for it.
+
+        Its run fails, it no longer counts as running, and its pipes are
+        closed; if it ends some day, Twisted still reaps it.
+        """
+        job.cancel_backup()
+        if job.finished.called:
+            return
+        what = (
+            "did not close its output after SIGKILL" if job.exited else "did not exit after SIGKILL"
+        )
+        job.abandoned = f"process {job.pgid} {what}"
+        _log.error(
+            "{step}: {problem}; no longer waiting for it",
+            step=job.step or "child",
+            problem=job.abandoned,
+        )
+        job.cancel_timers()
+        self._jobs.discard(job)
+        transport = job.transport
+        if transport is not None:
+            try:
+                transport.loseConnection()
+            except Exception:
+                _log.failure("Error closing the pipes of a child given up on")
+        if not job.waiter.called:
+            job.waiter.callback(_ABANDONED)
+        job.finished.callback(None)
 
     def _signal(self, pgid: int, sig: int) -> None:
         if pgid <= 1:
@@ -436,6 +560,8 @@ class ProcessRunner:
         self._signal(job.pgid, signal.SIGKILL)
         job.exited = True
         job.cancel_timers()
+        # From here on the wait for the pipes is bounded by the timer below.
+        job.cancel_backup()
         transport = job.transport
         if transport is not None:
             job.timers.append(self._reactor.callLater(self._kill_grace, transport.loseConnection))
@@ -444,7 +570,12 @@ class ProcessRunner:
         """Exited and all pipes closed: forget the job, wake the caller."""
         job.exited = True
         job.cancel_timers()
+        job.cancel_backup()
         self._jobs.discard(job)
+        if job.finished.called:
+            # Given up on earlier; it has ended after all.
+            _log.info("{step}: process {pid} ended at last", step=job.step or "child", pid=job.pgid)
+            return
         if not job.waiter.called:
             job.waiter.callback(status)
         job.finished.callback(None)

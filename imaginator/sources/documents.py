@@ -5,6 +5,8 @@ configuration and the per-stream filter, tags and triggers URLs are read
 through it. Local files are read in the thread pool so the reactor never
 blocks on the disk. HTTP fetches use treq; a password in the URL's userinfo
 is sent as basic authentication and never appears in an error message.
+A document is at most ``max_size`` bytes (16 MiB by default): a larger one
+is an error naming the URL, and no more of it than that is ever held.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import treq
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.http import RESPONSES
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from imaginator.config.urls import redact_url
+from imaginator.goformats.units import format_bytes
 
 DEFAULT_HTTP_TIMEOUT = 60.0
+
+MAX_DOCUMENT_SIZE = 16 << 20
+"""The largest configuration document fetched (16 MiB)."""
 
 
 class FetchError(Exception):
@@ -38,9 +45,20 @@ def _scrub(message: str, url: str) -> str:
     return message
 
 
-def _read_file(path: str) -> bytes:
+class _TooLarge(Exception):
+    """A document passed the size limit."""
+
+
+def _too_large(shown: str, limit: int) -> FetchError:
+    return FetchError(f"{shown}: document larger than {format_bytes(limit)}")
+
+
+def _read_file(path: str, limit: int) -> bytes:
     with open(path, "rb") as handle:
-        return handle.read()
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise _TooLarge()
+    return data
 
 
 def _local_path(url: str) -> str | None:
@@ -62,7 +80,26 @@ def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     return bare, (unquote(parts.username), unquote(parts.password or ""))
 
 
-async def _fetch_http(url: str, reactor: Any, http_client: Any, timeout: float) -> bytes:
+async def _read_body(response: Any, limit: int) -> bytes:
+    """The body of ``response``; past ``limit`` bytes the connection is closed."""
+    parts: list[bytes] = []
+    received = 0
+    length = response.length
+
+    def keep(data: bytes) -> None:
+        nonlocal received
+        received += len(data)
+        if received > limit or (length is not UNKNOWN_LENGTH and length > limit):
+            raise _TooLarge()
+        parts.append(data)
+
+    await treq.collect(response, keep)
+    return b"".join(parts)
+
+
+async def _fetch_http(
+    url: str, reactor: Any, http_client: Any, timeout: float, limit: int
+) -> bytes:
     bare, auth = _split_credentials(url)
     client = http_client if http_client is not None else treq
     kwargs: dict[str, Any] = {"timeout": timeout, "reactor": reactor}
@@ -71,7 +108,9 @@ async def _fetch_http(url: str, reactor: Any, http_client: Any, timeout: float) 
     shown = redact_url(url)
     try:
         response = await client.get(bare, **kwargs)
-        body = await treq.content(response)
+        body = await _read_body(response, limit)
+    except _TooLarge:
+        raise _too_large(f"GET {shown}", limit) from None
     except Exception as exc:
         raise FetchError(_scrub(f"GET {shown}: {exc}", url)) from None
     if response.code != 200:
@@ -89,6 +128,7 @@ async def fetch_url(
     threadpool: Any,
     http_client: Any = None,
     timeout: float = DEFAULT_HTTP_TIMEOUT,
+    max_size: int = MAX_DOCUMENT_SIZE,
 ) -> bytes:
     """Fetch the document at ``url``.
 
@@ -96,12 +136,15 @@ async def fetch_url(
     ``http://`` and ``https://`` are fetched with treq (``http_client`` if
     given, e.g. a ``treq.client.HTTPClient``); anything else is
     ``FetchError("unknown scheme: X")``. Non-200 answers are
-    ``FetchError("GET <url>: HTTP 404 Not Found")``.
+    ``FetchError("GET <url>: HTTP 404 Not Found")``; a document over
+    ``max_size`` bytes is ``FetchError("<url>: document larger than 16 MiB")``.
     """
     path = _local_path(url)
     if path is not None:
         try:
-            return await deferToThreadPool(reactor, threadpool, _read_file, path)
+            return await deferToThreadPool(reactor, threadpool, _read_file, path, max_size)
+        except _TooLarge:
+            raise _too_large(redact_url(url), max_size) from None
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise FetchError(_scrub(f"open {path}: {reason}", url)) from None
@@ -110,5 +153,5 @@ async def fetch_url(
     except ValueError as exc:
         raise FetchError(_scrub(f"bad URL {redact_url(url)}: {exc}", url)) from None
     if scheme in ("http", "https"):
-        return await _fetch_http(url, reactor, http_client, timeout)
+        return await _fetch_http(url, reactor, http_client, timeout, max_size)
     raise FetchError(f"unknown scheme: {scheme}")

@@ -16,6 +16,10 @@ A manifest directory given on the command line becomes a ``dir://`` manifest
 of a one-off stream, so ``build_from_manifest`` is exactly the daemon's build
 of a normal stream. Errors are raised as :class:`BuildError` with the texts
 the daemon uses; the caller adds ``error processing manifest: ``.
+
+:func:`run_local` runs one of these modes for the command line: the log goes
+to ``./build.log`` (or between the banners to standard error), the result to
+standard output, a failure to standard error with the log.
 """
 
 from __future__ import annotations
@@ -24,13 +28,18 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import CancelledError
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.config.main import MainConfig
 from imaginator.config.manifest import Manifest, ManifestError, load_manifest
 from imaginator.config.streams import StreamConfig
-from imaginator.goformats.units import format_duration, go_arch
+from imaginator.goformats.units import SECOND, format_duration, go_arch
+from imaginator.image.filter import parse_filter_lines
 from imaginator.image.model import Image
 from imaginator.image.unpack import UnpackError
 from imaginator.pipeline.bootstrap import make_work_dir
@@ -41,19 +50,32 @@ from imaginator.pipeline.manifest_build import (
     unpack_source,
 )
 from imaginator.pipeline.pack import BuildEnv, BuildError, compile_filter
-from imaginator.runtime import treecopy
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.ctime import measure_ctime_resolution
+from imaginator.runtime.inroot import TreeCopyError
 from imaginator.runtime.process import CommandError, ProcessRunner
 from imaginator.runtime.sandbox import BindMount
+from imaginator.runtime.treedelete import delete_matching
 from imaginator.store.base import StoreError
 from imaginator.store.local import AsyncImageStore, LocalImageStore
+from imaginator.tools.builder_common import (
+    BUILD_LOG_FILE,
+    END_BANNER,
+    PROGRAM,
+    START_BANNER,
+    Command,
+    CommandFailed,
+    Io,
+    os_reason,
+    read_variables,
+    write_file,
+)
 
 DAY = 24 * 3600.0
 
 # What can go wrong in the steps below besides BuildError; each becomes a BuildError.
 _STEP_ERRORS = (
-    treecopy.TreeCopyError,
+    TreeCopyError,
     ManifestError,
     CommandError,
     UnpackError,
@@ -205,7 +227,7 @@ def _delete_filtered(root: str, lines: tuple[str, ...]) -> list[str]:
     scan_filter = compile_filter(lines, "FilterLines")
     if scan_filter is None:
         return []
-    return treecopy.delete_matching(root, scan_filter.match)
+    return delete_matching(root, scan_filter.match)
 
 
 async def build_tree_from_manifest(
@@ -324,3 +346,131 @@ async def publish(
         f"total build duration: {format_duration(finished - started_mono)}"
     )
     return name
+
+
+# ------------------------------------------------------------------ the commands
+
+
+@dataclass
+class _LocalJob:
+    """What a local command works with; the lines it prints go to ``stdout``."""
+
+    values: Mapping[str, Any]
+    args: list[str]
+    options: LocalOptions
+    resources: LocalResources
+    log: BuildLog
+    stdout: list[str] = field(default_factory=list)
+
+
+async def cmd_process_manifest(job: _LocalJob) -> None:
+    await process_manifest_dir(job.resources, job.log, job.options, job.args[0], job.args[1])
+
+
+async def cmd_build_tree_from_manifest(job: _LocalJob) -> None:
+    root = await build_tree_from_manifest(job.resources, job.log, job.options, job.args[0])
+    job.stdout.append(root)
+
+
+async def cmd_build_from_manifest(job: _LocalJob) -> None:
+    name = await build_from_manifest(job.resources, job.log, job.options, job.args[0], job.args[1])
+    job.stdout.append(name)
+
+
+#: The handlers of the local commands, by command name (``builder_tool.COMMANDS``
+#: describes them; this module is imported only when one of them runs).
+LOCAL_COMMANDS: dict[str, Callable[[_LocalJob], Awaitable[None]]] = {
+    "process-manifest": cmd_process_manifest,
+    "build-tree-from-manifest": cmd_build_tree_from_manifest,
+    "build-from-manifest": cmd_build_from_manifest,
+}
+
+
+def read_mtimes_filter(filename: str) -> tuple[str, ...]:
+    """The ``-mtimesCopyFilterFile`` lines, or none without a file."""
+    if not filename:
+        return ()
+    try:
+        with open(filename, encoding="utf-8", errors="replace") as handle:
+            return tuple(parse_filter_lines(handle.read()))
+    except OSError as exc:
+        raise CommandFailed(f"open {filename}: {os_reason(exc)}") from None
+
+
+async def run_local(
+    reactor: Any, command: Command, values: Mapping[str, Any], args: list[str], io: Io
+) -> int:
+    """Run a local mode: the log goes to ``./build.log`` (or, with
+    ``-alwaysShowBuildLog``, to standard error between the banners); on failure
+    the banners and the log go to standard error."""
+    try:
+        if command.needs_store and values["imageServerHostname"]:
+            raise CommandFailed("remote imageservers are not supported: use -stateDir")
+        options = LocalOptions(
+            bind_mounts=tuple(values["bindMounts"]),
+            maximum_build_duration=values["maximumBuildDuration"] / SECOND,
+            variables=read_variables(values["variablesFilename"]) or {},
+            mtimes_copy_filter_lines=read_mtimes_filter(values["mtimesCopyFilterFile"]),
+            expires_in=values["expiresIn"] / SECOND,
+        )
+    except CommandFailed as exc:
+        io.err(f"{command.prefix}: {exc}\n")
+        return 1
+    os.umask(0o022)
+    always = values["alwaysShowBuildLog"]
+    log = BuildLog()
+    if always:
+        io.err(START_BANNER + "\n")
+        log.subscribe(io.err)
+    runner = ProcessRunner(reactor)
+    pool = ThreadPool(minthreads=0, maxthreads=4, name=PROGRAM)
+
+    def stop_pool() -> None:
+        if pool.started:
+            pool.stop()
+
+    # Interrupted (the reactor stops before the build ends): kill the build's
+    # processes, then let the pool's threads go.
+    triggers = [
+        reactor.addSystemEventTrigger(
+            "before", "shutdown", runner.kill_all, "builder-tool interrupted"
+        ),
+        reactor.addSystemEventTrigger("during", "shutdown", stop_pool),
+    ]
+    pool.start()
+    try:
+        store = None
+        if command.needs_store:
+            store = LocalImageStore(os.path.join(values["stateDir"], "store"), create=False)
+        job = _LocalJob(values, args, options, LocalResources(reactor, pool, runner, store), log)
+        await LOCAL_COMMANDS[command.name](job)
+    except (BuildError, StoreError, CommandFailed, OSError, CancelledError) as exc:
+        if not always:
+            io.err(START_BANNER + "\n")
+            io.err(log.getvalue())
+        io.err(END_BANNER + "\n")
+        reason = "interrupted" if isinstance(exc, CancelledError) else str(exc)
+        # The pipeline's own errors may already carry the prefix; say it once.
+        if reason.startswith(command.prefix + ": "):
+            reason = reason[len(command.prefix) + 2 :]
+        io.err(f"{command.prefix}: {reason}\n")
+        return 1
+    finally:
+        log.close()
+        stop_pool()
+        for trigger in triggers:
+            try:
+                reactor.removeSystemEventTrigger(trigger)
+            except (ValueError, KeyError):  # already run: we are being interrupted
+                pass
+    if always:
+        io.err(END_BANNER + "\n")
+    else:
+        try:
+            write_file(BUILD_LOG_FILE, log.getvalue(), 0o444)
+        except OSError as exc:
+            io.err(f"{command.prefix}: error writing build log: {exc}\n")
+            return 1
+    for line in job.stdout:
+        io.out(f"{line}\n")
+    return 0

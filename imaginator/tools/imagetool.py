@@ -1,39 +1,43 @@
-"""``imagetool``: look at and extract images in the embedded image store.
+"""``imagetool``: look at, extract and export images in the embedded image store.
 
-Usage: ``imagetool [-stateDir DIR] <command> [arguments]``. Flags are written
-Go style (``-stateDir=/x``, ``-stateDir /x``, ``--stateDir=/x``). Exit status:
-0 on success, 1 when the command fails (unknown image, I/O error), 2 for bad
-arguments.
+Usage: ``imagetool [flags] <command> [flags] [arguments]``. Flags are written
+Go style (``-stateDir=/x``, ``-stateDir /x``, ``--stateDir=/x``, ``-json``),
+before the command or right after it. Exit status: 0 on success, 1 when the
+command fails (unknown image, I/O error, registry error), 2 for bad
+arguments. The export commands (``oci``, ``push``, ``sbom``, ``diff``) are in
+``imaginator.tools.imagetool_export``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import sys
 import tarfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
-from imaginator.image.model import (
-    ComputedRegularInode,
-    DirectoryInode,
-    Image,
-    RegularInode,
-    SpecialInode,
-    SymlinkInode,
-    dumps_image,
-)
-from imaginator.image.unpack import UnpackError, list_entries, materialise
+from imaginator.export.registry import RegistryError
+from imaginator.export.source import ExportError
+from imaginator.export.tarlayer import TimePolicy, full_members
+from imaginator.export.tarlayer import write_tar as write_tar_stream
+from imaginator.image.model import Image, dumps_image
+from imaginator.image.unpack import UnpackError, materialise
 from imaginator.store.base import StoreError
 from imaginator.store.local import LocalImageStore
+from imaginator.tools.imagetool_base import (
+    DEFAULT_STATE_DIR,
+    Arguments,
+    CommandError,
+    UsageError,
+    load_image,
+    printable,
+)
+from imaginator.tools.imagetool_export import cmd_diff, cmd_oci, cmd_push, cmd_sbom
 
 PROGRAM = "imagetool"
-DEFAULT_STATE_DIR = "/var/lib/imaginator"
 USAGE = f"""\
-Usage: {PROGRAM} [-stateDir DIR] <command> [arguments]
+Usage: {PROGRAM} [flags] <command> [flags] [arguments]
 
 Commands:
   list                 list the names of all images
@@ -41,30 +45,41 @@ Commands:
   get NAME DIR         write the image's file tree into DIR (new or empty)
   tar NAME FILE        write the image's file tree as a tar archive (FILE - = stdout)
   list-packages NAME   list the image's packages: name version size
+  oci NAME DIR         write the image as an OCI image layout into DIR (new, empty
+                       or an OCI layout already); with its source images' layers
+                       and its SBOM
+  push NAME REF        push the image and its SBOM to an OCI registry
+                       (REF: host[:port]/repository[:tag], default tag latest)
+  sbom NAME            print the image's SBOM (SPDX 2.3 JSON, or -sbomFormat)
+  diff OLD NEW         print what changed from image OLD to image NEW
 
 Flags:
   -stateDir DIR        the imaginator state directory (default {DEFAULT_STATE_DIR});
                        the store is DIR/store
+  -json                diff: print JSON
+  -sbomFormat FORMAT   sbom: spdx (default) or cyclonedx
+  -registryCredentials FILE
+                       push: credentials (Docker's config.json, or a JSON object
+                       with username and password)
+  -registryCA FILE     push: the CA certificates that sign the registry's
+                       certificate (default: the system's)
+  -registryPlainHttp   push: use plain HTTP even for a registry that is not on
+                       a loopback address
+
+SOURCE_DATE_EPOCH (seconds) clamps every time written by tar, oci, push and sbom.
 """
 _HELP_FLAGS = {"h", "help"}
-
-
-class UsageError(Exception):
-    """Bad command-line arguments (exit status 2)."""
-
-
-class CommandError(Exception):
-    """A command failed (exit status 1)."""
-
-
-@dataclass
-class Arguments:
-    """The parsed command line."""
-
-    state_dir: str = DEFAULT_STATE_DIR
-    command: str = ""
-    args: list[str] = field(default_factory=list)
-    help: bool = False
+#: Flag name -> attribute of ``Arguments``.
+STRING_FLAGS = {
+    "stateDir": "state_dir",
+    "sbomFormat": "sbom_format",
+    "registryCredentials": "registry_credentials",
+    "registryCA": "registry_ca",
+}
+__all__ = ["COMMANDS", "DEFAULT_STATE_DIR", "main", "parse_args", "write_tar"]
+BOOL_FLAGS = {"json": "json", "registryPlainHttp": "registry_plain_http"}
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     the exit status."""
     try:
         arguments = parse_args(sys.argv[1:] if argv is None else list(argv))
+        if not arguments.help:
+            arguments.source_date_epoch = source_date_epoch(os.environ)
     except UsageError as exc:
         print(f"{PROGRAM}: {exc} (try {PROGRAM} -h)", file=sys.stderr)
         return 2
@@ -80,8 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         store = LocalImageStore(os.path.join(arguments.state_dir, "store"), create=False)
-        COMMANDS[arguments.command][1](store, *arguments.args)
-    except (CommandError, StoreError, UnpackError, tarfile.TarError) as exc:
+        COMMANDS[arguments.command][1](store, arguments, *arguments.args)
+    except UsageError as exc:
+        print(f"{PROGRAM}: {exc} (try {PROGRAM} -h)", file=sys.stderr)
+        return 2
+    except (
+        CommandError,
+        StoreError,
+        UnpackError,
+        ExportError,
+        RegistryError,
+        tarfile.TarError,
+    ) as exc:
         print(f"{PROGRAM}: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
@@ -95,10 +122,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def source_date_epoch(environ: dict[str, str] | os._Environ[str]) -> int | None:
+    """``SOURCE_DATE_EPOCH`` as seconds, ``None`` when unset or empty."""
+    value = environ.get("SOURCE_DATE_EPOCH", "")
+    if not value:
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 12:
+        raise UsageError(f"SOURCE_DATE_EPOCH: expected seconds since 1970, got {value[:40]!r}")
+    return int(value)
+
+
 def parse_args(argv: list[str]) -> Arguments:
-    """Parse Go-style flags, then the command and its arguments."""
+    """Parse Go-style flags, the command, its flags and its arguments."""
     result = Arguments()
-    i = 0
+    i = _parse_flags(argv, 0, result)
+    if result.help:
+        return Arguments(help=True)
+    rest = argv[i:]
+    if any(arg.lstrip("-") in _HELP_FLAGS and arg.startswith("-") for arg in rest):
+        return Arguments(help=True)
+    if not rest:
+        raise UsageError("missing command")
+    result.command = rest[0]
+    j = _parse_flags(rest, 1, result)
+    result.args = rest[j:]
+    _check_command(result.command, result.args)
+    if result.sbom_format not in ("spdx", "cyclonedx"):
+        raise UsageError(f"-sbomFormat: expected spdx or cyclonedx, got {result.sbom_format!r}")
+    return result
+
+
+def _parse_flags(argv: list[str], i: int, result: Arguments) -> int:
+    """Parse flags from ``argv[i]`` up to the first argument that is not one;
+    returns its index."""
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
         arg = argv[i]
         i += 1
@@ -106,24 +162,24 @@ def parse_args(argv: list[str]) -> Arguments:
             break
         name, has_value, value = arg.lstrip("-").partition("=")
         if name in _HELP_FLAGS:
-            return Arguments(help=True)
-        if name != "stateDir":
+            result.help = True
+            return i
+        if name in BOOL_FLAGS:
+            if has_value and value not in _TRUE | _FALSE:
+                raise UsageError(f"invalid boolean value {value!r} for -{name}")
+            setattr(result, BOOL_FLAGS[name], not has_value or value in _TRUE)
+            continue
+        if name not in STRING_FLAGS:
             raise UsageError(f"flag provided but not defined: -{name}")
         if not has_value:
             if i >= len(argv):
-                raise UsageError("flag needs an argument: -stateDir")
+                raise UsageError(f"flag needs an argument: -{name}")
             value, i = argv[i], i + 1
         if not value:
-            raise UsageError("-stateDir: empty directory name")
-        result.state_dir = value
-    rest = argv[i:]
-    if any(arg.lstrip("-") in _HELP_FLAGS and arg.startswith("-") for arg in rest):
-        return Arguments(help=True)
-    if not rest:
-        raise UsageError("missing command")
-    result.command, result.args = rest[0], rest[1:]
-    _check_command(result.command, result.args)
-    return result
+            what = "directory" if name == "stateDir" else "file" if name.startswith("reg") else ""
+            raise UsageError(f"-{name}: empty {what or 'value'}{' name' if what else ''}")
+        setattr(result, STRING_FLAGS[name], value)
+    return i
 
 
 def _check_command(command: str, args: list[str]) -> None:
@@ -138,44 +194,38 @@ def _check_command(command: str, args: list[str]) -> None:
 # ---------------------------------------------------------------------- commands
 
 
-def _load_image(store: LocalImageStore, name: str) -> Image:
-    image = store.get_image(name)
-    if image is None:
-        raise CommandError(f"unknown image: {name}")
-    return image
-
-
-def cmd_list(store: LocalImageStore) -> None:
+def cmd_list(store: LocalImageStore, _arguments: Arguments) -> None:
     """Print every image name."""
     _write_lines(sys.stdout, store.list_images())
 
 
-def cmd_show(store: LocalImageStore, name: str) -> None:
+def cmd_show(store: LocalImageStore, _arguments: Arguments, name: str) -> None:
     """Print the image record as 4-space-indented JSON."""
-    sys.stdout.write(_printable(dumps_image(_load_image(store, name), indent=4)) + "\n")
+    sys.stdout.write(printable(dumps_image(load_image(store, name), indent=4)) + "\n")
 
 
-def cmd_list_packages(store: LocalImageStore, name: str) -> None:
+def cmd_list_packages(store: LocalImageStore, _arguments: Arguments, name: str) -> None:
     """Print ``name version size`` for each package."""
-    packages = _load_image(store, name).packages or ()
+    packages = load_image(store, name).packages or ()
     _write_lines(sys.stdout, [f"{p.name} {p.version} {p.size}" for p in packages])
 
 
-def cmd_get(store: LocalImageStore, name: str, directory: str) -> None:
+def cmd_get(store: LocalImageStore, _arguments: Arguments, name: str, directory: str) -> None:
     """Materialise the image's tree in ``directory``."""
-    materialise(_load_image(store, name), store, directory)
+    materialise(load_image(store, name), store, directory)
 
 
-def cmd_tar(store: LocalImageStore, name: str, filename: str) -> None:
+def cmd_tar(store: LocalImageStore, arguments: Arguments, name: str, filename: str) -> None:
     """Write the image's tree as a tar stream to ``filename`` (``-``: stdout)."""
-    image = _load_image(store, name)
+    image = load_image(store, name)
+    sde = arguments.source_date_epoch
     if filename == "-":
-        write_tar(image, store, sys.stdout.buffer)
+        write_tar(image, store, sys.stdout.buffer, sde)
         sys.stdout.buffer.flush()
         return
     try:
         with open(filename, "wb") as f:
-            write_tar(image, store, f)
+            write_tar(image, store, f, sde)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(filename)
@@ -183,12 +233,7 @@ def cmd_tar(store: LocalImageStore, name: str, filename: str) -> None:
 
 
 def _write_lines(out: TextIO, lines: list[str]) -> None:
-    out.write("".join(_printable(line) + "\n" for line in lines))
-
-
-def _printable(text: str) -> str:
-    """Bytes of non-UTF-8 file names become U+FFFD, as Go prints them."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    out.write("".join(printable(line) + "\n" for line in lines))
 
 
 COMMANDS: dict[str, tuple[tuple[str, ...], Callable[..., None]]] = {
@@ -197,106 +242,31 @@ COMMANDS: dict[str, tuple[tuple[str, ...], Callable[..., None]]] = {
     "get": (("NAME", "DIR"), cmd_get),
     "tar": (("NAME", "FILE"), cmd_tar),
     "list-packages": (("NAME",), cmd_list_packages),
+    "oci": (("NAME", "DIR"), cmd_oci),
+    "push": (("NAME", "REF"), cmd_push),
+    "sbom": (("NAME",), cmd_sbom),
+    "diff": (("OLD", "NEW"), cmd_diff),
 }
 
 
 # ---------------------------------------------------------------------- tar
 
 
-def write_tar(image: Image, store: LocalImageStore, out: BinaryIO) -> None:
-    """Stream the image's tree as a POSIX (pax) tar archive: modes, numeric
-    owners, nanosecond mtimes, hard links, symlinks and devices; computed
-    files as empty files. Directories and symlinks, which have no mtime in
-    the image, get the image's creation time."""
+def write_tar(
+    image: Image, store: LocalImageStore, out: BinaryIO, source_date_epoch: int | None = None
+) -> None:
+    """Stream the image's tree as a reproducible POSIX (pax) tar archive
+    (``imaginator.export.tarlayer``): a ``.`` entry for the root, modes,
+    numeric owners, nanosecond mtimes, hard links, symlinks and devices;
+    computed files as empty files. Directories and symlinks, which have no
+    mtime in the image, get the image's creation time; with
+    ``source_date_epoch`` no mtime is later than it."""
     fs = image.file_system
     if fs is None:
         raise CommandError("image has no file-system")
-    entries = list_entries(fs)
-    default_mtime = image.created_on // 10**9 if image.created_on > 0 else 0
-    first_paths: dict[int, str] = {}
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        root = fs.root
-        tar.addfile(_info(".", tarfile.DIRTYPE, root.mode, root.uid, root.gid, default_mtime))
-        for entry in entries:
-            inode = entry.inode
-            if entry.inum in first_paths:
-                tar.addfile(_hard_link_info(entry.relative, first_paths[entry.inum], inode))
-                continue
-            if not isinstance(inode, DirectoryInode):
-                first_paths[entry.inum] = entry.relative
-            _add_member(tar, store, entry.relative, inode, default_mtime)
-
-
-def _add_member(
-    tar: tarfile.TarFile, store: LocalImageStore, name: str, inode: object, default_mtime: int
-) -> None:
-    match inode:
-        case DirectoryInode():
-            tar.addfile(
-                _info(name, tarfile.DIRTYPE, inode.mode, inode.uid, inode.gid, default_mtime)
-            )
-        case RegularInode():
-            info = _info(name, tarfile.REGTYPE, inode.mode, inode.uid, inode.gid)
-            _set_mtime(info, inode.mtime_seconds, inode.mtime_nanoseconds)
-            info.size = inode.size
-            if inode.size == 0:
-                tar.addfile(info)
-                return
-            with store.open_object(inode.hash.hex()) as data:
-                if os.fstat(data.fileno()).st_size != inode.size:
-                    raise CommandError(
-                        f"object: {inode.hash.hex()} does not have {inode.size} bytes"
-                    )
-                tar.addfile(info, data)
-        case ComputedRegularInode():
-            tar.addfile(
-                _info(name, tarfile.REGTYPE, inode.mode, inode.uid, inode.gid, default_mtime)
-            )
-        case SymlinkInode():
-            info = _info(name, tarfile.SYMTYPE, 0o777, inode.uid, inode.gid, default_mtime)
-            info.linkname = inode.symlink
-            tar.addfile(info)
-        case SpecialInode():
-            tar.addfile(_special_info(name, inode))
-
-
-def _info(name: str, kind: bytes, mode: int, uid: int, gid: int, mtime: int = 0) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = stat.S_IMODE(mode)
-    info.uid, info.gid = uid, gid
-    info.uname = info.gname = ""
-    info.mtime = mtime
-    return info
-
-
-def _special_info(name: str, inode: SpecialInode) -> tarfile.TarInfo:
-    kinds = {stat.S_IFCHR: tarfile.CHRTYPE, stat.S_IFBLK: tarfile.BLKTYPE}
-    kind = kinds.get(stat.S_IFMT(inode.mode), tarfile.FIFOTYPE)
-    info = _info(name, kind, inode.mode, inode.uid, inode.gid)
-    _set_mtime(info, inode.mtime_seconds, inode.mtime_nanoseconds)
-    if kind != tarfile.FIFOTYPE:
-        info.devmajor, info.devminor = os.major(inode.rdev), os.minor(inode.rdev)
-    return info
-
-
-def _hard_link_info(name: str, target: str, inode: object) -> tarfile.TarInfo:
-    mode = getattr(inode, "mode", 0o777)
-    info = _info(name, tarfile.LNKTYPE, mode, getattr(inode, "uid", 0), getattr(inode, "gid", 0))
-    if isinstance(inode, RegularInode | SpecialInode):
-        _set_mtime(info, inode.mtime_seconds, inode.mtime_nanoseconds)
-    info.linkname = target
-    return info
-
-
-def _set_mtime(info: tarfile.TarInfo, seconds: int, nanoseconds: int) -> None:
-    """Whole seconds in the header; the exact time in a pax record."""
-    info.mtime = seconds
-    if nanoseconds:
-        total = seconds * 10**9 + nanoseconds
-        sign = "-" if total < 0 else ""
-        whole, fraction = divmod(abs(total), 10**9)
-        info.pax_headers = {"mtime": f"{sign}{whole}.{fraction:09d}".rstrip("0")}
+    times = TimePolicy.for_image(image, source_date_epoch)
+    members = full_members(fs, computed_as_empty=True)
+    write_tar_stream(members, store, out, times, root=fs.root)
 
 
 def _describe_os_error(exc: OSError) -> str:

@@ -9,27 +9,31 @@ attempt, and a "Regenerate" button; POST regenerates (max age 2 s) and
 redirects back.
 
 ``dot`` is run through an injected ``run_dot(dot_text) -> bytes`` coroutine
-function, so the daemon can use its own process runner;
-:func:`spawn_dot` is a plain one on the reactor. Every inserted value is
-HTML-escaped except the SVG, which Graphviz escapes itself.
+function; :func:`spawn_dot` makes one that runs it through the process
+module, with a deadline and a cap on the SVG it keeps. Every inserted value
+is HTML-escaped except the SVG, which Graphviz escapes itself.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from klein import Klein
 from markupsafe import Markup
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.utils import getProcessOutputAndValue
-from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from imaginator.deps import MIN_MAX_AGE, DependencyData, graphviz_dot
 from imaginator.goformats.units import format_time
+from imaginator.runtime.process import (
+    MAX_CAPTURED_OUTPUT,
+    CommandError,
+    ProcessReactor,
+    ProcessRunner,
+)
+from imaginator.runtime.sandbox import base_environment
 from imaginator.web.pages import HTML, make_environment, set_security_headers
 
 __all__ = ["PATH", "DotError", "GraphPages", "RunDot", "spawn_dot"]
@@ -41,6 +45,12 @@ RunDot = Callable[[str], Awaitable[bytes]]
 
 REGENERATE_AGE = MIN_MAX_AGE
 """Data older than this (seconds) get a "Regenerate" button."""
+
+DOT_TIMEOUT = 60.0
+"""Seconds ``dot`` may take to draw a graph."""
+
+DOT_OUTPUT_LIMIT = MAX_CAPTURED_OUTPUT
+"""The largest SVG kept from ``dot`` (16 MiB); a larger one is an error."""
 
 
 class DotError(Exception):
@@ -66,38 +76,42 @@ class QuickLinkLike(Protocol):
     def url(self) -> str: ...
 
 
-def spawn_dot(reactor: Any = None, executable: str = "dot") -> RunDot:
-    """A :data:`RunDot` spawning ``executable -Tsvg`` with Twisted's process API.
+def spawn_dot(
+    reactor: ProcessReactor,
+    executable: str = "dot",
+    *,
+    runner: ProcessRunner | None = None,
+    timeout: float = DOT_TIMEOUT,
+    output_limit: int = DOT_OUTPUT_LIMIT,
+) -> RunDot:
+    """A :data:`RunDot` running ``executable -Tsvg`` through the process module.
 
-    The DOT text goes to its standard input; a non-zero exit or a signal
-    raises :class:`DotError` carrying its standard error.
+    The DOT text goes to its standard input. ``runner`` (default: a new one on
+    ``reactor``) runs it with a deadline of ``timeout`` seconds and keeps at
+    most ``output_limit`` bytes of its output. A failure, a deadline passed or
+    a larger output raises :class:`DotError` saying so (with its standard
+    error when it has one).
     """
-
-    def signalled(failure: Failure) -> Any:
-        # On a signal Twisted errbacks with the tuple (out, err, signal),
-        # which is not an exception and cannot be awaited: convert it.
-        value = failure.value
-        if isinstance(value, tuple):
-            raise DotError(f"{executable}: killed by signal {value[-1]}")
-        return failure
+    processes = runner if runner is not None else ProcessRunner(reactor)
 
     async def run_dot(dot_text: str) -> bytes:
         path = shutil.which(executable) or executable
         try:
-            spawned = getProcessOutputAndValue(
-                path,
-                ["-Tsvg"],
-                env=dict(os.environ),
-                reactor=reactor,
-                stdinBytes=dot_text.encode("utf-8"),
+            result = await processes.run(
+                [path, "-Tsvg"],
+                log=None,
+                env=base_environment(),
+                stdin=dot_text.encode("utf-8"),
+                capture_stdout=True,
+                capture_stderr=True,
+                capture_limit=output_limit,
+                deadline=reactor.seconds() + timeout,
+                step="dot",
             )
-        except OSError as exc:
-            raise DotError(f"{executable}: {exc.strerror or exc}") from None
-        out, err, code = await spawned.addErrback(signalled)
-        if code != 0:
-            detail = err.decode("utf-8", "replace").strip()
-            raise DotError(f"{executable}: exit status {code}" + (f": {detail}" if detail else ""))
-        return out
+        except CommandError as exc:
+            detail = exc.stderr.decode("utf-8", "replace").strip()
+            raise DotError(f"{executable}: {exc}" + (f": {detail}" if detail else "")) from None
+        return result.stdout
 
     return run_dot
 

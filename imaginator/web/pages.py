@@ -28,6 +28,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, NotFound
 
 from imaginator.goformats.units import format_bytes, format_duration, format_time
+from imaginator.runtime.follower import FOLLOWER_BUFFER_LIMIT, LogPump
 
 if TYPE_CHECKING:
     # Only for annotations: the pages read these records, they never build them,
@@ -144,7 +145,8 @@ class StatusPages:
 
     ``app`` is the ``klein.Klein`` holding the routes; ``resource()`` is the
     twisted.web resource to serve (it also sets the security headers on
-    Klein's own error answers).
+    Klein's own error answers). A live log reader may fall ``follow_limit``
+    bytes behind before it is dropped; ``followers`` are the live ones.
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class StatusPages:
         log_ring: LogRing | None,
         image_link: Callable[[str], str] | None = None,
         archive_enabled: bool = False,
+        follow_limit: int = FOLLOWER_BUFFER_LIMIT,
     ) -> None:
         self._source = source
         self._clock = clock
@@ -167,6 +170,8 @@ class StatusPages:
         self._log_ring = log_ring
         self._image_link = image_link
         self._archive_enabled = archive_enabled
+        self._follow_limit = follow_limit
+        self.followers: set[LogFollower] = set()
         self._env = make_environment()
         self._templates = {
             name: self._env.get_template(f"{name}.html")
@@ -341,7 +346,13 @@ class StatusPages:
             now_building = self._source.current_build(stream)
             return now_building is not None and now_building.log is log
 
-        return LogFollower(request, log, still_running, self._clock).start()
+        follower = LogFollower(
+            request, log, still_running, self._clock, buffer_limit=self._follow_limit
+        )
+        self.followers.add(follower)
+        done = follower.start()
+        follower.ended.addBoth(lambda _: self.followers.discard(follower))
+        return done
 
     def _healthz(self, request: IRequest) -> bytes:
         return self._text(request, "OK\n")
@@ -360,15 +371,20 @@ class StatusPages:
 class LogFollower:
     """Streams one build's log to one HTTP client while the build runs.
 
-    Sends what the log holds, then every chunk as ``BuildLog`` delivers it.
-    The response ends when the build is over: when ``BuildLog.on_close`` (if
-    the log has it) reports so, or when ``still_running()`` turns false,
-    checked after every chunk and every ``poll_seconds`` on ``clock``. A
-    client that goes away is unsubscribed at once.
+    Sends what the log holds, then every chunk as ``BuildLog`` delivers it,
+    at the client's pace (a :class:`~imaginator.runtime.follower.LogPump`
+    registered on the request): a client more than ``buffer_limit`` bytes
+    behind gets ``[log follower too slow: N bytes dropped; reload]`` and the
+    response ends. The response also ends when the build is over: when
+    ``BuildLog.on_close`` (if the log has it) reports so, or when
+    ``still_running()`` turns false, checked after every chunk and every
+    ``poll_seconds`` on ``clock``. A client that goes away is unsubscribed at
+    once.
 
     ``start()`` returns a Deferred that fires (with ``None``) when the
     response should be finished; Klein then finishes the request. Cancelling
     it (Klein does so when the client disconnects) stops following.
+    ``ended`` fires when following stops, for any reason.
     """
 
     def __init__(
@@ -378,25 +394,35 @@ class LogFollower:
         still_running: Callable[[], bool],
         clock: IReactorTime,
         poll_seconds: float = FOLLOW_POLL_SECONDS,
+        buffer_limit: int = FOLLOWER_BUFFER_LIMIT,
     ) -> None:
         self._request = request
         self._log = log
         self._still_running = still_running
         self._clock = clock
         self._poll_seconds = poll_seconds
+        self._pump = LogPump(log, request, request.write, limit=buffer_limit, on_dropped=self._end)
         self._unsubscribe: Callable[[], object] | None = None
         self._close_unsubscribe: Callable[[], object] | None = None
         self._timer: IDelayedCall | None = None
         self._stopped = False
         self.done: Deferred[None] = Deferred(lambda _d: self._stop())
+        self.ended: Deferred[None] = Deferred()
 
     @property
     def following(self) -> bool:
         return not self._stopped
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of log waiting here for the client."""
+        return self._pump.buffered
+
     def start(self) -> Deferred[None]:
         self._request.notifyFinish().addErrback(self._client_gone)
-        self._request.write(self._log.getvalue())
+        self._pump.start()
+        if self._stopped:  # dropped while sending what the log holds
+            return self.done
         self._unsubscribe = self._log.subscribe(self._on_chunk)
         on_close = getattr(self._log, "on_close", None)
         if callable(on_close):
@@ -409,11 +435,10 @@ class LogFollower:
             self._timer = self._clock.callLater(self._poll_seconds, self._tick)
         return self.done
 
-    def _on_chunk(self, data: bytes) -> None:
-        if self._stopped:
-            return
-        self._request.write(data)
-        self._check()
+    def _on_chunk(self, _data: bytes) -> None:
+        # The pump has sent the chunk (it subscribed first); only check here.
+        if not self._stopped:
+            self._check()
 
     def _on_close(self, *_args: object) -> None:
         self._end()
@@ -438,6 +463,7 @@ class LogFollower:
     def _end(self) -> None:
         if self._stopped:
             return
+        self._pump.finish()
         self._stop()
         self.done.callback(None)
 
@@ -448,6 +474,7 @@ class LogFollower:
         if self._stopped:
             return
         self._stopped = True
+        self._pump.stop()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -460,3 +487,4 @@ class LogFollower:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self.ended.callback(None)

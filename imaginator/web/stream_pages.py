@@ -1,4 +1,4 @@
-"""Image stream pages, image pages of the embedded store, the image list and ``/metrics``.
+"""Image stream pages, image pages of the embedded store and the image list.
 
 ``/showImageStreams`` and ``/showImageStream?<name>`` follow the Go
 imaginator (reference §9) with two deliberate differences: every inserted
@@ -8,11 +8,11 @@ image records instead (``BuildCommitId``, ``BuildBranch``, ``SourceImage``),
 the last build result and the stream's images.
 
 ``/showImage?<name>``, ``/showImageBuildLog?<name>`` and ``/listImages`` are
-our additions for the embedded store, ``/metrics`` serves the Prometheus text
-format. Store reads go through the ``AsyncImageStore`` (its thread pool), so
-no handler blocks the reactor; what is rendered on the reactor is capped
-(``MAX_FILES`` file entries, ``MAX_IMAGE_DETAILS`` image records read per
-stream page).
+our additions for the embedded store; ``/metrics`` (``web.metrics``) is
+installed with them. Store reads go through the ``AsyncImageStore`` (its
+thread pool), so no handler blocks the reactor; what is rendered on the
+reactor is capped (``MAX_FILES`` file entries, ``MAX_IMAGE_DETAILS`` image
+records read per stream page).
 
 Displayed manifest locations are expanded with the stream environment only
 (never with the variables file, which holds the secrets), and a password in a
@@ -51,16 +51,16 @@ from imaginator.image.triggers import Trigger, triggers_to_json
 from imaginator.pipeline.packager import generic_packager_script
 from imaginator.store.base import InvalidNameError, StoreError
 from imaginator.web.archive_pages import quote_query
+from imaginator.web.metrics import MetricsPage
 from imaginator.web.pages import HTML, TEXT, make_environment, query_argument, set_security_headers
 
-__all__ = ["MAX_FILES", "MAX_IMAGE_DETAILS", "METRICS_CONTENT_TYPE", "StreamPages"]
+__all__ = ["MAX_FILES", "MAX_IMAGE_DETAILS", "StreamPages"]
 
 #: File entries listed on an image page; the rest is summarised in a note.
 MAX_FILES = 2000
 #: Image records read (in the thread pool) for the image table of a stream page.
 MAX_IMAGE_DETAILS = 20
 
-METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 NOT_FOUND = b"404 page not found\n"
 _NS = 1_000_000_000
 
@@ -268,38 +268,11 @@ def mapping_json(values: Mapping[str, str] | None) -> str:
     return pretty_json(dict(values)) if values else ""
 
 
-def escape_label(value: str) -> str:
-    """A Prometheus label value escaped for the text exposition format."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    return str(value) if isinstance(value, int) else repr(float(value))
-
-
-class _Metrics:
-    """Collects the lines of a Prometheus text exposition."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> None:
-        """One gauge: ``samples`` are ``(stream label or "", value)``."""
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} gauge")
-        for stream, value in samples:
-            labels = f'{{stream="{escape_label(stream)}"}}' if stream else ""
-            self.lines.append(f"{name}{labels} {_number(value)}")
-
-    def text(self) -> bytes:
-        return "".join(line + "\n" for line in self.lines).encode("utf-8")
-
-
 # ------------------------------------------------------------------ the pages
 
 
 class StreamPages:
-    """The stream, image, image list and metrics pages, installed on a Klein app.
+    """The stream, image and image list pages (and ``/metrics``), installed on a Klein app.
 
     ``builder`` gives the configuration and build state (``Builder``),
     ``store`` the images (``AsyncImageStore``), ``clock`` the time (page
@@ -338,10 +311,10 @@ class StreamPages:
             ("/showImage", self.show_image),
             ("/showImageBuildLog", self.show_image_build_log),
             ("/listImages", self.list_images),
-            ("/metrics", self.metrics),
         )
         for path, handler in routes:
             app.route(path, methods=["GET", "HEAD"], endpoint=f"streams:{path}")(handler)
+        MetricsPage(self._builder, self._store, self._clock, self._started_at).install(app)
 
     # -- answers ---------------------------------------------------------------
 
@@ -354,10 +327,10 @@ class StreamPages:
         return body.encode("utf-8")
 
     @staticmethod
-    def _plain(request: IRequest, body: bytes, code: int = 200, ctype: bytes = TEXT) -> bytes:
+    def _plain(request: IRequest, body: bytes, code: int = 200) -> bytes:
         set_security_headers(request)
         request.setResponseCode(code)
-        request.setHeader(b"Content-Type", ctype)
+        request.setHeader(b"Content-Type", TEXT)
         return body
 
     def _not_found(self, request: IRequest) -> bytes:
@@ -606,51 +579,6 @@ class StreamPages:
             for stream in sorted(groups)
         ]
         return self._html(request, "images", groups=rows, count=len(names))
-
-    async def metrics(self, request: IRequest) -> bytes:
-        """``/metrics``: build state, image count and uptime in the Prometheus text format."""
-        now = self._clock.seconds()
-        out = _Metrics()
-        out.family(
-            "imaginator_builds_running",
-            "Builds running now.",
-            [("", self._builder.running_count())],
-        )
-        self._build_metrics(out)
-        count = await self._image_count()
-        if count is not None:
-            out.family("imaginator_images_total", "Images in the store.", [("", count)])
-        out.family(
-            "imaginator_uptime_seconds",
-            "Seconds since the daemon started.",
-            [("", max(0.0, now - self._started_at))],
-        )
-        return self._plain(request, out.text(), ctype=METRICS_CONTENT_TYPE)
-
-    def _build_metrics(self, out: _Metrics) -> None:
-        results = sorted(self._builder.last_results(), key=lambda r: r.stream)
-        out.family(
-            "imaginator_stream_last_build_success",
-            "Whether the stream's last build succeeded (1) or failed (0).",
-            [(r.stream, 0 if r.error or not r.image_name else 1) for r in results],
-        )
-        out.family(
-            "imaginator_stream_last_build_duration_seconds",
-            "Duration of the stream's last build.",
-            [(r.stream, max(0.0, r.finished_at - r.started_at)) for r in results],
-        )
-        out.family(
-            "imaginator_stream_last_build_timestamp_seconds",
-            "When the stream's last build finished (Unix time).",
-            [(r.stream, r.finished_at) for r in results],
-        )
-
-    async def _image_count(self) -> int | None:
-        try:
-            return len(await self._store.list_images())
-        except (StoreError, OSError) as exc:
-            _log.warn("Cannot count images: {error}", error=str(exc))
-            return None
 
 
 def _http_url(url: str) -> str:

@@ -89,6 +89,9 @@ async def test_sample_configuration_builds_debian_base_and_hello(tmp_path):
         assert "/etc/hostname" not in files
         assert "/var/log" in files
         assert not [p for p in files if p.startswith("/var/log/")]
+        # The stream's SOURCE_DATE_EPOCH reached debootstrap: password ages are fixed.
+        shadow = store.read_object(files["/etc/shadow"].hash.hex()).decode()
+        assert shadow.startswith(f"root:*:{1700000000 // 86400}:"), shadow.splitlines()[0]
         assert "/etc/fstab" in debian.filter
         assert debian.triggers
         log = store.read_object(debian.build_log.object.hex()).decode()

@@ -24,7 +24,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from imaginator.image.unpack import materialise
 from imaginator.store.local import LocalImageStore
-from imaginator.tools.builder_tool import END_BANNER, START_BANNER
+from imaginator.tools.builder_common import END_BANNER, START_BANNER
 from tests.support.configs import REPO, clean_env
 from tests.support.gitserver import parse_manifest_vector, write_tree
 from tests.support.harness import ARCH, make_harness

@@ -87,6 +87,8 @@ async def test_daemon_builds_busybox_image_and_shows_it(tmp_path):
             "/listImages": name,
             "/showDirectedGraph": "relationships",
             "/metrics": f'imaginator_stream_last_build_success{{stream="{BUSYBOX}"}} 1',
+            f"/showImageSbom?{name}": '"spdxVersion": "SPDX-2.3"',
+            f"/diffImages?{name}&{name}": "<b>No differences</b>",
         }
         for path, expected in pages.items():
             response = await treq.get(f"http://127.0.0.1:{port}{path}")

@@ -29,8 +29,9 @@ from dulwich.repo import Repo
 from dulwich.server import DictBackend
 from dulwich.web import make_wsgi_chain
 
-from imaginator.sources import git as gitsource
 from imaginator.sources.git import FetchResult, GitFetchError, fetch_manifest
+from imaginator.sources.gitfetch import Fetcher
+from imaginator.sources.gittransport import FetchWatch, make_client
 
 IDENTITY = b"Test <test@example.org>"
 USER = "builder"
@@ -411,13 +412,15 @@ def test_shallow_fetch_transfers_one_commit(
 ) -> None:
     # Drive the fetch step by itself to look into the scratch repository.
     repo = Repo.init_bare(str(tmp_path), mkdir=False)
-    client, path = gitsource._make_client(repo_url, None, None, 30.0)
 
     def fail(reason: str) -> GitFetchError:
         return GitFetchError(repo_url, reason)
 
-    fetcher = gitsource._Fetcher(client, path, repo, "main", 1, lambda _data: None, fail)
-    commit_id, branch = fetcher.run()
+    with FetchWatch(60.0, 30.0) as watch:
+        client, path = make_client(repo_url, None, None, watch)
+        fetcher = Fetcher(client, path, repo, "main", 1, lambda _data: None, fail)
+        commit_id, branch = fetcher.run()
+        client.close()
     assert (commit_id.decode(), branch) == (source.third, "main")
     assert source.second.encode() not in repo.object_store
     assert source.first.encode() not in repo.object_store
@@ -428,13 +431,15 @@ def test_commit_id_fetch_strategy(
     request: pytest.FixtureRequest, repo_url: str, source: SourceRepo, tmp_path: Path
 ) -> None:
     repo = Repo.init_bare(str(tmp_path), mkdir=False)
-    client, path = gitsource._make_client(repo_url, None, None, 30.0)
 
     def fail(reason: str) -> GitFetchError:
         return GitFetchError(repo_url, reason)
 
-    fetcher = gitsource._Fetcher(client, path, repo, source.first, 1, lambda _data: None, fail)
-    assert fetcher.run()[0].decode() == source.first
+    with FetchWatch(60.0, 30.0) as watch:
+        client, path = make_client(repo_url, None, None, watch)
+        fetcher = Fetcher(client, path, repo, source.first, 1, lambda _data: None, fail)
+        assert fetcher.run()[0].decode() == source.first
+        client.close()
     later_commits_fetched = source.third.encode() in repo.object_store
     repo.close()
     if "git-http-backend" in request.node.callspec.id:
@@ -485,7 +490,7 @@ def test_connection_refused(tmp_path: Path) -> None:
     port = server.server_port
     server.server_close()
     url = f"http://u:hunter2@127.0.0.1:{port}/repo.git"
-    error, log = fetch_error(url, "", tmp_path / "m", timeout=5.0)
+    error, log = fetch_error(url, "", tmp_path / "m", stall_timeout=5.0)
     assert str(error).startswith(f"http://u:***@127.0.0.1:{port}/repo.git: ")
     assert "hunter2" not in str(error) and "hunter2" not in log.text
 

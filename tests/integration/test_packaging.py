@@ -49,14 +49,22 @@ def test_imaginator_help_lists_every_flag():
     result = run([str(BIN / "imaginator"), "-h"])
     assert result.returncode == 0, result.stderr
     assert "-portNum uint" in result.stdout
-    assert "(default '6975')" in result.stdout
+    assert "(default 6975)" in result.stdout
     assert "-imageRebuildInterval duration" in result.stdout
 
 
 def test_unknown_flag_is_refused():
     result = run([str(BIN / "imaginator"), "-bogus=1"])
     assert result.returncode == 2
-    assert "flag provided but not defined: -bogus" in result.stderr
+    assert result.stderr == (
+        "imaginator: flag provided but not defined: -bogus; see imaginator -h\n"
+    )
+
+
+def test_installed_builder_tool_names_an_unknown_command():
+    result = run([str(BIN / "builder-tool"), "build-imag", "x"])
+    assert result.returncode == 2
+    assert result.stderr == 'builder-tool: unknown command "build-imag"; see builder-tool -h\n'
 
 
 def test_twistd_plugin_refuses_a_umask_other_than_022(tmp_path: Path):

@@ -8,6 +8,7 @@ real bwrap sandboxes, the real embedded store.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -476,3 +477,83 @@ async def test_manifest_errors_fail_the_build_with_the_reference_texts(tmp_path)
     assert results["apps/two-filters"].error == "filter and filter.add files both present"
     assert results["apps/bad-manifest"].error.startswith("error reading manifest file: ")
     assert [n for n in harness.store.list_images() if n.startswith("apps/")] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_bootstrap_stream_variables_expand_the_command_and_are_its_environment(tmp_path):
+    conf = _bb_conf_with_command(
+        _BB_SCRIPT + '; echo "env: $GREETING $SOURCE_DATE_EPOCH" > etc/from-env'
+        "; echo 'expanded: $GREETING $WHO' > etc/expanded"
+    )
+    conf["BootstrapStreams"][BB]["Variables"] = {
+        "GREETING": "hello",
+        "SOURCE_DATE_EPOCH": "1700000000",
+        "WHO": "stream",
+    }
+    harness = await make_harness(tmp_path / "h", conf=conf, secrets="WHO=secret\nGREETING=s\n")
+    try:
+        result = await harness.build(BB, variables={"WHO": "request"})
+    finally:
+        harness.stop()
+    assert not result.error, result.log.decode()
+    image = harness.store.get_image(result.image_name)
+    files = {path: inode for path, _inum, inode in image.file_system.walk()}
+
+    def content(path: str) -> str:
+        return harness.store.read_object(files[path].hash.hex()).decode()
+
+    # The stream's Variables are the command's environment...
+    assert content("/etc/from-env") == "env: hello 1700000000\n"
+    # ...and expand it, over the variables file and under the request's variables.
+    assert content("/etc/expanded") == "expanded: hello request\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_content_from_a_new_commit_is_published_and_found_by_a_pinned_stream(tmp_path):
+    """A commit that changes nothing in the image still gets a record of its own
+    (with no new file content), so a stream pinned to that commit finds its source."""
+    root = init_repo(tmp_path / "manifests")
+    (root / "base" / "files" / "etc").mkdir(parents=True)
+    (root / "base" / "manifest").write_text('{"SourceImage": "bootstrap/bb"}')
+    (root / "base" / "files" / "etc" / "base").write_text("base layer\n")
+    (root / "NOTES").write_text("first\n")
+    first_commit = commit_all(root, "base layer")
+    pinned = tmp_path / "pinned"
+    pinned.mkdir()
+    with serve_repos({"/manifests.git": root}) as base:
+        streams = {
+            "Streams": {
+                "apps/base": {"ManifestUrl": f"{base}/manifests.git", "ManifestDirectory": "base"},
+                "apps/pinned": {"ManifestUrl": f"dir://{pinned}"},
+            }
+        }
+        harness = await make_harness(tmp_path / "h", streams=streams)
+        try:
+            assert not (await harness.build(BB)).error
+            first = await harness.build("apps/base")
+            assert not first.error, first.log.decode()
+            before = harness.objects()
+            # A new commit that touches nothing of the manifest directory.
+            (root / "NOTES").write_text("second\n")
+            second_commit = commit_all(root, "notes only")
+            second = await harness.build("apps/base")
+            assert not second.error, second.log.decode()
+            after_second = harness.objects()
+            again = await harness.build("apps/base")
+            manifest = {"SourceImage": "apps/base", "SourceImageGitCommitId": second_commit}
+            (pinned / "manifest").write_text(json.dumps(manifest))
+            on_pinned = await harness.build("apps/pinned", disable_recursive_build=True)
+        finally:
+            harness.stop()
+    assert first_commit != second_commit
+    # The second build is a new image, carrying the new commit, that stored only its log.
+    assert not second.identical and second.image_name != first.image_name
+    assert f"Same content as {first.image_name}, new provenance" in second.log.decode()
+    published = harness.store.get_image(second.image_name)
+    assert published.build_commit_id == second_commit
+    assert after_second - before == {published.build_log.object.hex()}
+    # The same commit again is identical: nothing published.
+    assert again.identical and again.image_name == second.image_name
+    # The stream pinned to the new commit finds that image as its source.
+    assert not on_pinned.error, on_pinned.log.decode()
+    assert harness.store.get_image(on_pinned.image_name).source_image == second.image_name

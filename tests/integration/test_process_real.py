@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.process import CommandError, ProcessRunner
-from tests.integration._procfs import group_survivors
+from tests.integration._procfs import group_members, group_survivors, wait_until_exited
 
 SH = "/bin/sh"
 
@@ -156,3 +158,69 @@ async def test_children_run_at_the_configured_lower_priority() -> None:
         ["nice"], log=None, env=env, capture_stdout=True
     )
     assert int(niced.stdout) == int(plain.stdout) + 10
+
+
+class SigkillHeldBack:
+    """A ``killpg`` that delivers every signal but SIGKILL.
+
+    A child stuck in the kernel (D state) cannot be made on purpose; to the
+    runner, one whose SIGKILL has no effect looks the same.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def __call__(self, pgid: int, sig: int) -> None:
+        self.sent.append(sig)
+        if sig != signal.SIGKILL:
+            os.killpg(pgid, sig)
+
+
+async def _really_kill(pgid: int) -> None:
+    os.killpg(pgid, signal.SIGKILL)
+    assert await wait_until_exited(group_members(pgid)) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_child_that_sigkill_does_not_end_fails_the_run_after_the_bound() -> None:
+    killpg = SigkillHeldBack()
+    runner = ProcessRunner(reactor, kill_grace=0.2, kill_wait=0.3, killpg=killpg)
+    log = BuildLog()
+    # SIGTERM is ignored by the shell and by the sleep it becomes.
+    script = "trap '' TERM; echo $$; exec sleep 1000"
+    with pytest.raises(CommandError) as info:
+        await runner.run(
+            [SH, "-c", script],
+            log=log,
+            env={"PATH": "/usr/bin:/bin"},
+            deadline=reactor.seconds() + 0.3,
+            step="stuck",
+        )
+    pgid = int(log.getvalue().split()[0])
+    assert str(info.value) == (
+        f"context deadline exceeded: process {pgid} did not exit after SIGKILL"
+    )
+    assert killpg.sent == [signal.SIGTERM, signal.SIGKILL]
+    # It survived SIGTERM and is still there: the run ended without it.
+    assert group_members(pgid) == [pgid]
+    assert runner.running() == 0
+    await _really_kill(pgid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_all_returns_within_its_bound_with_a_stuck_child() -> None:
+    killpg = SigkillHeldBack()
+    runner = ProcessRunner(reactor, kill_wait=3600, killpg=killpg)
+    log = BuildLog()
+    started = Deferred()
+    log.subscribe(lambda chunk: started.called or started.callback(chunk))
+    running = Deferred.fromCoroutine(
+        runner.run([SH, "-c", "echo $$; exec sleep 1000"], log=log, env={"PATH": "/bin"})
+    )
+    pgid = int(await started)
+    await runner.kill_all("daemon shutting down", timeout=0.3)
+    with pytest.raises(CommandError, match="did not exit after SIGKILL"):
+        await running
+    assert killpg.sent == [signal.SIGKILL]
+    assert runner.running() == 0
+    await _really_kill(pgid)

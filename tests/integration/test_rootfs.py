@@ -336,7 +336,7 @@ def _mount_tmpfs(path: Path) -> None:
 
 
 def test_fresh_directory_unmounts_what_a_crashed_daemon_left(tmp_path):
-    from imaginator.tap import _fresh_directory
+    from imaginator.daemon import fresh_directory as _fresh_directory
 
     tmp = tmp_path / "state" / "tmp"
     parts = {name: tmp_path / name for name in ("lower", "upper", "work")}

@@ -1,4 +1,4 @@
-"""imaginator.sources.streams against real files, a real HTTP server and real git repositories.
+"""imaginator.sources (watch, streams, variables) against real files, HTTP and git.
 
 Everything runs on the real reactor and its real thread pool; only time is
 fake: timers run on a ``Clock`` the tests advance, and the tests then wait on
@@ -32,7 +32,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from imaginator.config.streams import StreamsDocument
-from imaginator.sources.streams import DocumentSource, StreamsRegistry, VariablesFile
+from imaginator.sources.streams import StreamsRegistry
+from imaginator.sources.variables import VariablesFile
+from imaginator.sources.watch import DocumentSource
 
 reactor: Any = _reactor
 

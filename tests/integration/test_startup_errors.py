@@ -68,5 +68,16 @@ async def test_help_lists_flags_and_exits_zero():
     code = await daemon.ended.addTimeout(60, daemon.reactor)
     assert code == 0
     text = "\n".join(daemon.stdout)
-    assert "-portNum" in text and "'6975'" in text
+    assert "  -portNum uint\n" in text and "(default 6975)" in text
     assert "-configurationUrl" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_flag_is_one_line_and_exit_2():
+    daemon = Daemon(["-stateDir=/nonexistent", "-portNum=abc"]).start()
+    code = await daemon.ended.addTimeout(60, daemon.reactor)
+    assert code == 2
+    assert daemon.stdout == []
+    assert daemon.stderr == [
+        'imaginator: invalid value "abc" for flag -portNum: want an integer; see imaginator -h'
+    ]

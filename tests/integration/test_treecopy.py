@@ -15,203 +15,37 @@ from pathlib import Path
 import pytest
 
 from imaginator.runtime.treecopy import (
-    MAX_SYMLINKS,
     TreeCopyError,
     append_tree,
     copy_tree,
-    delete_matching,
     make_bind_mount_points,
-    normalise_image_path,
-    open_dir_in_root,
     remove_bind_mount_points,
     remove_staged_scripts,
-    resolve_in_root,
     stage_scripts,
-    write_file_in_root,
 )
+from tests.support.imageroot import Log, inside, make_outside, mode_of, new_dir, snapshot
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (file owners)")
 
 
-class Log:
-    """Collects log lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, line: str) -> None:
-        self.lines.append(line)
-
-
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    path = tmp_path / "root"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def src(tmp_path: Path) -> Path:
-    path = tmp_path / "src"
-    path.mkdir()
-    return path
+    return new_dir(tmp_path, "root")
 
 
 @pytest.fixture
 def outside(tmp_path: Path) -> Path:
-    """A host directory outside the root that nothing may touch."""
-    path = tmp_path / "outside"
-    path.mkdir()
-    (path / "file").write_bytes(b"host secret\n")
-    (path / "sub").mkdir()
-    (path / "sub" / "deep").write_bytes(b"deep\n")
-    return path
+    return make_outside(tmp_path)
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    return new_dir(tmp_path, "src")
 
 
 @pytest.fixture
 def log() -> Log:
     return Log()
-
-
-def snapshot(path: Path) -> dict[str, tuple[int, bytes]]:
-    """Everything below ``path`` (without following links): mode and contents or target."""
-    result: dict[str, tuple[int, bytes]] = {}
-    for directory, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            full = os.path.join(directory, name)
-            st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                data = os.fsencode(os.readlink(full))
-            elif stat.S_ISREG(st.st_mode):
-                data = Path(full).read_bytes()
-            else:
-                data = b""
-            result[os.path.relpath(full, path)] = (st.st_mode, data)
-    return result
-
-
-def inside(root: Path, host_path: Path) -> Path:
-    """Where an absolute host path lands when taken as a path inside the image."""
-    return root / str(host_path).lstrip("/")
-
-
-def mode_of(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
-
-
-# ------------------------------------------------------------ resolve_in_root
-
-
-def test_resolve_plain_path(root: Path) -> None:
-    (root / "etc").mkdir()
-    assert resolve_in_root(str(root), "/etc/passwd") == f"{root}/etc/passwd"
-    assert resolve_in_root(str(root), "/") == str(root)
-    assert resolve_in_root(str(root), "//etc/./passwd/") == f"{root}/etc/passwd"
-
-
-def test_resolve_absolute_link_restarts_at_root(root: Path, outside: Path) -> None:
-    os.symlink(str(outside), root / "etc")
-    assert resolve_in_root(str(root), "/etc/file") == str(inside(root, outside) / "file")
-    os.symlink("/etc/shadow", root / "shadow")
-    assert resolve_in_root(str(root), "/shadow") == str(inside(root, outside) / "shadow")
-    os.symlink("/x/../../../y", root / "up")
-    assert resolve_in_root(str(root), "/up") == f"{root}/y"
-
-
-def test_resolve_dotdot_never_climbs_above_root(root: Path) -> None:
-    (root / "x" / "y").mkdir(parents=True)
-    os.symlink("../../..", root / "x" / "y" / "a")
-    os.symlink("../../..", root / "a")
-    assert resolve_in_root(str(root), "/a/etc") == f"{root}/etc"
-    assert resolve_in_root(str(root), "/x/y/a/a/etc") == f"{root}/etc"
-    assert resolve_in_root(str(root), "/../../../etc") == f"{root}/etc"
-    assert resolve_in_root(str(root), "/x/y/..") == f"{root}/x"
-
-
-def test_resolve_follow_final(root: Path) -> None:
-    (root / "usr" / "bin").mkdir(parents=True)
-    os.symlink("usr/bin", root / "bin")
-    assert resolve_in_root(str(root), "/bin") == f"{root}/usr/bin"
-    assert resolve_in_root(str(root), "/bin", follow_final=False) == f"{root}/bin"
-    assert resolve_in_root(str(root), "/bin/sh", follow_final=False) == f"{root}/usr/bin/sh"
-
-
-def test_resolve_dangling_and_missing(root: Path, outside: Path) -> None:
-    os.symlink("/nowhere/else", root / "dangling")
-    assert resolve_in_root(str(root), "/dangling") == f"{root}/nowhere/else"
-    os.symlink(str(outside), root / "etc")
-    assert resolve_in_root(str(root), "/missing/../etc/file") == str(inside(root, outside) / "file")
-    assert resolve_in_root(str(root), "/missing/more/x") == f"{root}/missing/more/x"
-
-
-@pytest.mark.parametrize(
-    "links",
-    [
-        {"a": "b", "b": "a"},
-        {"a": "a"},
-        {"a": "/a/x"},
-        {"a": "./a"},
-    ],
-)
-def test_resolve_loops(root: Path, links: dict[str, str]) -> None:
-    for name, target in links.items():
-        os.symlink(target, root / name)
-    with pytest.raises(TreeCopyError, match="too many levels of symbolic links"):
-        resolve_in_root(str(root), "/a/file")
-
-
-def test_resolve_link_limit(root: Path) -> None:
-    (root / "target").mkdir()
-    for index in range(MAX_SYMLINKS + 1):
-        os.symlink(f"l{index + 1}" if index < MAX_SYMLINKS else "target", root / f"l{index}")
-    # l1 … l40 is exactly MAX_SYMLINKS links; l0 adds one too many.
-    assert resolve_in_root(str(root), "/l1") == f"{root}/target"
-    with pytest.raises(TreeCopyError, match="too many levels"):
-        resolve_in_root(str(root), "/l0")
-
-
-def test_resolve_through_file_is_error(root: Path) -> None:
-    (root / "file").write_bytes(b"")
-    with pytest.raises(TreeCopyError, match=r"^/file is not a directory$"):
-        resolve_in_root(str(root), "/file/x")
-
-
-def test_normalise_image_path() -> None:
-    assert normalise_image_path("var/cache/") == "/var/cache"
-    assert normalise_image_path("//a/../../b/./c") == "/b/c"
-    assert normalise_image_path("") == "/"
-
-
-# ----------------------------------------------------------- open_dir_in_root
-
-
-def test_open_dir_creates_through_absolute_link(root: Path, outside: Path) -> None:
-    before = snapshot(outside)
-    os.symlink(str(outside / "sub"), root / "etc")
-    old = os.umask(0o077)
-    try:
-        fd = open_dir_in_root(str(root), "/etc/new/dir", create=True)
-    finally:
-        os.umask(old)
-    try:
-        os.mkdir("marker", dir_fd=fd)
-    finally:
-        os.close(fd)
-    target = inside(root, outside / "sub")
-    assert (target / "new" / "dir" / "marker").is_dir()
-    assert mode_of(target) == 0o755
-    assert mode_of(target / "new" / "dir") == 0o755
-    assert snapshot(outside) == before
-
-
-def test_open_dir_errors(root: Path) -> None:
-    (root / "file").write_bytes(b"")
-    with pytest.raises(TreeCopyError, match=r"^/file is not a directory$"):
-        open_dir_in_root(str(root), "/file", create=True)
-    with pytest.raises(TreeCopyError, match="No such file"):
-        open_dir_in_root(str(root), "/missing/dir")
-    with pytest.raises(TreeCopyError, match="No such file"):
-        open_dir_in_root(str(root), "/missing")
 
 
 # ------------------------------------------------------------------ copy_tree
@@ -635,128 +469,3 @@ def test_remove_staged_scripts_when_link(root: Path, outside: Path) -> None:
     remove_staged_scripts(str(root))
     assert not os.path.lexists(root / ".scripts")
     assert snapshot(outside) == before
-
-
-# ------------------------------------------------------------ delete_matching
-
-
-def _matcher(*patterns: str):
-    regex = re.compile("|".join(f"(?:{pattern})" for pattern in patterns))
-    return lambda path: regex.fullmatch(path) is not None
-
-
-def test_delete_matching(root: Path) -> None:
-    (root / "tmp" / "dir" / "sub").mkdir(parents=True)
-    (root / "tmp" / "dir" / "sub" / "f").write_bytes(b"")
-    (root / "tmp" / "file").write_bytes(b"")
-    (root / "var" / "cache" / "apt").mkdir(parents=True)
-    (root / "var" / "cache" / "apt" / "pkg.deb").write_bytes(b"")
-    (root / "var" / "cache" / "keep").write_bytes(b"")
-    (root / "odd\nname").write_bytes(b"")
-    deleted = delete_matching(str(root), _matcher("/tmp/.*", r".*\.deb", "/odd\n.*"))
-    assert deleted == ["/odd\nname", "/tmp/dir", "/tmp/file", "/var/cache/apt/pkg.deb"]
-    assert os.listdir(root / "tmp") == []
-    assert os.listdir(root / "var" / "cache" / "apt") == []
-    assert (root / "var" / "cache" / "keep").exists()
-
-
-def test_delete_matching_never_follows_links(root: Path, outside: Path) -> None:
-    before = snapshot(outside)
-    (root / "tmp").mkdir()
-    os.symlink(str(outside), root / "tmp" / "link")
-    os.symlink(str(outside), root / "lnk")
-    os.symlink("..", root / "tmp" / "up")
-    deleted = delete_matching(str(root), _matcher("/tmp/link", "/lnk/.*", "/tmp/up/.*", "/.*/file"))
-    assert deleted == ["/tmp/link"]
-    assert snapshot(outside) == before
-    assert os.path.islink(root / "lnk")
-    assert os.path.islink(root / "tmp" / "up")
-
-
-def test_delete_matching_root_never_matched(root: Path) -> None:
-    (root / "keep").write_bytes(b"")
-    assert delete_matching(str(root), lambda path: path == "/") == []
-    assert (root / "keep").exists()
-
-
-def test_delete_matching_deep_tree(root: Path) -> None:
-    path = root / "tmp"
-    path.mkdir()
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(1500):  # deeper than PATH_MAX and the recursion limit
-            os.mkdir("d", dir_fd=fd)
-            next_fd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = next_fd
-        os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
-    finally:
-        os.close(fd)
-    assert delete_matching(str(root), _matcher("/tmp/d")) == ["/tmp/d"]
-    assert os.listdir(root / "tmp") == []
-
-
-def test_delete_matching_walks_deep_tree(root: Path) -> None:
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for _ in range(400):  # more levels than the walk keeps descriptors for
-            os.mkdir("d", dir_fd=fd)
-            next_fd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-            os.close(fd)
-            fd = next_fd
-        os.close(os.open("leaf", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
-        os.close(os.open("keep", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
-    finally:
-        os.close(fd)
-    leaf = "/d" * 400 + "/leaf"
-    assert delete_matching(str(root), lambda path: path == leaf) == [leaf]
-    assert os.listdir(root / "/".join(["d"] * 400)) == ["keep"]
-
-
-# --------------------------------------------------------- write_file_in_root
-
-
-def test_write_file_in_root(root: Path) -> None:
-    (root / "usr" / "bin").mkdir(parents=True)
-    os.symlink("usr/bin", root / "bin")
-    old = os.umask(0o077)
-    try:
-        write_file_in_root(str(root), "/bin/generic-packager", b"#! /bin/sh\n", 0o755)
-    finally:
-        os.umask(old)
-    target = root / "usr" / "bin" / "generic-packager"
-    assert target.read_bytes() == b"#! /bin/sh\n"
-    assert mode_of(target) == 0o755
-    write_file_in_root(str(root), "/bin/generic-packager", b"second\n", 0o700)
-    assert target.read_bytes() == b"second\n"
-    assert mode_of(target) == 0o700
-    assert not os.path.lexists(root / "usr" / "bin" / "generic-packager~")
-
-
-def test_write_file_in_root_creates_parents(root: Path) -> None:
-    write_file_in_root(str(root), "/new/dir/file", b"x", 0o644)
-    assert (root / "new" / "dir" / "file").read_bytes() == b"x"
-    assert mode_of(root / "new") == 0o755
-
-
-def test_write_file_in_root_hostile_links(root: Path, outside: Path) -> None:
-    before = snapshot(outside)
-    os.symlink(str(outside), root / "bin")
-    (root / "sbin").mkdir()
-    os.symlink(str(outside / "file"), root / "sbin" / "tool")
-    os.symlink(str(outside / "sub" / "deep"), root / "sbin" / "tool~")
-    write_file_in_root(str(root), "/bin/file", b"mine\n", 0o755)
-    write_file_in_root(str(root), "/sbin/tool", b"mine\n", 0o755)
-    assert snapshot(outside) == before
-    assert (inside(root, outside) / "file").read_bytes() == b"mine\n"
-    assert stat.S_ISREG(os.lstat(root / "sbin" / "tool").st_mode)
-    assert (root / "sbin" / "tool").read_bytes() == b"mine\n"
-
-
-def test_write_file_in_root_directory(root: Path) -> None:
-    (root / "dir").mkdir()
-    with pytest.raises(TreeCopyError, match=r"^error writing /dir: "):
-        write_file_in_root(str(root), "/dir", b"x", 0o644)
-    with pytest.raises(TreeCopyError, match=r"^/ is a directory$"):
-        write_file_in_root(str(root), "/", b"x", 0o644)
-    assert (root / "dir").is_dir()

@@ -35,8 +35,11 @@ class _Output(protocol.ProcessProtocol):
 class Daemon:
     """An ``imaginator`` process; ``wait_for(regex)`` fires with the first matching line."""
 
-    def __init__(self, args: list[str], reactor=global_reactor) -> None:
+    def __init__(
+        self, args: list[str], reactor=global_reactor, *, ignore_sigint: bool = False
+    ) -> None:
         self.args = args
+        self.ignore_sigint = ignore_sigint
         self.reactor = reactor
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -48,8 +51,12 @@ class Daemon:
 
     def start(self) -> Daemon:
         argv = [sys.executable, "-m", "imaginator.cli", *self.args]
+        if self.ignore_sigint:
+            # As a shell starting it in the background does: SIGINT ignored,
+            # which exec passes on to the daemon.
+            argv = ["/bin/sh", "-c", "trap '' INT; exec \"$@\"", "sh", *argv]
         self.transport = self.reactor.spawnProcess(
-            _Output(self), sys.executable, argv, env=clean_env(), path=str(REPO)
+            _Output(self), argv[0], argv, env=clean_env(), path=str(REPO)
         )
         return self
 

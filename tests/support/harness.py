@@ -8,15 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
 from imaginator.config.main import load_main_config
+from imaginator.daemon import assemble_core, start_services
 from imaginator.goformats.units import go_arch
+from imaginator.lifecycle import DaemonServices
 from imaginator.runtime.process import ProcessRunner
+from imaginator.runtime.threads import make_thread_pool
 from imaginator.scheduler import Builder, BuilderSettings, BuildOptions, BuildResult
 from imaginator.sources.documents import fetch_url
-from imaginator.sources.streams import StreamsRegistry, VariablesFile
-from imaginator.store.local import AsyncImageStore, LocalImageStore
+from imaginator.sources.streams import StreamsRegistry
+from imaginator.sources.variables import VariablesFile
+from imaginator.store.local import LocalImageStore
 from tests.support.vectors import VECTORS
 
 ARCH = go_arch()
@@ -40,16 +45,16 @@ class Harness:
     variables: VariablesFile
     pool: ThreadPool
     tmp: Path
+    services: DaemonServices
 
     async def build(self, stream: str, requestor: str = "", **options: Any) -> BuildResult:
         variables = options.pop("variables", None)
         options.setdefault("expires_in", 3600.0)
         return await self.builder.build(stream, BuildOptions.make(variables, **options), requestor)
 
-    def stop(self) -> None:
-        self.streams.stopService()
-        self.variables.stopService()
-        self.pool.stop()
+    def stop(self) -> Deferred[None]:
+        """Stop everything as the daemon does (builds killed, pool stopped)."""
+        return self.services.stopService()
 
     def objects(self) -> set[str]:
         root = Path(self.store.path) / "objects"
@@ -80,38 +85,23 @@ async def make_harness(
     if secrets:
         (tmp / "variables").write_text(secrets)
         variables_path = str(tmp / "variables")
-    pool = ThreadPool(minthreads=0, maxthreads=4, name="test")
-    pool.start()
+    pool = make_thread_pool("test", 4)
+    services = start_services(reactor, pool)
 
     async def fetch(url: str) -> bytes:
         return await fetch_url(url, reactor=reactor, threadpool=pool)
 
     config = await load_main_config(conf_path.as_uri(), fetch, ARCH)
-    variables = VariablesFile(variables_path, reactor=reactor, clock=reactor, threadpool=pool)
-    variables.load_initial()
-    variables.startService()
-    registry = StreamsRegistry(
-        source_url=config.image_streams_url,
-        state_dir=str(tmp),
-        arch=ARCH,
-        reactor=reactor,
-        clock=reactor,
-        threadpool=pool,
-        check_interval=0,
-        secrets=variables.values,
-    )
-    registry.startService()
-    await registry.loaded
-    local = LocalImageStore(str(tmp / "store"))
     work = tmp / "work"
     work.mkdir(exist_ok=True)
-    builder = Builder(
-        reactor=reactor,
-        threadpool=pool,
+    # The daemon's own assembly, with the test's settings.
+    core = await assemble_core(
+        services,
         config=config,
-        store=AsyncImageStore(local, reactor, pool),
-        local_store=local,
-        runner=ProcessRunner(reactor),
+        reactor=reactor,
+        pool=pool,
+        state_dir=str(tmp),
+        variables_file=variables_path,
         settings=BuilderSettings(
             maximum_concurrent_builds=max_builds,
             tmpdir=str(work),
@@ -120,7 +110,9 @@ async def make_harness(
             tree_cache_dir=str(tmp / "trees") if tree_cache else None,
             tree_cache_images=tree_cache_images,
         ),
-        streams=registry,
-        secrets=variables,
+        runner=ProcessRunner(reactor),
     )
-    return Harness(builder, local, registry, variables, pool, tmp)
+    await core.streams.loaded
+    return Harness(
+        core.builder, core.local_store, core.streams, core.variables, pool, tmp, services
+    )

@@ -1,5 +1,6 @@
-"""``builder-tool``: flags, usage and exit codes, certificate choice, and the
-remote commands' requests and output against a fake SRPC client."""
+"""``builder-tool``: flags, usage and exit codes (``builder_tool``), certificate
+choice, and the remote commands' requests and output against a fake SRPC client
+(``builder_remote``)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,12 @@ from twisted.python.failure import Failure
 from imaginator.goformats.units import HOUR, MINUTE, SECOND
 from imaginator.srpc.framing import SrpcConnectionError, SrpcError
 from imaginator.tools import builder_tool
+from imaginator.tools.builder_common import END_BANNER, START_BANNER, Io
+from imaginator.tools.builder_remote import find_client_certs
 from imaginator.tools.builder_tool import (
-    END_BANNER,
-    START_BANNER,
     FlagError,
-    Io,
+    HelpRequested,
     default_values,
-    find_client_certs,
     parse_flag_file,
     parse_flags,
     usage_text,
@@ -151,7 +151,7 @@ def final_message(name: str = "", error: str = "", image: Any = None) -> dict[st
 )
 def test_go_style_flags(argv):
     values = default_values({"HOME": "/home/u"})
-    assert parse_flags(argv, values) == ["cmd"]
+    assert parse_flags(argv, values).args == ["cmd"]
     assert values["expiresIn"] == 2 * HOUR
 
 
@@ -170,11 +170,13 @@ def test_defaults():
     assert values["srpcDefaultConnectTimeout"] == 15 * SECOND
     assert values["alwaysShowBuildLog"] is False
     assert values["bindMounts"] == ()
+    assert values["rawSize"] == 0
+    assert values["version"] is False
 
 
 def test_bools_lists_and_positional_arguments():
     values = default_values({})
-    rest = parse_flags(
+    parsed = parse_flags(
         [
             "-alwaysShowBuildLog",
             "-showFetchLog=false",
@@ -189,7 +191,7 @@ def test_bools_lists_and_positional_arguments():
         ],
         values,
     )
-    assert rest == ["build-image", "some/stream", "-not-a-flag"]
+    assert parsed.args == ["build-image", "some/stream", "-not-a-flag"]
     assert values["alwaysShowBuildLog"] is True
     assert values["showFetchLog"] is False
     assert values["digraphExcludes"] == ("a", "b/c")
@@ -197,14 +199,39 @@ def test_bools_lists_and_positional_arguments():
     assert values["rawSize"] == 8 << 30
 
 
+def test_a_bare_bool_does_not_take_the_next_argument():
+    values = default_values({})
+    parsed = parse_flags(["-alwaysShowBuildLog", "false", "build-image", "s"], values)
+    assert values["alwaysShowBuildLog"] is True
+    assert parsed.args == ["false", "build-image", "s"]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["-nope"], "flag provided but not defined: -nope"),
         (["-expiresIn"], "flag needs an argument: -expiresIn"),
-        (["-expiresIn=soon"], 'invalid value "soon" for flag -expiresIn: parse error'),
-        (["-imaginatorPortNum=-1"], 'invalid value "-1" for flag -imaginatorPortNum: parse error'),
-        (["-showFetchLog=maybe"], 'invalid boolean value "maybe" for -showFetchLog: parse error'),
+        (
+            ["-expiresIn=soon"],
+            'invalid value "soon" for flag -expiresIn: want a duration such as 90s, 1h30m or 0'
+            " (units: ns, us, ms, s, m, h)",
+        ),
+        (
+            ["-imaginatorPortNum=-1"],
+            'invalid value "-1" for flag -imaginatorPortNum: want a non-negative integer',
+        ),
+        (
+            ["-imaginatorPortNum=x"],
+            'invalid value "x" for flag -imaginatorPortNum: want an integer',
+        ),
+        (
+            ["-rawSize=lots"],
+            'invalid value "lots" for flag -rawSize: want a size such as 4096, 100MiB, 1G or 500MB',
+        ),
+        (
+            ["-showFetchLog=maybe"],
+            'invalid boolean value "maybe" for -showFetchLog: want true or false',
+        ),
         (["---x"], "bad flag syntax: ---x"),
         (["-=x"], "bad flag syntax: -=x"),
     ],
@@ -213,6 +240,12 @@ def test_flag_errors(argv, message):
     with pytest.raises(FlagError) as caught:
         parse_flags(argv, default_values({}))
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("argv", [["-h"], ["-help"], ["get-digraph", "--help=x"]])
+def test_help_flags(argv):
+    with pytest.raises(HelpRequested):
+        parse_flags(argv, default_values({}))
 
 
 def test_flag_files_system_warns_home_fails_command_line_wins(tmp_path):
@@ -275,40 +308,89 @@ def test_no_command_is_usage_and_3(tool):
     assert err.endswith("  replace-idle-slaves\n  start-auto-builds\n")
     assert "  build-image stream-name [git-branch]\n" in err
     assert "  process-manifest manifestDir rootDir\n" in err
+    home = tool.environ["HOME"]
+    certs = "Name of directory containing user SSL certificates"
+    assert f'  -certDirectory string\n    \t{certs} (default "{home}/.ssl")\n' in err
+    assert (
+        "  -alwaysShowBuildLog\n    \tIf true, show build log even for successful builds\n" in err
+    )
+    assert "  -rawSize value\n    \tSize of RAW file to create\n" in err
+    assert "  -version\n    \tPrint version information and exit\n" in err
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "message"),
     [
-        ["frobnicate"],
-        ["build-image"],
-        ["build-image", "a", "b", "c"],
-        ["get-dependencies", "extra"],
-        ["process-manifest", "only-one"],
-        ["build-from-manifest", "dir"],
-        ["build-tree-from-manifest"],
+        (["build-imag", "x"], 'unknown command "build-imag"'),
+        (["frobnicate"], 'unknown command "frobnicate"'),
+        (["-"], 'unknown command "-"'),
+        (
+            ["-alwaysShowBuildLog", "false", "build-image", "s"],
+            'unknown command "false" (a boolean flag takes its value as -alwaysShowBuildLog=false)',
+        ),
+        (["build-image"], "build-image wants stream-name [git-branch], got no arguments"),
+        (
+            ["build-image", "a", "b", "c"],
+            'build-image wants stream-name [git-branch], got "a" "b" "c"',
+        ),
+        (["get-dependencies", "extra"], 'get-dependencies wants no arguments, got "extra"'),
+        (
+            ["process-manifest", "only-one"],
+            'process-manifest wants manifestDir rootDir, got "only-one"',
+        ),
+        (
+            ["build-from-manifest", "dir"],
+            'build-from-manifest wants manifestDir stream-name, got "dir"',
+        ),
+        (
+            ["build-tree-from-manifest"],
+            "build-tree-from-manifest wants manifestDir, got no arguments",
+        ),
     ],
 )
-def test_unknown_command_or_wrong_arguments_is_usage_and_2(tool, argv):
+def test_unknown_command_or_wrong_arguments_is_one_line_and_2(tool, argv, message):
     code, out, err = tool(*argv)
     assert (code, out) == (2, "")
-    assert err == usage_text(default_values(tool.environ))
+    assert err == f"builder-tool: {message}; see builder-tool -h\n"
     assert tool.dials == []
 
 
-def test_bad_flag_is_message_usage_and_2(tool):
-    code, _out, err = tool("-frob", "get-dependencies")
-    assert code == 2
-    assert err.startswith("flag provided but not defined: -frob\nUsage: builder-tool")
+def test_a_usage_error_comes_before_the_certificates(tmp_path):
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    code, _out, err = Tool(tmp_path)(f"-certDirectory={not_a_directory}", "build-imag")
+    assert (code, err) == (2, 'builder-tool: unknown command "build-imag"; see builder-tool -h\n')
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-frob", "get-dependencies"], "flag provided but not defined: -frob"),
+        (
+            ["-imaginatorPortNum=abc", "get-digraph"],
+            'invalid value "abc" for flag -imaginatorPortNum: want an integer',
+        ),
+        (["get-digraph", "-disableFor"], "flag needs an argument: -disableFor"),
+    ],
+)
+def test_bad_flag_is_one_line_and_2(tool, argv, message):
+    code, out, err = tool(*argv)
+    assert (code, out) == (2, "")
+    assert err == f"builder-tool: {message}; see builder-tool -h\n"
 
 
 def test_help_and_version(tool):
     code, out, err = tool("-h")
     assert (code, out) == (0, "")
+    assert err == usage_text(tool.environ)
     assert err.startswith("Usage: builder-tool")
     code, out, err = tool("-version", "get-dependencies")
     assert (code, err) == (0, "")
     assert out.startswith("builder-tool ")
+    # As in Go, -version is looked at once every flag has parsed.
+    code, out, err = tool("-version", "-nope")
+    assert (code, out) == (2, "")
+    assert err == "builder-tool: flag provided but not defined: -nope; see builder-tool -h\n"
 
 
 @pytest.mark.parametrize("expires", ["1m", "4m59s", "1ns"])
@@ -523,6 +605,18 @@ def test_build_image_failure(tool):
     assert err == f"compiling\n{END_BANNER}\nerror building image: exit status 1\n"
 
 
+def test_build_image_refused_without_a_log_has_no_end_banner(tool):
+    tool.client.stream = [final_message(error="unknown stream: no/such")]
+    code, out, err = tool("build-image", "no/such")
+    assert (code, out, err) == (1, "", "error building image: unknown stream: no/such\n")
+    # An empty log chunk is not a log.
+    tool.client.stream = [log_message(""), final_message(error="unknown stream: no/such")]
+    assert tool("build-image", "no/such") == (1, "", err)
+    # With -alwaysShowBuildLog the start banner was printed: the end closes it.
+    code, out, err = tool("-alwaysShowBuildLog", "build-image", "no/such")
+    assert err == f"{START_BANNER}\n{END_BANNER}\nerror building image: unknown stream: no/such\n"
+
+
 def test_build_image_always_show_build_log_banners(tool):
     tool.client.stream = [log_message("hello\n"), final_message("s/2026-01-01:00:00:00")]
     code, out, err = tool("-alwaysShowBuildLog", "build-image", "s")
@@ -538,7 +632,7 @@ def test_build_image_refused_call_and_lost_connection(tool):
     tool.client.stream = [SrpcError("access to method denied")]
     code, _out, err = tool("build-image", "s")
     assert code == 1
-    assert err == f"{END_BANNER}\nerror building image: access to method denied\n"
+    assert err == "error building image: access to method denied\n"
     tool.client.stream = [log_message("half\n"), SrpcConnectionError("connection lost")]
     code, _out, err = tool("build-image", "s")
     assert code == 1

@@ -73,6 +73,7 @@ def test_every_field() -> None:
       "ImageTriggersUrl": "file:///etc/imaginator/triggers/Debian-12",
       "Owners": {"Groups": ["ops"], "Users": ["fred"]},
       "PackagerType": "deb",
+      "Variables": {"MIRROR": "http://mirror.example/debian", "EMPTY": ""},
       "SomethingNew": true
     }
   },
@@ -111,6 +112,7 @@ def test_every_field() -> None:
             image_triggers_url="file:///etc/imaginator/triggers/Debian-12",
             owners=Owners(groups=("ops",), users=("fred",)),
             packager_type="deb",
+            variables={"MIRROR": "http://mirror.example/debian", "EMPTY": ""},
         )
     }
     assert config.cache == CacheConfig("/var/cache/imaginator", "/cache", 1 << 30)
@@ -180,6 +182,16 @@ ERRORS = [
         "conf.json: ImageStreamsCheckInterval: expected a non-negative integer, got true",
     ),
     ('{"Cache": []}', "conf.json: Cache: expected an object, got []"),
+    (
+        '{"BootstrapStreams": {"b": {"PackagerType": "deb", "Variables": ["A=1"]}},'
+        ' "PackagerTypes": {"deb": {}}}',
+        'conf.json: BootstrapStreams.b.Variables: expected an object, got ["A=1"]',
+    ),
+    (
+        '{"BootstrapStreams": {"b": {"PackagerType": "deb", "Variables": {"A": 1}}},'
+        ' "PackagerTypes": {"deb": {}}}',
+        "conf.json: BootstrapStreams.b.Variables.A: expected a string, got 1",
+    ),
     (
         '{"Cache": {"SizeLimit": "1G"}}',
         'conf.json: Cache.SizeLimit: expected a non-negative integer, got "1G"',

@@ -23,7 +23,6 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
 
 from imaginator.config.main import QuickLink
 from imaginator.config.streams import StreamsDocument, parse_streams
@@ -38,8 +37,9 @@ from imaginator.deps import (
     stream_matches,
 )
 from imaginator.goformats.units import format_time
-from imaginator.sources.git import GitFetchError, public_url
+from imaginator.sources.giturls import GitFetchError, public_url
 from imaginator.web.graph_pages import GraphPages
+from tests.support.fakes import FakeReactor, SyncThreadPool, fired
 from tests.support.vectors import VECTORS
 
 ARCH = "amd64"
@@ -257,46 +257,6 @@ def test_dependency_order_logs_cycles_by_default(logged: list[LogEvent]) -> None
 # ============================================================= generator
 
 
-class FakeReactor(Clock):
-    """A Clock that also takes thread-pool results (delivered at once)."""
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
-
-
-class ManualThreadPool:
-    """Queues "thread" work; the test runs it with :meth:`run_all` (or auto-runs it)."""
-
-    def __init__(self, auto: bool = True) -> None:
-        self.auto = auto
-        self.queue: list[tuple[Callable[[bool, Any], None], Callable[..., Any], Any, Any]] = []
-        self.calls = 0
-
-    def callInThreadWithCallback(
-        self, on_result: Callable[[bool, Any], None], f: Callable[..., Any], *a: Any, **kw: Any
-    ) -> None:
-        self.calls += 1
-        self.queue.append((on_result, f, a, kw))
-        if self.auto and len(self.queue) == 1:
-            self.run_all()
-
-    def step(self) -> None:
-        """Run the oldest queued job and deliver its result."""
-        on_result, f, a, kw = self.queue[0]
-        try:
-            result = f(*a, **kw)
-        except BaseException:
-            del self.queue[0]
-            on_result(False, Failure())
-            return
-        del self.queue[0]
-        on_result(True, result)
-
-    def run_all(self) -> None:
-        while self.queue:
-            self.step()
-
-
 class FakeRegistry:
     """A streams registry: current() and subscribe(); the test publishes documents."""
 
@@ -388,7 +348,7 @@ class Harness:
         self.tmp_path = tmp_path
         self.clock = FakeReactor()
         self.clock.advance(1_800_000_000)
-        self.pool = ManualThreadPool(auto=auto)
+        self.pool = SyncThreadPool(auto=auto)
         self.time = FakeTime()
         self.git = FakeGit(self.time)
         self.git.repos[REPO1_EXPANDED] = {
@@ -430,20 +390,6 @@ def logged() -> Iterator[list[LogEvent]]:
 
 def _texts(events: list[LogEvent]) -> list[str]:
     return [formatEvent(e) for e in events]
-
-
-def fired(d: Deferred[Any]) -> Any:
-    results: list[Any] = []
-
-    def keep(result: Any) -> Any:
-        results.append(result)
-        return result
-
-    d.addBoth(keep)
-    assert results, "Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 EXPECTED = {

@@ -1,4 +1,5 @@
-"""Pure parts of imaginator.sources.git: URL redaction, splitting, ref resolution."""
+"""Pure parts of the git source: URL redaction and splitting (giturls), clients
+(gittransport), ref resolution (gitfetch), entry names (gitcheckout)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import pickle
 
 import pytest
 from dulwich.client import LocalGitClient, SSHGitClient, Urllib3HttpGitClient
+from dulwich.errors import GitProtocolError
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 
-from imaginator.sources import git as gitsource
-from imaginator.sources.git import (
+from imaginator.sources import gitcheckout, gitfetch, giturls
+from imaginator.sources.gittransport import FetchWatch, describe, make_client
+from imaginator.sources.giturls import (
     GitFetchError,
     is_repo_url,
     public_url,
@@ -18,6 +22,8 @@ from imaginator.sources.git import (
 SHA_A = b"a" * 40
 SHA_B = b"b" * 40
 SHA_T = b"c" * 40
+#: The limits given to clients made here (never entered: no fetch runs).
+WATCH = FetchWatch(60.0, 5.0)
 
 
 # ---------------------------------------------------------------- public_url
@@ -73,11 +79,11 @@ def test_public_url_never_contains_password() -> None:
     ],
 )
 def test_strip_credentials(url: str, expected: tuple[str, str | None, str | None]) -> None:
-    assert gitsource._strip_credentials(url) == expected
+    assert giturls.strip_credentials(url) == expected
 
 
 def test_clients_get_credentials_explicitly() -> None:
-    client, path = gitsource._make_client("https://host/org/r.git", "user", "pw", 5.0)
+    client, path = make_client("https://host/org/r.git", "user", "pw", WATCH)
     assert isinstance(client, Urllib3HttpGitClient)
     assert path == "/org/r.git"
     assert client._username == "user" and client._password == "pw"
@@ -87,25 +93,25 @@ def test_clients_get_credentials_explicitly() -> None:
 
 
 def test_ssh_and_local_clients() -> None:
-    client, path = gitsource._make_client("git@example.org:org/r.git", None, None, None)
+    client, path = make_client("git@example.org:org/r.git", None, None, WATCH)
     assert isinstance(client, SSHGitClient)
     assert client.host == "example.org" and client.username == "git"
     assert path == "org/r.git"
-    client, path = gitsource._make_client("ssh://git@example.org:2222/org/r.git", None, "pw", None)
+    client, path = make_client("ssh://git@example.org:2222/org/r.git", None, "pw", WATCH)
     assert isinstance(client, SSHGitClient)
     assert client.port == 2222 and client.password == "pw"
-    client, path = gitsource._make_client("file:///srv/r.git", None, None, None)
+    client, path = make_client("file:///srv/r.git", None, None, WATCH)
     assert isinstance(client, LocalGitClient) and path == "/srv/r.git"
-    client, path = gitsource._make_client("/srv/r.git", None, None, None)
+    client, path = make_client("/srv/r.git", None, None, WATCH)
     assert isinstance(client, LocalGitClient) and path == "/srv/r.git"
 
 
 def test_redact_all_spellings_of_password() -> None:
-    forms = gitsource._secret_forms("p@ss word/")
+    forms = giturls.secret_forms("p@ss word/")
     text = "bad p@ss word/ and p%40ss%20word%2F and p%40ss%20word/"
-    redacted = gitsource._redact(text, forms)
+    redacted = giturls.redact(text, forms)
     assert "p@ss" not in redacted and "p%40ss" not in redacted
-    assert gitsource._secret_forms(None) == [] and gitsource._secret_forms("") == []
+    assert giturls.secret_forms(None) == [] and giturls.secret_forms("") == []
 
 
 def test_git_fetch_error_text() -> None:
@@ -180,49 +186,49 @@ REFS = {
 
 
 def test_resolve_default_branch() -> None:
-    target = gitsource._resolve("", REFS)
+    target = gitfetch.resolve_ref("", REFS)
     assert target.want == SHA_A and target.advertised
-    assert gitsource._resolve("HEAD", REFS).want == SHA_A
-    assert gitsource._resolve("", {b"refs/heads/x": SHA_A}).missing_head
+    assert gitfetch.resolve_ref("HEAD", REFS).want == SHA_A
+    assert gitfetch.resolve_ref("", {b"refs/heads/x": SHA_A}).missing_head
 
 
 def test_resolve_names() -> None:
-    assert gitsource._resolve("dev", REFS).want == SHA_B
-    assert gitsource._resolve("v1", REFS).want == SHA_T
-    assert gitsource._resolve("refs/heads/dev", REFS).want == SHA_B
-    missing = gitsource._resolve("nope", REFS)
+    assert gitfetch.resolve_ref("dev", REFS).want == SHA_B
+    assert gitfetch.resolve_ref("v1", REFS).want == SHA_T
+    assert gitfetch.resolve_ref("refs/heads/dev", REFS).want == SHA_B
+    missing = gitfetch.resolve_ref("nope", REFS)
     assert missing.want is None and not missing.abbreviated
 
 
 def test_resolve_commit_ids() -> None:
-    tip = gitsource._resolve(SHA_B.decode().upper(), REFS)
+    tip = gitfetch.resolve_ref(SHA_B.decode().upper(), REFS)
     assert tip.want == SHA_B and tip.advertised
-    other = gitsource._resolve("d" * 40, REFS)
+    other = gitfetch.resolve_ref("d" * 40, REFS)
     assert other.want == b"d" * 40 and not other.advertised
     # A peeled tag value is not something a v0 server advertises as a ref.
-    assert not gitsource._resolve("e" * 64, {b"refs/tags/x^{}": b"e" * 64}).advertised
-    short = gitsource._resolve("abcdef1", REFS)
+    assert not gitfetch.resolve_ref("e" * 64, {b"refs/tags/x^{}": b"e" * 64}).advertised
+    short = gitfetch.resolve_ref("abcdef1", REFS)
     assert short.want is None and short.abbreviated
-    assert not gitsource._resolve("abc", REFS).abbreviated
+    assert not gitfetch.resolve_ref("abc", REFS).abbreviated
 
 
 def test_all_ref_wants_skips_peeled_and_other_namespaces() -> None:
     refs = dict(REFS)
     refs[b"refs/pull/1/head"] = b"f" * 40
-    assert gitsource._all_ref_wants(refs) == sorted({SHA_A, SHA_B, SHA_T})
+    assert gitfetch.all_ref_wants(refs) == sorted({SHA_A, SHA_B, SHA_T})
 
 
 def test_default_branch_name() -> None:
-    assert gitsource._default_branch({b"HEAD": b"refs/heads/trunk"}, REFS) == "trunk"
-    assert gitsource._default_branch({}, REFS) == "main"
-    assert gitsource._default_branch({}, {b"HEAD": SHA_B, b"refs/heads/dev": SHA_B}) == "dev"
-    assert gitsource._default_branch({}, {b"HEAD": SHA_B}) == ""
-    assert gitsource._default_branch({}, {}) == ""
+    assert gitfetch.default_branch({b"HEAD": b"refs/heads/trunk"}, REFS) == "trunk"
+    assert gitfetch.default_branch({}, REFS) == "main"
+    assert gitfetch.default_branch({}, {b"HEAD": SHA_B, b"refs/heads/dev": SHA_B}) == "dev"
+    assert gitfetch.default_branch({}, {b"HEAD": SHA_B}) == ""
+    assert gitfetch.default_branch({}, {}) == ""
 
 
 def test_progress_lines_keep_final_state_of_each_line() -> None:
     lines: list[str] = []
-    progress = gitsource._ProgressLines(lines.append)
+    progress = gitfetch.ProgressLines(lines.append)
     progress(b"Counting objects: 1\rCounting objects: 2")
     progress(b"\rCounting objects: 3, done.\nCompressing\x1b[K objects: 100%\n\n")
     assert lines == ["Counting objects: 3, done.", "Compressing[K objects: 100%"]
@@ -234,7 +240,7 @@ def test_hostile_names_rejected(name: bytes) -> None:
         return GitFetchError("u", reason)
 
     with pytest.raises(GitFetchError, match="invalid path in repository"):
-        gitsource._check_name(name, b"dir", fail)
+        gitcheckout.check_name(name, b"dir", fail)
 
 
 def test_ordinary_names_accepted() -> None:
@@ -242,4 +248,34 @@ def test_ordinary_names_accepted() -> None:
         raise AssertionError(reason)
 
     for name in (b"a", b".gitignore", b"..a", b"git", b"\xff"):
-        gitsource._check_name(name, b"", fail)
+        gitcheckout.check_name(name, b"", fail)
+
+
+# --------------------------------------------------------------- describe
+
+
+def _read_timeout_through_dulwich() -> GitProtocolError:
+    """What dulwich raises when urllib3 gave up after read timeouts."""
+    reason = ReadTimeoutError(None, "/r.git/info/refs", "Read timed out.")  # type: ignore[arg-type]
+    retries = MaxRetryError(None, "/r.git/info/refs", reason)  # type: ignore[arg-type]
+    try:
+        raise GitProtocolError(str(retries)) from retries
+    except GitProtocolError as exc:
+        return exc
+
+
+def test_describe_a_timed_out_read_of_the_transfer() -> None:
+    assert describe(_read_timeout_through_dulwich(), False, WATCH) == (
+        "timed out: no answer from the remote for 5s"
+    )
+
+
+def test_describe_with_and_without_the_watch() -> None:
+    expired = FetchWatch(60.0, 5.0)
+    expired.expire()
+    assert describe(OSError("disk full"), False, expired) == (
+        "timed out: the fetch took longer than 1m0s"
+    )
+    # Without the watch (a failure after the transfer) the error speaks for itself.
+    assert describe(OSError("disk full"), False) == "disk full"
+    assert "Max retries exceeded" in describe(_read_timeout_through_dulwich(), False)

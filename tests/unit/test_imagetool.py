@@ -219,7 +219,8 @@ def test_bad_arguments(capsys, argv, message):
 def test_help(capsys, flag):
     status, out, err = run(capsys, flag)
     assert (status, err) == (0, "")
-    assert out.startswith("Usage: imagetool [-stateDir DIR] <command>")
+    assert out.startswith("Usage: imagetool [flags] <command> [flags] [arguments]")
+    assert "-stateDir DIR" in out and "push NAME REF" in out
     assert "list-packages NAME" in out
     assert run(capsys, "show", flag)[0] == 0
 

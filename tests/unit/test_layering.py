@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"srpc"},
     {"image"},
     {"store"},
+    {"export"},
     {"config"},
     {"sources"},
     {"pipeline"},
@@ -32,6 +33,7 @@ LAYERS: list[set[str]] = [
     {"rpc", "web"},
     {"tools"},
     {"flags"},
+    {"lifecycle"},
     {"daemon"},
     {"tap"},
     {"cli"},
@@ -40,14 +42,7 @@ LAYER_OF = {room: index for index, rooms in enumerate(LAYERS) for room in rooms}
 MAX_LINES = 650
 #: Modules still waiting for their split (issue 9). The list may only shrink:
 #: a module on it that has come under the limit fails the test below.
-STILL_TO_SPLIT = {
-    "imaginator.runtime.treecopy",
-    "imaginator.sources.git",
-    "imaginator.sources.streams",
-    "imaginator.store.local",
-    "imaginator.tools.builder_tool",
-    "imaginator.web.stream_pages",
-}
+STILL_TO_SPLIT: set[str] = set()
 
 
 def _room(module: str) -> str | None:

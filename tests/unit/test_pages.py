@@ -502,6 +502,25 @@ def test_follow_uses_on_close_when_available() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_follow_drops_a_client_that_stops_reading() -> None:
+    source = busy_source()
+    build = source.current["apps/hello"]
+    clock = make_clock()
+    pages = make_pages(source, clock=clock, follow_limit=100)
+    req = request(pages, "/followBuildLog?apps/hello")
+    assert len(pages.followers) == 1
+    req.producer.pauseProducing()  # what the transport does when its buffer is full
+    for i in range(10):
+        build.log.line(f"line {i:04d}")
+    assert not req.finished
+    build.log.line("too much")
+    assert req.written[-1] == b"[log follower too slow: 109 bytes dropped; reload]\n"
+    assert req.finish_count == 1
+    assert pages.followers == set()
+    assert build.log._subscribers == []
+    assert clock.getDelayedCalls() == []
+
+
 def test_follow_unknown_stream() -> None:
     a = get(make_pages(busy_source()), "/followBuildLog?apps/broken")
     assert a.text == "unknown image: apps/broken\n"

@@ -7,7 +7,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from imaginator.runtime.poller import Poller, PollerStopped
+from imaginator.runtime.poller import Poller, PollerService, PollerStopped
 
 
 class Job:
@@ -230,3 +230,17 @@ def test_stop_may_cancel_the_run_in_flight(logged):
     stopped = poller.stop(cancel=True)
     assert stopped.called
     assert [e for e in logged if e.get("log_failure") is not None] == []
+
+
+def test_the_service_starts_the_schedule_and_its_stop_waits_for_the_run():
+    clock, job, poller = make(interval=10.0)
+    service = PollerService(poller, first_delay=1.0)
+    service.startService()
+    clock.advance(1)
+    assert len(job.started) == 1
+    stopped = service.stopService()
+    assert not stopped.called and not service.running
+    job.finish()
+    assert stopped.called
+    clock.advance(100)
+    assert len(job.started) == 1

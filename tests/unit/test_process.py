@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.process import (
@@ -22,57 +18,7 @@ from imaginator.runtime.process import (
     ProcessRunner,
     describe_wait_status,
 )
-
-PID = 4242
-
-
-class FakeTransport:
-    """Stands in for Twisted's process transport."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.stdin: list[bytes] = []
-        self.stdin_closed = False
-        self.lost = False
-
-    def write(self, data: bytes) -> None:
-        self.stdin.append(data)
-
-    def closeStdin(self) -> None:
-        self.stdin_closed = True
-
-    def loseConnection(self) -> None:
-        self.lost = True
-
-
-class FakeReactor(Clock):
-    """A Clock that records spawnProcess calls instead of forking."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.spawned: list[dict[str, Any]] = []
-
-    def spawnProcess(
-        self,
-        processProtocol: ProcessProtocol,
-        executable: str,
-        args: Sequence[str],
-        env: Mapping[str, str] | None = None,
-        path: str | None = None,
-    ) -> FakeTransport:
-        transport = FakeTransport(PID + len(self.spawned))
-        self.spawned.append(
-            dict(
-                protocol=processProtocol,
-                executable=executable,
-                args=list(args),
-                env=env,
-                path=path,
-                transport=transport,
-            )
-        )
-        processProtocol.makeConnection(transport)
-        return transport
+from tests.support.fakes import PID, FakeReactor, FakeTransport, exit_reason, fired
 
 
 class Harness:
@@ -103,32 +49,15 @@ class Harness:
 
     def finish(self, status: int) -> None:
         """The child exits with wait status ``status`` and its pipes close."""
-        reason = _reason(status)
+        reason = exit_reason(status)
         self.protocol.processExited(reason)
         self.protocol.childConnectionLost(1)
         self.protocol.childConnectionLost(2)
         self.protocol.processEnded(reason)
 
 
-def _reason(status: int) -> Failure:
-    if status == 0:
-        return Failure(ProcessDone(status))
-    if os.WIFEXITED(status):
-        return Failure(ProcessTerminated(os.WEXITSTATUS(status), None, status))
-    return Failure(ProcessTerminated(None, os.WTERMSIG(status), status))
-
-
 def _exit(code: int) -> int:
     return code << 8
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 def test_spawns_through_setsid_with_exact_env_and_cwd() -> None:
@@ -160,7 +89,7 @@ def test_success_returns_result_and_forgets_child() -> None:
     h = Harness()
     d = h.start()
     h.finish(0)
-    assert result_of(d) == ProcessResult(0, b"", b"")
+    assert fired(d) == ProcessResult(0, b"", b"")
     assert h.runner.running() == 0
 
 
@@ -176,7 +105,7 @@ def test_output_cut_into_lines_in_arrival_order() -> None:
     h.protocol.childDataReceived(2, b"err one\nerr")
     h.protocol.childDataReceived(1, b"ld\nthree\nfour\npart")
     h.finish(0)
-    result_of(d)
+    fired(d)
     assert chunks == [
         b"hello\n",
         b"err one\n",
@@ -195,7 +124,7 @@ def test_captured_stdout_is_returned_not_logged() -> None:
     h.protocol.childDataReceived(1, b"out\npartial")
     h.protocol.childDataReceived(2, b"err\n")
     h.finish(0)
-    assert result_of(d) == ProcessResult(0, b"out\npartial", b"")
+    assert fired(d) == ProcessResult(0, b"out\npartial", b"")
     assert log.getvalue() == b"err\n"
 
 
@@ -206,7 +135,7 @@ def test_captured_stderr() -> None:
     h.protocol.childDataReceived(2, b"oops")
     h.finish(_exit(1))
     with pytest.raises(CommandError) as info:
-        result_of(d)
+        fired(d)
     assert info.value.stderr == b"oops"
     assert log.getvalue() == b""
 
@@ -236,7 +165,7 @@ def test_go_exit_error_text(status: int, text: str) -> None:
     d = h.start(step="1_fail")
     h.finish(status)
     with pytest.raises(CommandError) as info:
-        result_of(d)
+        fired(d)
     assert str(info.value) == text
     assert info.value.reason == text
     assert info.value.step == "1_fail"
@@ -249,7 +178,7 @@ def test_exit_code_and_signal_on_error() -> None:
     d = h.start()
     h.finish(_exit(3))
     with pytest.raises(CommandError) as info:
-        result_of(d)
+        fired(d)
     assert (info.value.exit_code, info.value.signal) == (3, None)
 
 
@@ -266,7 +195,7 @@ def test_deadline_terms_then_kills_the_group() -> None:
     assert h.signals == [(PID, signal.SIGTERM), (PID, signal.SIGKILL)]
     h.finish(signal.SIGKILL)
     with pytest.raises(CommandError) as info:
-        result_of(d)
+        fired(d)
     assert str(info.value) == "signal: killed"
     assert info.value.killed_because == DEADLINE_EXCEEDED
     assert info.value.step == "script"
@@ -278,7 +207,7 @@ def test_deadline_reports_what_actually_killed_it() -> None:
     h.reactor.advance(1.0)
     h.finish(signal.SIGTERM)
     with pytest.raises(CommandError, match=r"^signal: terminated$"):
-        result_of(d)
+        fired(d)
     # The leader's exit killed the rest of the group; no more timers.
     assert h.signals == [(PID, signal.SIGTERM), (PID, signal.SIGKILL)]
     assert h.reactor.getDelayedCalls() == []
@@ -290,7 +219,7 @@ def test_clean_exit_after_deadline_still_fails() -> None:
     h.reactor.advance(1.0)
     h.finish(0)
     with pytest.raises(CommandError, match=r"^context deadline exceeded$"):
-        result_of(d)
+        fired(d)
 
 
 def test_deadline_already_passed_spawns_nothing() -> None:
@@ -298,7 +227,7 @@ def test_deadline_already_passed_spawns_nothing() -> None:
     h.reactor.advance(100)
     d = h.start(deadline=50.0)
     with pytest.raises(CommandError, match=r"^context deadline exceeded$"):
-        result_of(d)
+        fired(d)
     assert h.reactor.spawned == []
 
 
@@ -306,7 +235,7 @@ def test_exit_before_deadline_cancels_timers_and_kills_stragglers() -> None:
     h = Harness()
     d = h.start(deadline=10.0)
     h.finish(0)
-    result_of(d)
+    fired(d)
     assert h.signals == [(PID, signal.SIGKILL)]
     assert h.reactor.getDelayedCalls() == []
     h.reactor.advance(100)
@@ -316,7 +245,7 @@ def test_exit_before_deadline_cancels_timers_and_kills_stragglers() -> None:
 def test_no_signal_after_the_leader_was_reaped() -> None:
     h = Harness(kill_grace=2)
     h.start(deadline=10.0)
-    h.protocol.processExited(_reason(0))
+    h.protocol.processExited(exit_reason(0))
     assert h.signals == [(PID, signal.SIGKILL)]
     h.reactor.advance(10)
     # The group id may belong to someone else by now: never signalled again.
@@ -326,15 +255,15 @@ def test_no_signal_after_the_leader_was_reaped() -> None:
 def test_pipes_held_open_by_escaped_process_are_closed_after_grace() -> None:
     h = Harness(kill_grace=2)
     d = h.start()
-    h.protocol.processExited(_reason(0))
+    h.protocol.processExited(exit_reason(0))
     h.reactor.advance(1.9)
     assert not h.transport.lost
     h.reactor.advance(0.1)
     assert h.transport.lost
     h.protocol.childConnectionLost(1)
     h.protocol.childConnectionLost(2)
-    h.protocol.processEnded(_reason(0))
-    assert result_of(d).exit_code == 0
+    h.protocol.processEnded(exit_reason(0))
+    assert fired(d).exit_code == 0
 
 
 def test_exit_reported_during_spawn_is_handled() -> None:
@@ -343,7 +272,7 @@ def test_exit_reported_during_spawn_is_handled() -> None:
 
     def spawn_and_exit(protocol: ProcessProtocol, *args: Any, **kwargs: Any) -> Any:
         transport = FakeReactor.spawnProcess(h.reactor, protocol, *args, **kwargs)
-        protocol.processExited(_reason(_exit(2)))
+        protocol.processExited(exit_reason(_exit(2)))
         return transport
 
     h.reactor.spawnProcess = spawn_and_exit  # type: ignore[method-assign]
@@ -351,9 +280,9 @@ def test_exit_reported_during_spawn_is_handled() -> None:
     assert h.signals == [(PID, signal.SIGKILL)]
     h.protocol.childConnectionLost(1)
     h.protocol.childConnectionLost(2)
-    h.protocol.processEnded(_reason(_exit(2)))
+    h.protocol.processEnded(exit_reason(_exit(2)))
     with pytest.raises(CommandError, match=r"^exit status 2$"):
-        result_of(d)
+        fired(d)
 
 
 def test_kill_all_kills_every_group_and_waits_for_them() -> None:
@@ -368,12 +297,12 @@ def test_kill_all_kills_every_group_and_waits_for_them() -> None:
     h.finish(signal.SIGKILL)
     assert not done.called
     for name in ("processExited", "processEnded"):
-        getattr(first_protocol, name)(_reason(signal.SIGKILL))
+        getattr(first_protocol, name)(exit_reason(signal.SIGKILL))
     assert done.called
     assert h.runner.running() == 0
     for d in (first, second):
         with pytest.raises(CommandError, match=r"^signal: killed$") as info:
-            result_of(d)
+            fired(d)
         assert info.value.killed_because == "daemon stopping"
 
 
@@ -387,7 +316,7 @@ def test_cancelling_the_caller_kills_the_child() -> None:
     d = h.start()
     d.cancel()
     with pytest.raises(CancelledError):
-        result_of(d)
+        fired(d)
     assert h.signals == [(PID, signal.SIGKILL)]
     assert h.runner.running() == 1
     h.finish(signal.SIGKILL)
@@ -397,4 +326,4 @@ def test_cancelling_the_caller_kills_the_child() -> None:
 def test_empty_argv_rejected() -> None:
     h = Harness()
     with pytest.raises(ValueError):
-        result_of(h.start([]))
+        fired(h.start([]))

@@ -13,9 +13,9 @@ from treq.client import HTTPClient
 from twisted.internet import reactor as _reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
-from imaginator.sources.documents import FetchError, fetch_url, redact_url
+from imaginator.sources.documents import MAX_DOCUMENT_SIZE, FetchError, fetch_url, redact_url
 
 reactor: Any = _reactor
 
@@ -89,6 +89,14 @@ class _Document(Resource):
         if request.path == b"/trouble":
             request.setResponseCode(599, b"Custom Trouble")
             return b"oops"
+        if request.path == b"/big":
+            return b"b" * 2000
+        if request.path == b"/chunked":
+            # No Content-Length: the size is only known by reading.
+            for _ in range(100):
+                request.write(b"c" * 1000)
+            request.finish()
+            return NOT_DONE_YET
         request.setResponseCode(404)
         return b"not here"
 
@@ -164,3 +172,25 @@ async def test_connection_errors_hide_the_password(client: HTTPClient) -> None:
     message = str(info.value)
     assert message.startswith(f"GET http://fred:***@127.0.0.1:{number}/conf.json: ")
     assert "s3cret" not in message
+
+
+@pytest_twisted.ensureDeferred
+async def test_documents_over_the_size_limit_are_refused(
+    server: tuple[str, _Document], client: HTTPClient, tmp_path: Path
+) -> None:
+    assert MAX_DOCUMENT_SIZE == 16 << 20
+    address, _ = server
+    for path in ("/big", "/chunked"):
+        url = f"http://fred:s3cret@{address}{path}"
+        with pytest.raises(FetchError) as info:
+            await fetch(url, http_client=client, max_size=1000)
+        assert (
+            str(info.value) == f"GET http://fred:***@{address}{path}: document larger than 1000 B"
+        )
+    assert await fetch(f"http://{address}/big", http_client=client, max_size=2000) == b"b" * 2000
+    local = tmp_path / "conf.json"
+    local.write_bytes(b"x" * 1001)
+    with pytest.raises(FetchError) as info:
+        await fetch(f"file://{local}", max_size=1000)
+    assert str(info.value) == f"file://{local}: document larger than 1000 B"
+    assert await fetch(str(local), max_size=1001) == b"x" * 1001

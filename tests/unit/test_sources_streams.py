@@ -1,4 +1,4 @@
-"""Tests for imaginator.sources.streams, driven by a Clock and fake fetching.
+"""Tests for imaginator.sources.watch, .streams and .variables, driven by a Clock and fake fetching.
 
 The fake reactor runs thread-pool work synchronously (a ``Clock`` whose
 ``callFromThread`` calls at once, and a thread pool that runs the function in
@@ -17,48 +17,18 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
 
 from imaginator.config.streams import StreamsDocument
 from imaginator.config.variables import REDACTED
 from imaginator.goformats.jsonc import ConfigError
 from imaginator.sources.documents import FetchError
-from imaginator.sources.streams import (
-    DocumentLocation,
-    DocumentSource,
-    StreamsRegistry,
-    VariablesFile,
-    locate_document,
-)
+from imaginator.sources.streams import StreamsRegistry
+from imaginator.sources.variables import VariablesFile
+from imaginator.sources.watch import DocumentLocation, DocumentSource, locate_document
+from tests.support.fakes import FakeReactor, SyncThreadPool, fired, has_fired
 
 # ------------------------------------------------------------------- fakes
-
-
-class FakeReactor(Clock):
-    """A Clock that also accepts thread-pool results (delivered at once)."""
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
-
-
-class SyncThreadPool:
-    """Runs "thread-pool" work synchronously in the calling thread."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def callInThreadWithCallback(
-        self, on_result: Callable[[bool, Any], None], f: Callable[..., Any], *a: Any, **kw: Any
-    ) -> None:
-        self.calls += 1
-        try:
-            result = f(*a, **kw)
-        except BaseException:
-            on_result(False, Failure())
-            return
-        on_result(True, result)
 
 
 class FakeRemote:
@@ -148,17 +118,6 @@ def make_source(
         inode_of=remote.inode_of,
         **kwargs,
     )
-
-
-def fired(d: Deferred[Any]) -> Any:
-    """The result of a Deferred that must have fired already."""
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    result = results[0]
-    if isinstance(result, Failure):
-        result.raiseException()
-    return result
 
 
 # --------------------------------------------------------------- locations
@@ -1020,3 +979,46 @@ def test_variables_watched_without_initial_load(clock: FakeReactor, remote: Fake
     variables.startService()
     assert variables.values() == {"X": "y"}
     variables.stopService()
+
+
+def test_registry_stop_waits_for_the_cache_write_in_flight(
+    clock: FakeReactor, remote: FakeRemote, tmp_path: Path
+) -> None:
+    pool = SyncThreadPool(auto=False)
+    remote.documents[URL] = STREAMS_ONE
+    registry = StreamsRegistry(
+        source_url=URL,
+        state_dir=str(tmp_path),
+        arch="amd64",
+        reactor=clock,
+        clock=clock,
+        threadpool=pool,
+        check_interval=60,
+        secrets=dict,
+        fetch=remote.fetch,
+        inode_of=remote.inode_of,
+    )
+    registry.startService()
+    assert registry.is_loaded and pool.queue  # the cache write waits for a thread
+    stopped = registry.stopService()
+    assert not has_fired(stopped)
+    pool.run_all()
+    assert fired(stopped) is None
+    assert (tmp_path / "image-streams.json").read_bytes() == STREAMS_ONE
+    assert clock.getDelayedCalls() == []
+
+
+def test_variables_stop_is_a_deferred_and_ends_the_polling(
+    clock: FakeReactor, remote: FakeRemote, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "variables")
+    remote.inodes[path] = 1
+    remote.documents[path] = b"A=1\n"
+    variables = make_variables(path, clock, remote)
+    variables.startService()
+    assert variables.values() == {"A": "1"}
+    assert fired(variables.stopService()) is None
+    polls = len(remote.stats)
+    clock.advance(10)
+    assert len(remote.stats) == polls
+    assert clock.getDelayedCalls() == []

@@ -21,7 +21,9 @@ from imaginator.image.model import (
     RegularInode,
     dumps_image,
 )
-from imaginator.store import local as local_module
+from imaginator.store import files as files_module
+from imaginator.store import objects as objects_module
+from imaginator.store import records as records_module
 from imaginator.store.base import (
     HashMismatchError,
     ImageExistsError,
@@ -40,7 +42,7 @@ NAME = "apps/hello/2026-11-27:10:53:19"
 def store(tmp_path, request):
     """A store writing O_TMPFILE files (where possible) or named temp files."""
     store = LocalImageStore(str(tmp_path / "store"))
-    store._use_tmpfile = store._use_tmpfile and request.param == "unnamed"
+    store.temp.use_tmpfile = store.temp.use_tmpfile and request.param == "unnamed"
     return store
 
 
@@ -169,7 +171,7 @@ def test_missing_object_is_reported(store):
 
 def test_unsynced_objects_are_flushed_once_before_an_image(store, monkeypatch):
     calls = []
-    monkeypatch.setattr(local_module, "_syncfs", calls.append)
+    monkeypatch.setattr(objects_module, "syncfs", calls.append)
     data = b"lazy"
     store.put_object_bytes(data, sync=False)
     store.add_image(NAME, image_with([data]))
@@ -248,7 +250,7 @@ def test_failure_while_writing_leaves_nothing(store, monkeypatch):
     def fail(*_args):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(local_module, "_write_all", fail)
+    monkeypatch.setattr(records_module, "write_all", fail)
     with pytest.raises(OSError, match="disk on fire"):
         store.add_image(NAME, image_with([]))
     assert store.list_images() == []
@@ -374,7 +376,7 @@ def test_leftover_temp_files_are_removed_at_start(tmp_path):
     path = str(tmp_path / "store")
     LocalImageStore(path)
     tmp = os.path.join(path, "tmp")
-    own = f"{os.getpid()}.{local_module._PROCESS_TOKEN}.abc"
+    own = f"{os.getpid()}.{files_module.PROCESS_TOKEN}.abc"
     names = {
         "junk": False,
         f"{dead_pid()}.deadbeef.x": False,

@@ -1,4 +1,4 @@
-"""The stream, image, image list and metrics pages (imaginator.web.stream_pages)."""
+"""The stream, image and image list pages (imaginator.web.stream_pages)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import html
 import json
 import re
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 from klein import Klein
 from klein.resource import KleinResource
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from imaginator.config.main import MainConfig, parse_main_config
 from imaginator.config.streams import StreamConfig, parse_streams
@@ -32,12 +30,8 @@ from imaginator.image.model import (
 from imaginator.image.triggers import Trigger
 from imaginator.scheduler import BuildResult, CurrentBuild
 from imaginator.store.base import MissingObjectError, StoreError
-from imaginator.store.local import (
-    AsyncImageStore,
-    LocalImageStore,
-    check_directory_name,
-    check_image_name,
-)
+from imaginator.store.local import AsyncImageStore, LocalImageStore
+from imaginator.store.names import check_directory_name, check_image_name
 from imaginator.web.pages import StatusPages
 from imaginator.web.stream_pages import (
     MAX_FILES,
@@ -46,9 +40,9 @@ from imaginator.web.stream_pages import (
     StreamPages,
     StreamSource,
     count_entries,
-    escape_label,
     file_rows,
 )
+from tests.support.fakes import FakeReactor, SyncThreadPool
 from tests.support.vectors import VECTORS
 from tests.support.web import Answer, Request, answer, assert_security_headers, start, tables
 
@@ -334,11 +328,17 @@ def test_stream_page_shows_latest_image_last_build_and_images():
         f'<a href="showImage?{names[-1]}">{names[-1]}</a><br>'
     ) in a.text
     (images,) = tables(a.text)
-    assert images[0][1] == ["Name", "Created", "Expires"]
+    assert images[0][1] == ["Name", "Created", "Expires", "Changes"]
     assert [cells[0] for _, cells in images[1:]] == [
         f'<a href="showImage?{n}">{n}</a>' for n in reversed(names)
     ]
-    assert images[1][1][1:] == [format_time(NOW - 998), format_time(NOW - 998 + 3600)]
+    assert images[1][1][1:3] == [format_time(NOW - 998), format_time(NOW - 998 + 3600)]
+    # Each image links to the diff from the one before it; the oldest has none.
+    assert [cells[3] for _, cells in images[1:]] == [
+        f'<a href="diffImages?{names[1]}&amp;{names[2]}">diff</a>',
+        f'<a href="diffImages?{names[0]}&amp;{names[1]}">diff</a>',
+        "",
+    ]
     assert "Images of this stream (3)" in a.text
 
 
@@ -480,6 +480,10 @@ def test_show_image_of_the_vector():
     assert "CreatedFor: peer-client<br>" in text
     assert '(stream <a href="showImageStream?bootstrap/bb">' in text
     assert f'Build log: <a href="showImageBuildLog?{name}">log</a><br>' in text
+    assert (
+        f'SBOM: <a href="showImageSbom?{name}">SPDX</a>, '
+        f'<a href="showImageCycloneDx?{name}">CycloneDX</a><br>'
+    ) in text
     assert "OwnerGroups: devs<br>" in text and "OwnerUsers: alice<br>" in text
     plain = html.unescape(text)
     assert '"Role": "hello"' in plain
@@ -622,62 +626,6 @@ def test_list_images_grouped_by_stream():
     assert store.read("get_image") == []
 
 
-# -- /metrics ---------------------------------------------------------------------------
-
-
-def metric_lines(text: str) -> dict[str, str]:
-    return dict(
-        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
-    )
-
-
-def test_metrics():
-    builder = FakeBuilder(running=2)
-    builder.results = {
-        "apps/hello": BuildResult("apps/hello", "apps/hello/1", NOW - 30, NOW - 10, b""),
-        "apps/broken": BuildResult("apps/broken", "", NOW - 5, NOW - 4.5, b"", error="x"),
-        'we"ird\\\n': BuildResult('we"ird\\\n', "", NOW - 1, NOW, b"", error="x"),
-    }
-    store = FakeStore()
-    store.images = {f"apps/hello/{i}": make_image(NOW) for i in range(3)}
-    a = get("/metrics", builder, store)
-    assert a.code == 200
-    assert a.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
-    values = metric_lines(a.text)
-    assert values == {
-        "imaginator_builds_running": "2",
-        'imaginator_stream_last_build_success{stream="apps/broken"}': "0",
-        'imaginator_stream_last_build_success{stream="apps/hello"}': "1",
-        'imaginator_stream_last_build_success{stream="we\\"ird\\\\\\n"}': "0",
-        'imaginator_stream_last_build_duration_seconds{stream="apps/broken"}': "0.5",
-        'imaginator_stream_last_build_duration_seconds{stream="apps/hello"}': "20.0",
-        'imaginator_stream_last_build_duration_seconds{stream="we\\"ird\\\\\\n"}': "1.0",
-        'imaginator_stream_last_build_timestamp_seconds{stream="apps/broken"}': repr(NOW - 4.5),
-        'imaginator_stream_last_build_timestamp_seconds{stream="apps/hello"}': repr(NOW - 10),
-        'imaginator_stream_last_build_timestamp_seconds{stream="we\\"ird\\\\\\n"}': repr(NOW),
-        "imaginator_images_total": "3",
-        "imaginator_uptime_seconds": "100.0",
-    }
-    for family in ("imaginator_builds_running", "imaginator_uptime_seconds"):
-        assert f"# TYPE {family} gauge\n" in a.text
-    assert a.text.endswith("\n")
-
-
-def test_escape_label():
-    assert escape_label('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
-
-
-def test_metrics_without_store_still_answers():
-    class BrokenStore(FakeStore):
-        async def list_images(self) -> list[str]:
-            raise StoreError("disk gone")
-
-    a = get("/metrics", store=BrokenStore())
-    assert a.code == 200
-    assert "imaginator_images_total" not in a.text
-    assert "imaginator_uptime_seconds 100.0" in a.text
-
-
 # -- wiring -----------------------------------------------------------------------------
 
 
@@ -709,27 +657,6 @@ def test_head_requests():
 # -- with the real embedded store -------------------------------------------------------
 
 
-class SyncReactor(Clock):
-    """A Clock that also takes thread-pool results (delivered at once)."""
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
-
-
-class SyncThreadPool:
-    """Runs "thread-pool" work at once, in the calling thread."""
-
-    def callInThreadWithCallback(
-        self, on_result: Callable[[bool, Any], None], f: Callable[..., Any], *a: Any, **kw: Any
-    ) -> None:
-        try:
-            result = f(*a, **kw)
-        except BaseException:
-            on_result(False, Failure())
-            return
-        on_result(True, result)
-
-
 def test_pages_over_the_real_store(tmp_path):
     local = LocalImageStore(str(tmp_path / "store"))
     data_hex = local.put_object_bytes(b"hello\n")
@@ -742,7 +669,7 @@ def test_pages_over_the_real_store(tmp_path):
     name = local.reserve_image_name("apps/hello", NOW)
     image = Image(file_system=fs, build_log=Annotation(object=bytes.fromhex(log_hex)))
     local.add_image(name, image)
-    reactor = SyncReactor()
+    reactor = FakeReactor()
     reactor.advance(NOW)
     store = AsyncImageStore(local, reactor, SyncThreadPool())
     app = Klein()

@@ -1,0 +1,532 @@
+"""The daemon assembled from services.
+
+:func:`create_daemon` builds every part from the flags (the main
+configuration may come from an http(s) URL, so it is asynchronous) and
+returns them as a :class:`Daemon`; every long-lived part is a named child of
+one ``lifecycle.DaemonServices``, which stops them in order, each step
+bounded. Dependencies go into constructors; nothing is patched in later.
+
+:class:`DaemonRunner` is the service twistd runs: it keeps the recent-log
+ring, installs the SIGINT and SIGTERM handlers, runs :func:`create_daemon`
+and turns a start-up failure into one line on standard error and a non-zero
+exit status.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from imaginator import __version__
+from imaginator.autobuild import AutoBuilder
+from imaginator.config.main import ConfigError, MainConfig, load_main_config
+from imaginator.deps import DependencyGenerator, dependency_order
+from imaginator.goformats.units import format_bytes, format_duration, go_arch, image_datestamp
+from imaginator.lifecycle import (
+    AUTO,
+    BUILDS,
+    COLLECTOR,
+    DEPS,
+    POOL,
+    STREAMS,
+    VARIABLES,
+    WEB,
+    BuildsService,
+    DaemonServices,
+    ListeningService,
+    StartupError,
+    ThreadPoolService,
+    check_flags,
+    server_tls_options,
+    tls_disabled_warning,
+)
+from imaginator.pipeline.rootfs import unmount_all_under
+from imaginator.rpc.service import PUBLIC_METHODS, ExpirationLimits, ImaginatorService
+from imaginator.runtime.archive import BuildInfo, BuildLogArchive, archive_enabled, archive_name
+from imaginator.runtime.ctime import measure_ctime_resolution
+from imaginator.runtime.logbuffer import LogRing
+from imaginator.runtime.poller import Poller, PollerService
+from imaginator.runtime.process import ProcessRunner
+from imaginator.runtime.threads import make_thread_pool
+from imaginator.scheduler import Builder, BuilderSettings
+from imaginator.sources.documents import FetchError, fetch_url
+from imaginator.sources.streams import StreamsRegistry
+from imaginator.sources.variables import VariablesFile
+from imaginator.srpc.identity import Authoriser
+from imaginator.srpc.server import MethodRegistry
+from imaginator.srpc.site import SrpcSite
+from imaginator.store.local import AsyncImageStore, LocalImageStore
+from imaginator.web.access import AccessLog, AccessLogError, PagesSite
+from imaginator.web.archive_pages import ArchivePages, quote_query
+from imaginator.web.diff_pages import DiffPages
+from imaginator.web.graph_pages import GraphPages, spawn_dot
+from imaginator.web.pages import StatusPages
+from imaginator.web.stream_pages import StreamPages
+
+THREADS = 4
+BUILD_NICENESS = 10
+GC_INTERVAL = 3600.0
+
+_log = Logger()
+
+Options = Mapping[str, Any]
+
+# ================================================================ assembly
+
+
+@dataclass
+class Core:
+    """The parts every build needs (shared by the daemon and the test harness)."""
+
+    config: MainConfig
+    variables: VariablesFile
+    streams: StreamsRegistry
+    local_store: LocalImageStore
+    store: AsyncImageStore
+    builder: Builder
+
+
+@dataclass
+class Daemon:
+    """The assembled daemon (see :func:`create_daemon`)."""
+
+    services: DaemonServices
+    pool: ThreadPool
+    runner: ProcessRunner
+    core: Core
+    deps: DependencyGenerator
+    auto: AutoBuilder
+    rpc: ImaginatorService
+    pages: StatusPages
+    site: SrpcSite
+    web: ListeningService
+    archive: BuildLogArchive | None
+    access_log: AccessLog | None
+    port: int
+
+    @property
+    def builder(self) -> Builder:
+        return self.core.builder
+
+
+def start_services(reactor: Any, pool: ThreadPool) -> DaemonServices:
+    """A running :class:`DaemonServices` holding (and starting) ``pool``."""
+    services = DaemonServices(reactor)
+    pool_service = ThreadPoolService(pool, reactor)
+    pool_service.setName(POOL)
+    pool_service.setServiceParent(services)
+    services.startService()
+    return services
+
+
+def _add(services: DaemonServices, name: str, service: Service) -> None:
+    """Add a named child; the parent runs, so it starts at once."""
+    service.setName(name)
+    service.setServiceParent(services)
+
+
+async def assemble_core(
+    services: DaemonServices,
+    *,
+    config: MainConfig,
+    reactor: Any,
+    pool: ThreadPool,
+    state_dir: str,
+    variables_file: str,
+    settings: BuilderSettings,
+    runner: ProcessRunner,
+) -> Core:
+    """Variables, image streams, the embedded store and the builder, as children of ``services``."""
+
+    def in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(reactor, pool, f, *args)
+
+    variables = VariablesFile(variables_file, reactor=reactor, clock=reactor, threadpool=pool)
+    await in_thread(variables.load_initial)
+    _add(services, VARIABLES, variables)
+    streams = StreamsRegistry(
+        source_url=config.image_streams_url,
+        state_dir=state_dir,
+        arch=settings.arch,
+        reactor=reactor,
+        clock=reactor,
+        threadpool=pool,
+        check_interval=config.image_streams_check_interval,
+        secrets=variables.values,
+    )
+    _add(services, STREAMS, streams)
+    local_store = await in_thread(LocalImageStore, os.path.join(state_dir, "store"))
+    store = AsyncImageStore(local_store, reactor, pool)
+    builder = Builder(
+        reactor=reactor,
+        threadpool=pool,
+        config=config,
+        store=store,
+        local_store=local_store,
+        runner=runner,
+        settings=settings,
+        streams=streams,
+        secrets=variables,
+    )
+    _add(services, BUILDS, BuildsService(builder))
+    return Core(config, variables, streams, local_store, store, builder)
+
+
+def fresh_directory(path: str) -> list[str]:
+    """Create ``path`` empty: whatever an earlier, killed daemon left there goes,
+    mounts (overlay build roots) first. Returns the mount points detached. Blocking."""
+    detached = []
+    if os.path.isdir(path):
+        detached = unmount_all_under(path)
+        shutil.rmtree(path)
+    os.makedirs(path, mode=0o755)
+    return detached
+
+
+async def create_daemon(
+    options: Options, reactor: Any, pool: ThreadPool, *, log_ring: LogRing | None = None
+) -> Daemon:
+    """Assemble and start the whole daemon from its flags.
+
+    ``pool`` (started here if need be) becomes the daemon's: stopping the
+    daemon stops it. Raises ``StartupError``, ``ConfigError``, ``FetchError``
+    or ``AccessLogError`` with one line naming the flag or file; what was
+    started by then is stopped again first.
+    """
+    services = start_services(reactor, pool)
+    try:
+        return await _assemble(services, options, reactor, pool, log_ring)
+    except BaseException:
+        await services.stopService()
+        raise
+
+
+async def _assemble(
+    services: DaemonServices,
+    options: Options,
+    reactor: Any,
+    pool: ThreadPool,
+    log_ring: LogRing | None,
+) -> Daemon:
+    def in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(reactor, pool, f, *args)
+
+    async def fetch(url: str) -> bytes:
+        return await fetch_url(url, reactor=reactor, threadpool=pool)
+
+    for warning in check_flags(options):
+        _log.warn("{warning}", warning=warning)
+    tls_options = await in_thread(server_tls_options, options)
+    if tls_options is None:
+        _log.warn("{warning}", warning=tls_disabled_warning(options))
+    access_log = None
+    if options["accessLogFile"]:
+        access_log = AccessLog(options["accessLogFile"], in_thread)
+        await access_log.open()
+    state_dir = options["stateDir"]
+    await in_thread(lambda: os.makedirs(state_dir, mode=0o755, exist_ok=True))
+    arch = go_arch()
+    config = await load_main_config(options["configurationUrl"], fetch=fetch, arch=arch)
+    if not config.bootstrap_streams:
+        _log.warn("No bootstrap streams configured: some operations degraded")
+    tmpdir = os.path.join(state_dir, "tmp")
+    for mount_point in await in_thread(fresh_directory, tmpdir):
+        _log.info("Unmounted leftover mount: {path}", path=mount_point)
+    resolution = await in_thread(measure_ctime_resolution, tmpdir)
+    _log.info("Inode Ctime resolution: {resolution}", resolution=format_duration(resolution))
+    runner = ProcessRunner(reactor, niceness=BUILD_NICENESS)
+    core = await assemble_core(
+        services,
+        config=config,
+        reactor=reactor,
+        pool=pool,
+        state_dir=state_dir,
+        variables_file=options["variablesFile"],
+        settings=BuilderSettings(
+            maximum_build_duration=options["maximumBuildDuration"],
+            maximum_concurrent_builds=options["maximumConcurrentBuilds"],
+            tmpdir=tmpdir,
+            arch=arch,
+            ctime_resolution=resolution,
+            tree_cache_dir=os.path.join(state_dir, "trees"),
+        ),
+        runner=runner,
+    )
+    builder, streams = core.builder, core.streams
+    archive = await _start_archive(options, builder, reactor, pool)
+    deps = DependencyGenerator(
+        reactor=reactor,
+        clock=reactor,
+        threadpool=pool,
+        streams=streams,
+        bootstrap_streams=tuple(config.bootstrap_streams),
+        secrets=core.variables.values,
+        arch=arch,
+        tmpdir=tmpdir,
+    )
+    _add(services, DEPS, deps)
+
+    def ordered(names: Any) -> list[str]:
+        data = deps.current()
+        if data is None or not data.has_data:
+            return list(names)
+        return dependency_order(list(names), data.stream_to_source)
+
+    def source_of(stream: str) -> str | None:
+        data = deps.current()
+        return data.stream_to_source.get(stream) if data is not None else None
+
+    auto = AutoBuilder(
+        clock=reactor,
+        build=builder.build,
+        streams=lambda: config.image_streams_to_auto_rebuild,
+        interval=options["imageRebuildInterval"],
+        store=core.store,
+        order=ordered,
+        source_of=source_of,
+        streams_loaded=lambda: streams.loaded,
+    )
+    rpc = ImaginatorService(
+        builder=builder,
+        auto=auto,
+        deps=deps,
+        clock=reactor,
+        limits=ExpirationLimits.normalised(
+            options["minimumExpirationDuration"],
+            options["maximumExpirationDuration"],
+            options["maximumExpirationDurationPrivileged"],
+        ),
+        streams_loaded=lambda: streams.loaded,
+        per_user_limit=options["maximumConcurrentBuildsPerUser"],
+    )
+    pages = _pages(core, deps, archive, runner, reactor, in_thread, log_ring)
+    registry = MethodRegistry()
+    rpc.register(registry)
+    site = SrpcSite(
+        PagesSite(pages.resource(), clock=reactor, access_log=access_log),
+        registry,
+        Authoriser(
+            trusted_users=frozenset(options["srpcTrustedUsers"]),
+            trusted_groups=frozenset(options["srpcTrustedGroups"]),
+            public_methods=PUBLIC_METHODS,
+        ),
+        tls_options,
+        reactor=reactor,
+        permit_insecure=options["permitInsecureMode"],
+    )
+    web = ListeningService(reactor, options["portNum"], site, access_log)
+    _add(services, WEB, web)
+    port = await web.listen()
+    _log.info("imaginator listening on port {port}", port=port)
+    _add(services, AUTO, auto)
+
+    async def collect_garbage() -> None:
+        await _collect_garbage(core)
+
+    collector = Poller("garbage collection", collect_garbage, clock=reactor, interval=GC_INTERVAL)
+    _add(services, COLLECTOR, PollerService(collector))
+    return Daemon(
+        services, pool, runner, core, deps, auto, rpc, pages, site, web, archive, access_log, port
+    )
+
+
+def _pages(
+    core: Core,
+    deps: DependencyGenerator,
+    archive: BuildLogArchive | None,
+    runner: ProcessRunner,
+    reactor: Any,
+    in_thread: Callable[..., Deferred[Any]],
+    log_ring: LogRing | None,
+) -> StatusPages:
+    """The status page with the stream, image, archive and graph pages installed."""
+    started_at = reactor.seconds()
+    arch = go_arch()
+    pages = StatusPages(
+        source=core.builder,
+        clock=reactor,
+        started_at=started_at,
+        hostname=socket.gethostname(),
+        version=__version__,
+        log_ring=log_ring,
+        image_link=lambda name: f"showImage?{quote_query(name)}",
+        archive_enabled=archive is not None,
+    )
+    StreamPages(
+        core.builder, core.store, reactor, arch, __version__, started_at=started_at
+    ).install(pages.app)
+    if archive is not None:
+        ArchivePages(archive, in_thread, reactor).install(pages.app)
+
+    DiffPages(core.store, in_thread, reactor, __version__).install(pages.app)
+    GraphPages(
+        deps,
+        reactor,
+        core.config.relationships_quick_links,
+        spawn_dot(reactor, runner=runner),
+        auto_rebuild=lambda: core.config.image_streams_to_auto_rebuild,
+        version=__version__,
+    ).install(pages.app)
+    return pages
+
+
+async def _start_archive(
+    options: Options, builder: Builder, reactor: Any, pool: ThreadPool
+) -> BuildLogArchive | None:
+    """The build log archive (``-buildLogDir``), fed by every finished build."""
+    top, quota = options["buildLogDir"], options["buildLogQuota"]
+    if not archive_enabled(top, quota):
+        return None
+    archive = BuildLogArchive(top, quota)
+    await deferToThreadPool(reactor, pool, archive.load)
+
+    def archive_result(result: Any) -> None:
+        name = archive_name(result, image_datestamp(result.finished_at))
+        d = deferToThreadPool(
+            reactor, pool, archive.add, name, BuildInfo.from_result(result), result.log
+        )
+        d.addErrback(
+            lambda failure: _log.warn(
+                "Error archiving build log: {error}", error=failure.getErrorMessage()
+            )
+        )
+
+    builder.add_listener(archive_result)
+    return archive
+
+
+async def _collect_garbage(core: Core) -> None:
+    """Remove expired images, then objects no image references (between builds).
+
+    A failure is logged by the poller, which tries again an hour later.
+    """
+    store = core.store
+    expired = await store.delete_expired_images()
+    for name in expired:
+        _log.info("Deleted expired image: {name}", name=name)
+    removed, freed = await core.builder.exclusive(store.collect_garbage)
+    if removed:
+        _log.info(
+            "Collected {count} unreferenced objects ({size})",
+            count=removed,
+            size=format_bytes(freed),
+        )
+
+
+# ================================================================ the process
+
+
+def check_process_environment() -> None:
+    """Refuse to run unless root with umask 022 (builds create files owned by root)."""
+    if os.geteuid() != 0:
+        raise SystemExit("imaginator: Must run the Image Builder as root")
+    previous = os.umask(0o022)
+    os.umask(previous)
+    if previous != 0o022:
+        raise SystemExit(
+            f"imaginator: umask is {previous:03o}, must be 022 (the imaginator command sets it)"
+        )
+
+
+class DaemonRunner(Service):
+    """What twistd runs: the log ring, the signal handlers, start-up and its failure.
+
+    ``set_exit_status(code)`` records the status the process exits with
+    (1 after a start-up failure).
+    """
+
+    def __init__(
+        self,
+        options: Options,
+        reactor: Any,
+        *,
+        set_exit_status: Callable[[int], None],
+    ) -> None:
+        self.options = options
+        self.reactor = reactor
+        self._set_exit_status = set_exit_status
+        self.log_ring = LogRing(options["logbufLines"])
+        self.daemon: Daemon | None = None
+        self.ready: Deferred[Daemon] = Deferred()
+        self._starting: Deferred[Daemon] | None = None
+        self._stopping = False
+
+    def startService(self) -> None:
+        super().startService()
+        globalLogPublisher.addObserver(self.log_ring)
+        self.reactor.callWhenRunning(self.install_signal_handlers)
+        pool = make_thread_pool("imaginator", THREADS)
+        self._starting = Deferred.fromCoroutine(
+            create_daemon(self.options, self.reactor, pool, log_ring=self.log_ring)
+        )
+        self._starting.addCallbacks(self._started, self._fatal)
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT and SIGTERM stop the daemon cleanly, whatever they were before
+        (a shell starting the daemon in the background leaves SIGINT ignored)."""
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self._on_signal)
+
+    def _on_signal(self, number: int, _frame: Any) -> None:
+        # Called between two bytecodes of the main thread: only hand over.
+        self.reactor.callFromThread(self._stop_on_signal, signal.Signals(number).name)
+
+    def _stop_on_signal(self, name: str) -> None:
+        if self._stopping or not self.reactor.running:
+            _log.info("Received {signal}: already stopping", signal=name)
+            return
+        self._stopping = True
+        _log.info("Received {signal}: stopping", signal=name)
+        self.reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        try:
+            starting = self._starting
+            if starting is not None and self.daemon is None:
+                # Stopped during start-up: cancelled, create_daemon stops what
+                # it started (each step bounded) before this fires.
+                starting.cancel()
+                await starting
+            elif self.daemon is not None:
+                await self.daemon.services.stopService()
+        finally:
+            globalLogPublisher.removeObserver(self.log_ring)
+
+    def _started(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.ready.callback(daemon)
+
+    def _fatal(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return
+        if failure.check(ConfigError, FetchError, StartupError, AccessLogError, SystemExit):
+            message = str(failure.value)
+        else:
+            message = f"start-up failed: {failure.getErrorMessage()}"
+            _log.failure("start-up failed", failure)
+        # twistd turns sys.stderr into a logger: write to the real standard error.
+        os.write(2, f"imaginator: {message}\n".encode("utf-8", errors="replace"))
+        self._set_exit_status(1)
+        self.ready.errback(failure)
+        self.ready.addErrback(lambda _failure: None)
+        if self.reactor.running:
+            self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)

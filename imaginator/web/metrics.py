@@ -1,0 +1,157 @@
+"""``/metrics``: the daemon's state in the Prometheus text exposition format.
+
+Gauges only: builds running now, each stream's last build (success, duration,
+when it finished), the number of images in the store and the uptime. The
+builder's state is in memory; the image count is read through the
+``AsyncImageStore`` (its thread pool), so the handler never blocks the
+reactor, and an unreadable store only leaves ``imaginator_images_total`` out.
+Stream names are label values, escaped as the format requires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from imaginator.store.base import StoreError
+from imaginator.web.pages import set_security_headers
+
+__all__ = ["METRICS_CONTENT_TYPE", "MetricsPage", "escape_label"]
+
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+_log = Logger()
+
+
+class LastBuild(Protocol):
+    """The fields of a finished build (``BuildResult``) the metrics read."""
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def image_name(self) -> str: ...
+
+    @property
+    def error(self) -> str: ...
+
+    @property
+    def started_at(self) -> float: ...
+
+    @property
+    def finished_at(self) -> float: ...
+
+
+class BuildState(Protocol):
+    """What the metrics read from the builder (all cheap, in-memory)."""
+
+    def running_count(self) -> int: ...
+
+    def last_results(self) -> Sequence[LastBuild]: ...
+
+
+class ImageList(Protocol):
+    """The one store call the metrics make (``AsyncImageStore.list_images``)."""
+
+    async def list_images(self) -> list[str]: ...
+
+
+def escape_label(value: str) -> str:
+    """A Prometheus label value escaped for the text exposition format."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+class _Metrics:
+    """Collects the lines of a Prometheus text exposition."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, help_text: str, samples: Iterable[tuple[str, float]]) -> None:
+        """One gauge: ``samples`` are ``(stream label or "", value)``."""
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} gauge")
+        for stream, value in samples:
+            labels = f'{{stream="{escape_label(stream)}"}}' if stream else ""
+            self.lines.append(f"{name}{labels} {_number(value)}")
+
+    def text(self) -> bytes:
+        return "".join(line + "\n" for line in self.lines).encode("utf-8")
+
+
+class MetricsPage:
+    """``/metrics``, installed on a Klein app.
+
+    ``builder`` gives the build state (``Builder``), ``store`` the image
+    count (``AsyncImageStore``), ``clock`` the time and ``started_at`` the
+    daemon's start (for the uptime).
+    """
+
+    def __init__(
+        self, builder: BuildState, store: ImageList, clock: IReactorTime, started_at: float
+    ) -> None:
+        self._builder = builder
+        self._store = store
+        self._clock = clock
+        self._started_at = started_at
+
+    def install(self, app: Klein) -> None:
+        """Add the route to ``app``."""
+        app.route("/metrics", methods=["GET", "HEAD"], endpoint="metrics:/metrics")(self.metrics)
+
+    async def metrics(self, request: IRequest) -> bytes:
+        """``/metrics``: build state, image count and uptime in the Prometheus text format."""
+        now = self._clock.seconds()
+        out = _Metrics()
+        out.family(
+            "imaginator_builds_running",
+            "Builds running now.",
+            [("", self._builder.running_count())],
+        )
+        self._build_metrics(out)
+        count = await self._image_count()
+        if count is not None:
+            out.family("imaginator_images_total", "Images in the store.", [("", count)])
+        out.family(
+            "imaginator_uptime_seconds",
+            "Seconds since the daemon started.",
+            [("", max(0.0, now - self._started_at))],
+        )
+        set_security_headers(request)
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE)
+        return out.text()
+
+    def _build_metrics(self, out: _Metrics) -> None:
+        results = sorted(self._builder.last_results(), key=lambda r: r.stream)
+        out.family(
+            "imaginator_stream_last_build_success",
+            "Whether the stream's last build succeeded (1) or failed (0).",
+            [(r.stream, 0 if r.error or not r.image_name else 1) for r in results],
+        )
+        out.family(
+            "imaginator_stream_last_build_duration_seconds",
+            "Duration of the stream's last build.",
+            [(r.stream, max(0.0, r.finished_at - r.started_at)) for r in results],
+        )
+        out.family(
+            "imaginator_stream_last_build_timestamp_seconds",
+            "When the stream's last build finished (Unix time).",
+            [(r.stream, r.finished_at) for r in results],
+        )
+
+    async def _image_count(self) -> int | None:
+        try:
+            return len(await self._store.list_images())
+        except (StoreError, OSError) as exc:
+            _log.warn("Cannot count images: {error}", error=str(exc))
+            return None
