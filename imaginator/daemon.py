@@ -39,6 +39,7 @@ from imaginator.lifecycle import (
     BUILDS,
     COLLECTOR,
     DEPS,
+    PLAIN_VARIABLES,
     POOL,
     STREAMS,
     VARIABLES,
@@ -65,7 +66,7 @@ from imaginator.runtime.threads import make_thread_pool
 from imaginator.scheduler import Builder, BuilderSettings
 from imaginator.sources.documents import FetchError, fetch_url
 from imaginator.sources.streams import StreamsRegistry
-from imaginator.sources.variables import VariablesFile
+from imaginator.sources.variables import BuildVariables, VariablesFile
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 from imaginator.web.access import AccessLog, AccessLogError, PagesSite
 from imaginator.web.archive_pages import ArchivePages, quote_query
@@ -90,7 +91,7 @@ class Core:
     """The parts every build needs (shared by the daemon and the test harness)."""
 
     config: MainConfig
-    variables: VariablesFile
+    variables: BuildVariables
     streams: StreamsRegistry
     local_store: LocalImageStore
     store: AsyncImageStore
@@ -145,6 +146,7 @@ async def assemble_core(
     state_dir: str,
     variables_file: str,
     settings: BuilderSettings,
+    plain_variables_file: str = "",
     runner: ProcessRunner,
 ) -> Core:
     """Variables, image streams, the embedded store and the builder, as children of ``services``."""
@@ -152,9 +154,17 @@ async def assemble_core(
     def in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, pool, f, *args)
 
-    variables = VariablesFile(variables_file, reactor=reactor, clock=reactor, threadpool=pool)
-    await in_thread(variables.load_initial)
-    _add(services, VARIABLES, variables)
+    secret = VariablesFile(variables_file, reactor=reactor, clock=reactor, threadpool=pool)
+    await in_thread(secret.load_initial)
+    _add(services, VARIABLES, secret)
+    plain = None
+    if plain_variables_file:
+        plain = VariablesFile(
+            plain_variables_file, secret=False, reactor=reactor, clock=reactor, threadpool=pool
+        )
+        await in_thread(plain.load_initial)
+        _add(services, PLAIN_VARIABLES, plain)
+    variables = BuildVariables(secret, plain)
     streams = StreamsRegistry(
         source_url=config.image_streams_url,
         state_dir=state_dir,
@@ -164,6 +174,7 @@ async def assemble_core(
         threadpool=pool,
         check_interval=config.image_streams_check_interval,
         secrets=variables.values,
+        redact_values=variables.secret_values,
     )
     _add(services, STREAMS, streams)
     local_store = await in_thread(LocalImageStore, os.path.join(state_dir, "store"))
@@ -253,6 +264,7 @@ async def _assemble(
         pool=pool,
         state_dir=state_dir,
         variables_file=options["variablesFile"],
+        plain_variables_file=options["plainVariablesFile"],
         settings=BuilderSettings(
             maximum_build_duration=options["maximumBuildDuration"],
             maximum_concurrent_builds=options["maximumConcurrentBuilds"],
@@ -272,6 +284,7 @@ async def _assemble(
         streams=streams,
         bootstrap_streams=tuple(config.bootstrap_streams),
         secrets=core.variables.values,
+        redact_values=core.variables.secret_values,
         arch=arch,
         tmpdir=tmpdir,
     )
