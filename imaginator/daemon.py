@@ -39,6 +39,7 @@ from imaginator.lifecycle import (
     BUILDS,
     COLLECTOR,
     DEPS,
+    PLAIN_VARIABLES,
     POOL,
     STREAMS,
     VARIABLES,
@@ -63,7 +64,7 @@ from imaginator.runtime.threads import make_thread_pool
 from imaginator.scheduler import Builder, BuilderSettings
 from imaginator.sources.documents import FetchError, fetch_url
 from imaginator.sources.streams import StreamsRegistry
-from imaginator.sources.variables import VariablesFile
+from imaginator.sources.variables import BuildVariables, VariablesFile
 from imaginator.srpc.identity import Authoriser
 from imaginator.srpc.server import MethodRegistry
 from imaginator.srpc.site import SrpcSite
@@ -91,7 +92,7 @@ class Core:
     """The parts every build needs (shared by the daemon and the test harness)."""
 
     config: MainConfig
-    variables: VariablesFile
+    variables: BuildVariables
     streams: StreamsRegistry
     local_store: LocalImageStore
     store: AsyncImageStore
@@ -146,6 +147,7 @@ async def assemble_core(
     state_dir: str,
     variables_file: str,
     settings: BuilderSettings,
+    plain_variables_file: str = "",
     runner: ProcessRunner,
 ) -> Core:
     """Variables, image streams, the embedded store and the builder, as children of ``services``."""
@@ -153,9 +155,17 @@ async def assemble_core(
     def in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, pool, f, *args)
 
-    variables = VariablesFile(variables_file, reactor=reactor, clock=reactor, threadpool=pool)
-    await in_thread(variables.load_initial)
-    _add(services, VARIABLES, variables)
+    secret = VariablesFile(variables_file, reactor=reactor, clock=reactor, threadpool=pool)
+    await in_thread(secret.load_initial)
+    _add(services, VARIABLES, secret)
+    plain = None
+    if plain_variables_file:
+        plain = VariablesFile(
+            plain_variables_file, secret=False, reactor=reactor, clock=reactor, threadpool=pool
+        )
+        await in_thread(plain.load_initial)
+        _add(services, PLAIN_VARIABLES, plain)
+    variables = BuildVariables(secret, plain)
     streams = StreamsRegistry(
         source_url=config.image_streams_url,
         state_dir=state_dir,
@@ -165,6 +175,7 @@ async def assemble_core(
         threadpool=pool,
         check_interval=config.image_streams_check_interval,
         secrets=variables.values,
+        redact_values=variables.secret_values,
     )
     _add(services, STREAMS, streams)
     local_store = await in_thread(LocalImageStore, os.path.join(state_dir, "store"))
@@ -254,6 +265,7 @@ async def _assemble(
         pool=pool,
         state_dir=state_dir,
         variables_file=options["variablesFile"],
+        plain_variables_file=options["plainVariablesFile"],
         settings=BuilderSettings(
             maximum_build_duration=options["maximumBuildDuration"],
             maximum_concurrent_builds=options["maximumConcurrentBuilds"],
@@ -273,6 +285,7 @@ async def _assemble(
         streams=streams,
         bootstrap_streams=tuple(config.bootstrap_streams),
         secrets=core.variables.values,
+        redact_values=core.variables.secret_values,
         arch=arch,
         tmpdir=tmpdir,
     )

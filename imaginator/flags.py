@@ -149,6 +149,12 @@ FLAGS: tuple[FlagSpec, ...] = (
         "",
         "A JSON file (or NAME=Value lines) of secret variables for expansion",
     ),
+    FlagSpec(
+        "plainVariablesFile",
+        "string",
+        "",
+        "A JSON file (or NAME=Value lines) of plain variables for expansion (never redacted)",
+    ),
 )
 
 

@@ -170,9 +170,10 @@ def tls_disabled_warning(options: Mapping[str, Any]) -> str:
 
 
 # Names of the children of DaemonServices, in the order they are added.
-POOL, VARIABLES, STREAMS, BUILDS, DEPS, WEB, AUTO, COLLECTOR = (
+POOL, VARIABLES, PLAIN_VARIABLES, STREAMS, BUILDS, DEPS, WEB, AUTO, COLLECTOR = (
     "thread pool",
     "variables",
+    "plain variables",
     "image streams",
     "builds",
     "dependency generator",
@@ -181,7 +182,7 @@ POOL, VARIABLES, STREAMS, BUILDS, DEPS, WEB, AUTO, COLLECTOR = (
     "garbage collection",
 )
 #: Step 2 of the stop: the services whose timers stop before builds are killed.
-PERIODIC = (AUTO, COLLECTOR, DEPS, STREAMS, VARIABLES)
+PERIODIC = (AUTO, COLLECTOR, DEPS, STREAMS, VARIABLES, PLAIN_VARIABLES)
 
 
 class ThreadPoolService(Service):
