@@ -164,6 +164,13 @@ class Call:
         """True while the client is connected and this call is running."""
         return not self._finished and self._channel.connected_for_calls
 
+    @property
+    def consumer(self) -> Any:
+        """The transport the call's replies go to (an ``IConsumer``: register a
+        producer on it to be paused while the client reads slowly), or
+        ``None`` once the connection is gone."""
+        return getattr(self._channel, "transport", None)
+
     async def read_json(self) -> Any:
         """The next JSON value from the client (Go ``json.Decoder`` rules).
 
