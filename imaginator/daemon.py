@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ from imaginator.lifecycle import (
     DEPS,
     PLAIN_VARIABLES,
     POOL,
+    PUBLISH,
     STREAMS,
     VARIABLES,
     WEB,
@@ -50,10 +52,13 @@ from imaginator.lifecycle import (
     StartupError,
     ThreadPoolService,
     check_flags,
+    registry_settings,
     server_tls_options,
     tls_disabled_warning,
 )
 from imaginator.pipeline.rootfs import unmount_all_under
+from imaginator.publish.publisher import Publisher, PublishJob, target_lookup
+from imaginator.publish.push import PushOutcome, push_to_registry
 from imaginator.rpc.service import PUBLIC_METHODS, ExpirationLimits, ImaginatorService
 from imaginator.runtime.archive import BuildInfo, BuildLogArchive, archive_enabled, archive_name
 from imaginator.runtime.ctime import measure_ctime_resolution
@@ -116,6 +121,7 @@ class Daemon:
     archive: BuildLogArchive | None
     access_log: AccessLog | None
     port: int
+    publisher: Publisher | None = None
 
     @property
     def builder(self) -> Builder:
@@ -239,6 +245,7 @@ async def _assemble(
 
     for warning in check_flags(options):
         _log.warn("{warning}", warning=warning)
+    registry_files = await in_thread(registry_settings, options)
     tls_options = await in_thread(server_tls_options, options)
     if tls_options is None:
         _log.warn("{warning}", warning=tls_disabled_warning(options))
@@ -278,6 +285,28 @@ async def _assemble(
     )
     builder, streams = core.builder, core.streams
     archive = await _start_archive(options, builder, reactor, pool)
+
+    def push(job: PublishJob, cancelled: threading.Event) -> Deferred[PushOutcome]:
+        return in_thread(
+            lambda: push_to_registry(
+                core.local_store,
+                job.image_name,
+                job.target,
+                registry_files,
+                work_directory=tmpdir,
+                cancelled=cancelled,
+            )
+        )
+
+    publisher = Publisher(
+        clock=reactor,
+        target_of=target_lookup(config.bootstrap_streams, streams.current, arch),
+        push=push,
+        redact=core.variables.redact,
+        retry_delay=options["publishRetryDelay"],
+    )
+    builder.add_listener(publisher.on_build)
+    _add(services, PUBLISH, publisher)
     deps = DependencyGenerator(
         reactor=reactor,
         clock=reactor,
@@ -324,7 +353,7 @@ async def _assemble(
         streams_loaded=lambda: streams.loaded,
         per_user_limit=options["maximumConcurrentBuildsPerUser"],
     )
-    pages = _pages(core, deps, archive, runner, reactor, in_thread, log_ring)
+    pages = _pages(core, deps, archive, publisher, runner, reactor, in_thread, log_ring)
     registry = MethodRegistry()
     rpc.register(registry)
     site = SrpcSite(
@@ -351,7 +380,20 @@ async def _assemble(
     collector = Poller("garbage collection", collect_garbage, clock=reactor, interval=GC_INTERVAL)
     _add(services, COLLECTOR, PollerService(collector))
     return Daemon(
-        services, pool, runner, core, deps, auto, rpc, pages, site, web, archive, access_log, port
+        services,
+        pool,
+        runner,
+        core,
+        deps,
+        auto,
+        rpc,
+        pages,
+        site,
+        web,
+        archive,
+        access_log,
+        port,
+        publisher=publisher,
     )
 
 
@@ -359,6 +401,7 @@ def _pages(
     core: Core,
     deps: DependencyGenerator,
     archive: BuildLogArchive | None,
+    publisher: Publisher,
     runner: ProcessRunner,
     reactor: Any,
     in_thread: Callable[..., Deferred[Any]],
@@ -378,7 +421,13 @@ def _pages(
         archive_enabled=archive is not None,
     )
     StreamPages(
-        core.builder, core.store, reactor, arch, __version__, started_at=started_at
+        core.builder,
+        core.store,
+        reactor,
+        arch,
+        __version__,
+        started_at=started_at,
+        publishing=publisher,
     ).install(pages.app)
     if archive is not None:
         ArchivePages(archive, in_thread, reactor).install(pages.app)

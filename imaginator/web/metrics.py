@@ -20,6 +20,7 @@ from twisted.web.iweb import IRequest
 
 from imaginator.store.base import StoreError
 from imaginator.web.pages import set_security_headers
+from imaginator.web.publish_view import PublishState, publish_families
 
 __all__ = ["METRICS_CONTENT_TYPE", "MetricsPage", "escape_label"]
 
@@ -93,16 +94,23 @@ class MetricsPage:
 
     ``builder`` gives the build state (``Builder``), ``store`` the image
     count (``AsyncImageStore``), ``clock`` the time and ``started_at`` the
-    daemon's start (for the uptime).
+    daemon's start (for the uptime); ``publishing`` (the publisher) the
+    ``imaginator_publish_*`` gauges.
     """
 
     def __init__(
-        self, builder: BuildState, store: ImageList, clock: IReactorTime, started_at: float
+        self,
+        builder: BuildState,
+        store: ImageList,
+        clock: IReactorTime,
+        started_at: float,
+        publishing: PublishState | None = None,
     ) -> None:
         self._builder = builder
         self._store = store
         self._clock = clock
         self._started_at = started_at
+        self._publishing = publishing
 
     def install(self, app: Klein) -> None:
         """Add the route to ``app``."""
@@ -118,6 +126,8 @@ class MetricsPage:
             [("", self._builder.running_count())],
         )
         self._build_metrics(out)
+        for name, help_text, samples in publish_families(self._publishing):
+            out.family(name, help_text, samples)
         count = await self._image_count()
         if count is not None:
             out.family("imaginator_images_total", "Images in the store.", [("", count)])

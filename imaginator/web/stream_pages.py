@@ -53,6 +53,7 @@ from imaginator.store.base import InvalidNameError, StoreError
 from imaginator.web.archive_pages import quote_query
 from imaginator.web.metrics import MetricsPage
 from imaginator.web.pages import HTML, TEXT, make_environment, query_argument, set_security_headers
+from imaginator.web.publish_view import PublishState, publish_context
 
 __all__ = ["MAX_FILES", "MAX_IMAGE_DETAILS", "StreamPages"]
 
@@ -277,7 +278,8 @@ class StreamPages:
     ``builder`` gives the configuration and build state (``Builder``),
     ``store`` the images (``AsyncImageStore``), ``clock`` the time (page
     footers, uptime), ``arch`` the ``$ARCH`` of stream environments and
-    ``version`` the footer's version.
+    ``version`` the footer's version; ``publishing`` (the publisher) each
+    stream's publishing state.
     """
 
     def __init__(
@@ -289,8 +291,10 @@ class StreamPages:
         version: str,
         *,
         started_at: float | None = None,
+        publishing: PublishState | None = None,
     ) -> None:
         self._builder = builder
+        self._publishing = publishing
         self._store = store
         self._clock = clock
         self._arch = arch
@@ -314,7 +318,9 @@ class StreamPages:
         )
         for path, handler in routes:
             app.route(path, methods=["GET", "HEAD"], endpoint=f"streams:{path}")(handler)
-        MetricsPage(self._builder, self._store, self._clock, self._started_at).install(app)
+        MetricsPage(
+            self._builder, self._store, self._clock, self._started_at, self._publishing
+        ).install(app)
 
     # -- answers ---------------------------------------------------------------
 
@@ -510,8 +516,16 @@ class StreamPages:
         if kind is None:
             return self._html(request, "stream", name=name, exists=False)
         store = await self._store_context(name)
+        publish = publish_context(self._publishing, name, self._clock.seconds())
         return self._html(
-            request, "stream", name=name, exists=True, **kind, **store, **self._build_context(name)
+            request,
+            "stream",
+            name=name,
+            exists=True,
+            **kind,
+            **store,
+            **self._build_context(name),
+            publish=publish,
         )
 
     async def show_image(self, request: IRequest) -> bytes:

@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"sources"},
     {"pipeline"},
     {"scheduler"},
-    {"deps", "autobuild"},
+    {"deps", "autobuild", "publish"},
     {"rpc", "web"},
     {"tools"},
     {"flags"},
