@@ -7,9 +7,10 @@ stream ``bench/base`` on it (one package, one file) and ``bench/app`` on that
 listed for the automatic rebuild cycle.
 
 The two configuration files differ in one place only: the Debian mirror. Ours
-reads ``$DEBIAN_MIRROR`` from the variables file (``-variablesFile``), as the
-demo runs it; the Go imaginator expands a bootstrap command with the request's
-variables only (reference §3.6), so its copy carries the value itself.
+reads ``$DEBIAN_MIRROR`` from the host's variables file (the plain one that
+``scripts/setup-host`` writes, or an older secret one), given as
+``-variablesFile``; the Go imaginator expands a bootstrap command with the
+request's variables only (reference §3.6), so its copy carries the value itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CONF = REPO / "sample-config" / "conf.json"
 VARIABLES_FILE = Path("/etc/imaginator/variables")
+PLAIN_VARIABLES_FILE = Path("/etc/imaginator/plain-variables")
 
 #: The certificate user the requests come from; its certificate grants ``Imaginator.*``.
 BENCH_USER = "bench"
@@ -66,8 +68,21 @@ def parse_variables(text: str) -> dict[str, str]:
     return result
 
 
-def debian_mirror(path: Path = VARIABLES_FILE) -> str:
-    """``DEBIAN_MIRROR`` from the host's variables file (never a built-in mirror)."""
+def mirror_file(paths: tuple[Path, ...] = (PLAIN_VARIABLES_FILE, VARIABLES_FILE)) -> Path:
+    """The first of the host's variables files that defines ``DEBIAN_MIRROR``."""
+    for path in paths:
+        try:
+            if parse_variables(path.read_text()).get("DEBIAN_MIRROR"):
+                return path
+        except OSError:
+            continue
+    shown = " or ".join(str(path) for path in paths)
+    raise SetupError(f"no DEBIAN_MIRROR in {shown}: run scripts/setup-host first")
+
+
+def debian_mirror(path: Path | None = None) -> str:
+    """``DEBIAN_MIRROR`` from the host's variables files (never a built-in mirror)."""
+    path = mirror_file() if path is None else path
     try:
         variables = parse_variables(path.read_text())
     except OSError as exc:
@@ -157,7 +172,8 @@ def write_workload(root: Path, *, quick: bool) -> Workload:
     else:
         bootstrap_key, bootstrap = _debian_stream(sample)
         packagers = {"deb": sample["PackagerTypes"]["deb"]}
-        package, mirror, variables = DEBIAN_PACKAGE, debian_mirror(), VARIABLES_FILE
+        variables = mirror_file()
+        package, mirror = DEBIAN_PACKAGE, debian_mirror(variables)
     bootstrap_name = bootstrap_key.replace("$ARCH", arch)
 
     repository = root / "manifests"

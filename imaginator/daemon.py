@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,9 @@ from imaginator.lifecycle import (
     BUILDS,
     COLLECTOR,
     DEPS,
+    PLAIN_VARIABLES,
     POOL,
+    PUBLISH,
     STREAMS,
     VARIABLES,
     WEB,
@@ -49,13 +52,14 @@ from imaginator.lifecycle import (
     StartupError,
     ThreadPoolService,
     check_flags,
+    registry_settings,
     server_tls_options,
     tls_disabled_warning,
 )
 from imaginator.pipeline.rootfs import unmount_all_under
-from imaginator.rpc.auth import Authoriser
+from imaginator.publish.publisher import Publisher, PublishJob, target_lookup
+from imaginator.publish.push import PushOutcome, push_to_registry
 from imaginator.rpc.service import PUBLIC_METHODS, ExpirationLimits, ImaginatorService
-from imaginator.rpc.srpc import MethodRegistry, SrpcSite
 from imaginator.runtime.archive import BuildInfo, BuildLogArchive, archive_enabled, archive_name
 from imaginator.runtime.ctime import measure_ctime_resolution
 from imaginator.runtime.logbuffer import LogRing
@@ -65,7 +69,10 @@ from imaginator.runtime.threads import make_thread_pool
 from imaginator.scheduler import Builder, BuilderSettings
 from imaginator.sources.documents import FetchError, fetch_url
 from imaginator.sources.streams import StreamsRegistry
-from imaginator.sources.variables import VariablesFile
+from imaginator.sources.variables import BuildVariables, VariablesFile
+from imaginator.srpc.identity import Authoriser
+from imaginator.srpc.server import MethodRegistry
+from imaginator.srpc.site import SrpcSite
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 from imaginator.web.access import AccessLog, AccessLogError, PagesSite
 from imaginator.web.archive_pages import ArchivePages, quote_query
@@ -92,7 +99,7 @@ class Core:
     """The parts every build needs (shared by the daemon and the test harness)."""
 
     config: MainConfig
-    variables: VariablesFile
+    variables: BuildVariables
     streams: StreamsRegistry
     local_store: LocalImageStore
     store: AsyncImageStore
@@ -116,6 +123,7 @@ class Daemon:
     archive: BuildLogArchive | None
     access_log: AccessLog | None
     port: int
+    publisher: Publisher | None = None
 
     @property
     def builder(self) -> Builder:
@@ -147,6 +155,7 @@ async def assemble_core(
     state_dir: str,
     variables_file: str,
     settings: BuilderSettings,
+    plain_variables_file: str = "",
     runner: ProcessRunner,
 ) -> Core:
     """Variables, image streams, the embedded store and the builder, as children of ``services``."""
@@ -154,9 +163,17 @@ async def assemble_core(
     def in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, pool, f, *args)
 
-    variables = VariablesFile(variables_file, reactor=reactor, clock=reactor, threadpool=pool)
-    await in_thread(variables.load_initial)
-    _add(services, VARIABLES, variables)
+    secret = VariablesFile(variables_file, reactor=reactor, clock=reactor, threadpool=pool)
+    await in_thread(secret.load_initial)
+    _add(services, VARIABLES, secret)
+    plain = None
+    if plain_variables_file:
+        plain = VariablesFile(
+            plain_variables_file, secret=False, reactor=reactor, clock=reactor, threadpool=pool
+        )
+        await in_thread(plain.load_initial)
+        _add(services, PLAIN_VARIABLES, plain)
+    variables = BuildVariables(secret, plain)
     streams = StreamsRegistry(
         source_url=config.image_streams_url,
         state_dir=state_dir,
@@ -166,6 +183,7 @@ async def assemble_core(
         threadpool=pool,
         check_interval=config.image_streams_check_interval,
         secrets=variables.values,
+        redact_values=variables.secret_values,
     )
     _add(services, STREAMS, streams)
     local_store = await in_thread(LocalImageStore, os.path.join(state_dir, "store"))
@@ -229,6 +247,7 @@ async def _assemble(
 
     for warning in check_flags(options):
         _log.warn("{warning}", warning=warning)
+    registry_files = await in_thread(registry_settings, options)
     tls_options = await in_thread(server_tls_options, options)
     if tls_options is None:
         _log.warn("{warning}", warning=tls_disabled_warning(options))
@@ -255,6 +274,7 @@ async def _assemble(
         pool=pool,
         state_dir=state_dir,
         variables_file=options["variablesFile"],
+        plain_variables_file=options["plainVariablesFile"],
         settings=BuilderSettings(
             maximum_build_duration=options["maximumBuildDuration"],
             maximum_concurrent_builds=options["maximumConcurrentBuilds"],
@@ -267,6 +287,28 @@ async def _assemble(
     )
     builder, streams = core.builder, core.streams
     archive = await _start_archive(options, builder, reactor, pool)
+
+    def push(job: PublishJob, cancelled: threading.Event) -> Deferred[PushOutcome]:
+        return in_thread(
+            lambda: push_to_registry(
+                core.local_store,
+                job.image_name,
+                job.target,
+                registry_files,
+                work_directory=tmpdir,
+                cancelled=cancelled,
+            )
+        )
+
+    publisher = Publisher(
+        clock=reactor,
+        target_of=target_lookup(config.bootstrap_streams, streams.current, arch),
+        push=push,
+        redact=core.variables.redact,
+        retry_delay=options["publishRetryDelay"],
+    )
+    builder.add_listener(publisher.on_build)
+    _add(services, PUBLISH, publisher)
     deps = DependencyGenerator(
         reactor=reactor,
         clock=reactor,
@@ -274,6 +316,7 @@ async def _assemble(
         streams=streams,
         bootstrap_streams=tuple(config.bootstrap_streams),
         secrets=core.variables.values,
+        redact_values=core.variables.secret_values,
         arch=arch,
         tmpdir=tmpdir,
     )
@@ -312,7 +355,7 @@ async def _assemble(
         streams_loaded=lambda: streams.loaded,
         per_user_limit=options["maximumConcurrentBuildsPerUser"],
     )
-    pages = _pages(core, deps, archive, runner, reactor, in_thread, log_ring)
+    pages = _pages(core, deps, archive, publisher, runner, reactor, in_thread, log_ring)
     registry = MethodRegistry()
     rpc.register(registry)
     site = SrpcSite(
@@ -339,7 +382,20 @@ async def _assemble(
     collector = Poller("garbage collection", collect_garbage, clock=reactor, interval=GC_INTERVAL)
     _add(services, COLLECTOR, PollerService(collector))
     return Daemon(
-        services, pool, runner, core, deps, auto, rpc, pages, site, web, archive, access_log, port
+        services,
+        pool,
+        runner,
+        core,
+        deps,
+        auto,
+        rpc,
+        pages,
+        site,
+        web,
+        archive,
+        access_log,
+        port,
+        publisher=publisher,
     )
 
 
@@ -347,6 +403,7 @@ def _pages(
     core: Core,
     deps: DependencyGenerator,
     archive: BuildLogArchive | None,
+    publisher: Publisher,
     runner: ProcessRunner,
     reactor: Any,
     in_thread: Callable[..., Deferred[Any]],
@@ -376,6 +433,7 @@ def _pages(
         __version__,
         started_at=started_at,
         counters=counters,
+        publishing=publisher,
     ).install(pages.app)
     if archive is not None:
         ArchivePages(archive, in_thread, reactor).install(pages.app)

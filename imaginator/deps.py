@@ -364,7 +364,8 @@ class DependencyGenerator(Service):
     ``streams`` has ``current() -> StreamsDocument`` and
     ``subscribe(callback) -> unsubscribe``; if it also says ``is_loaded``
     when the service starts, a first run starts at once. ``secrets()``
-    returns the variables file's values. ``tmpdir`` is where git checkouts
+    returns the variables that expand manifest locations, ``redact_values()``
+    (default: the same) those that must not appear in messages. ``tmpdir`` is where git checkouts
     go (default: the system's temporary directory).
 
     ``fetch`` (see :data:`FetchFunc`) and ``monotonic`` (elapsed-time
@@ -383,6 +384,7 @@ class DependencyGenerator(Service):
         secrets: Callable[[], Mapping[str, str]],
         arch: str,
         tmpdir: str | None = None,
+        redact_values: Callable[[], Mapping[str, str]] | None = None,
         fetch: FetchFunc | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -392,6 +394,7 @@ class DependencyGenerator(Service):
         self._streams = streams
         self._bootstrap = frozenset(bootstrap_streams)
         self._secrets = secrets
+        self._redact_values = redact_values if redact_values is not None else secrets
         self._arch = arch
         self._tmpdir = tmpdir
         self._fetch: FetchFunc = fetch if fetch is not None else _default_fetch
@@ -480,7 +483,7 @@ class DependencyGenerator(Service):
     async def _attempt(self) -> float:
         """One generation; records the outcome; returns the cumulative fetch time."""
         self.runs += 1
-        redact = make_redactor(self._secrets())
+        redact = make_redactor(self._redact_values())
         log: list[str] = []
         fetch_seconds = 0.0
         try:

@@ -125,6 +125,24 @@ FLAGS: tuple[FlagSpec, ...] = (
         "Hostname of image server for links presented on the dashboards",
     ),
     FlagSpec(
+        "publishRetryDelay",
+        "seconds",
+        "1m",
+        "Delay before retrying a failed push to a registry (doubled each time; 5 attempts in all)",
+    ),
+    FlagSpec(
+        "registryCA",
+        "string",
+        "",
+        "CA certificates (PEM) to verify registries with when publishing (empty: the system's)",
+    ),
+    FlagSpec(
+        "registryCredentials",
+        "string",
+        "",
+        "Registry credentials for publishing: Docker's config.json, or {username, password}",
+    ),
+    FlagSpec(
         "slaveDriverConfigurationFile",
         "string",
         "",
@@ -148,6 +166,12 @@ FLAGS: tuple[FlagSpec, ...] = (
         "string",
         "",
         "A JSON file (or NAME=Value lines) of secret variables for expansion",
+    ),
+    FlagSpec(
+        "plainVariablesFile",
+        "string",
+        "",
+        "A JSON file (or NAME=Value lines) of plain variables for expansion (never redacted)",
     ),
 )
 

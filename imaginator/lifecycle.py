@@ -7,7 +7,8 @@ no stop can hang:
 
 1. no new builds are accepted (build requests get "daemon shutting down");
 2. the timers and pollers stop (auto-rebuild cycle, garbage collection,
-   dependency generator, streams and variables watchers);
+   dependency generator, streams and variables watchers, the publisher's
+   retries and its queue);
 3. running builds are killed and recorded as failed;
 4. the runs in flight of step 2 are waited for (they end with their builds);
 5. the port stops listening and open connections are dropped, then the
@@ -26,6 +27,10 @@ no stop can hang:
   (and, with ``-permitInsecureMode``, RPC is served without TLS). If some of
   the default files exist but not all, or one is bad, that is an error as
   above: a half-installed PKI is a mistake, not a fresh machine.
+
+**Registry files**: ``-registryCredentials`` and ``-registryCA`` (used when
+publishing), when set, must name a readable credentials file and a PEM CA
+file; otherwise start-up stops with one line naming the flag and the file.
 
 **Unused flags**: flags accepted (the Go imaginator has them) but not used
 yet are reported with one warning each, only when set to something else
@@ -48,10 +53,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from imaginator.export.registry import RegistryError
 from imaginator.flags import FLAGS_BY_NAME
-from imaginator.rpc.srpc import SrpcSite, make_server_tls_options
+from imaginator.publish.push import RegistrySettings, check_registry_file
 from imaginator.runtime.threads import stop_thread_pool
 from imaginator.scheduler import Builder
+from imaginator.srpc.site import SrpcSite
+from imaginator.srpc.tls import make_server_tls_options
 from imaginator.web.access import AccessLog
 
 #: The bound on each step of stopping (see the module docstring).
@@ -159,6 +167,23 @@ def server_tls_options(
         ) from None
 
 
+def registry_settings(options: Mapping[str, Any]) -> RegistrySettings:
+    """``-registryCredentials`` and ``-registryCA``, their files checked
+    (blocking); ``StartupError`` naming the flag and the file."""
+    for flag in ("registryCredentials", "registryCA"):
+        path = options[flag]
+        if not path:
+            continue
+        try:
+            check_registry_file(flag, path)
+        except RegistryError as exc:
+            problem = str(exc)
+            if problem.startswith(path):  # "FILE: x" or "FILE.key: x": the flag names FILE
+                problem = problem[len(path) :].lstrip(":. ")
+            raise StartupError(f"-{flag}={path}: {problem}") from None
+    return RegistrySettings(options["registryCredentials"], options["registryCA"])
+
+
 def tls_disabled_warning(options: Mapping[str, Any]) -> str:
     """The one warning of a fresh machine without certificates."""
     files = ", ".join(options[name] for name in TLS_FLAGS)
@@ -169,18 +194,21 @@ def tls_disabled_warning(options: Mapping[str, Any]) -> str:
 
 
 # Names of the children of DaemonServices, in the order they are added.
-POOL, VARIABLES, STREAMS, BUILDS, DEPS, WEB, AUTO, COLLECTOR = (
+POOL, VARIABLES, PLAIN_VARIABLES, STREAMS, BUILDS, PUBLISH, DEPS, WEB, AUTO, COLLECTOR = (
     "thread pool",
     "variables",
+    "plain variables",
     "image streams",
     "builds",
+    "publisher",
     "dependency generator",
     "web",
     "automatic image build cycle",
     "garbage collection",
 )
-#: Step 2 of the stop: the services whose timers stop before builds are killed.
-PERIODIC = (AUTO, COLLECTOR, DEPS, STREAMS, VARIABLES)
+#: Step 2 of the stop: the services whose timers stop before builds are killed
+#: (the publisher's retries; its push in flight stops between two blobs).
+PERIODIC = (AUTO, COLLECTOR, DEPS, STREAMS, VARIABLES, PLAIN_VARIABLES, PUBLISH)
 
 
 class ThreadPoolService(Service):

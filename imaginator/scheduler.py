@@ -160,8 +160,9 @@ class Builder:
 
     ``streams`` is the registry of normal streams (``current()`` and
     ``ensure_known(name, predicate)``, which reloads once for an unknown name);
-    ``secrets`` gives the variables file's values (``values()``) and removes
-    them from text (``redact(text)``).
+    ``secrets`` gives the variables builds expand with (``values()``), those
+    that must not be shown (``secret_values()``) and removes them from text
+    (``redact(text)``).
     """
 
     def __init__(
@@ -310,6 +311,11 @@ class Builder:
         return self._secrets.redact(text) if self._secrets is not None else text
 
     def secret_values(self) -> Mapping[str, str]:
+        """The values redacted from build logs."""
+        return self._secrets.secret_values() if self._secrets is not None else {}
+
+    def variable_values(self) -> Mapping[str, str]:
+        """The variables files' values (plain and secret), for expansion."""
         return self._secrets.values() if self._secrets is not None else {}
 
     # -- building ----------------------------------------------------------------
@@ -545,7 +551,7 @@ class Builder:
             packager = self.config.packager_types.get(config.packager_type)
             if packager is None:
                 raise BuildError(f'packager type: "{config.packager_type}" unknown')
-            variables = {**self.secret_values(), **config.variables, **dict(options.variables)}
+            variables = {**self.variable_values(), **config.variables, **dict(options.variables)}
             return await self._pipeline.bootstrap(
                 env,
                 config,
@@ -564,7 +570,7 @@ class Builder:
                 git_branch=options.git_branch,
                 max_source_age=options.max_source_age,
                 request_variables=dict(options.variables),
-                secrets=self.secret_values(),
+                secrets=self.variable_values(),
                 tmpdir=self._settings.tmpdir,
                 ctime_resolution=self._settings.ctime_resolution,
                 source_trees=self.source_trees,

@@ -17,7 +17,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from imaginator.config.environment import environment_of
 from imaginator.config.expand import expand, expand_opportunistic
+from imaginator.config.publish import PublishConfig, PublishConfigError, parse_publish, resolve
 from imaginator.config.urls import redact_url, resolve_url
 from imaginator.goformats.jsonc import ConfigError
 from imaginator.goformats.jsonc import loads as jsonc_loads
@@ -90,6 +92,8 @@ class BootstrapStream:
     image_triggers: tuple[Trigger, ...] | None = None
     #: Plain (not secret) variables: for expanding the command, and in its environment.
     variables: Mapping[str, str] = field(default_factory=dict)
+    #: Where new images are pushed (``config.publish``); ``None``: not published.
+    publish: PublishConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -237,7 +241,7 @@ def _bootstrap_stream(
 ) -> BootstrapStream:
     obj = _object(value, path)
     command = _string_list(obj.get("BootstrapCommand"), _join(path, "BootstrapCommand"))
-    return BootstrapStream(
+    stream = BootstrapStream(
         name=name,
         bootstrap_command=tuple(expand_opportunistic(arg, arch_lookup) for arg in command),
         filter_lines=_filter_lines(obj.get("FilterLines"), _join(path, "FilterLines")),
@@ -248,6 +252,16 @@ def _bootstrap_stream(
         packager_type=_string(obj.get("PackagerType"), _join(path, "PackagerType")),
         variables=_string_map(obj.get("Variables"), _join(path, "Variables")),
     )
+    publish_path = _join(path, "Publish")
+    try:
+        publish = parse_publish(obj.get("Publish"), publish_path)
+        if publish is None:
+            return stream
+        environment = environment_of(name, stream.variables, arch_lookup("ARCH") or "")
+        resolve(publish, environment.get, publish_path)
+    except PublishConfigError as exc:
+        raise _Invalid(exc.path, exc.message) from None
+    return dataclasses.replace(stream, publish=publish)
 
 
 def _bootstrap_streams(

@@ -14,15 +14,16 @@ ignored, so any document the Go imaginator reads is read the same way here.
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from imaginator.config.environment import environment_of
 from imaginator.config.expand import expand
 from imaginator.config.fields import FieldReader
 from imaginator.config.main import ConfigError
+from imaginator.config.publish import PublishConfig, parse_publish, resolve
 from imaginator.goformats.jsonc import ConfigError as _JsoncError
 from imaginator.goformats.jsonc import loads as jsonc_loads
 from imaginator.image.filter import FilterError, compile_re2
@@ -37,6 +38,8 @@ class StreamConfig:
     manifest_url: str = ""
     manifest_directory: str = ""
     variables: Mapping[str, str] = field(default_factory=dict)
+    #: Where new images are pushed (``config.publish``); ``None``: not published.
+    publish: PublishConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ def parse_stream_config(obj: Any, where: str) -> StreamConfig:
             _get_field(obj, "ManifestDirectory"), f"{where}.ManifestDirectory"
         ),
         variables=_string_map(_get_field(obj, "Variables"), f"{where}.Variables"),
+        publish=parse_publish(_get_field(obj, "Publish"), f"{where}.Publish"),
     )
 
 
@@ -121,12 +125,16 @@ def parse_streams(data: bytes | str, source: str, arch: str) -> StreamsDocument:
         document = {}
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: expected an object")
-    streams = {
-        name: parse_stream_config(value, where)
-        for name, where, value in _expanded_entries(
-            _get_field(document, "Streams"), "Streams", source, arch, "duplicate stream"
-        )
-    }
+    streams: dict[str, StreamConfig] = {}
+    for name, where, value in _expanded_entries(
+        _get_field(document, "Streams"), "Streams", source, arch, "duplicate stream"
+    ):
+        config = streams[name] = parse_stream_config(value, where)
+        if config.publish is not None:
+            # A pattern's is checked when a stream it matches is published:
+            # only then is the stream name in its environment known.
+            environment = stream_environment(name, config, arch)
+            resolve(config.publish, environment.get, f"{where}.Publish")
     patterns = tuple(
         (key, compile_pattern(key, where), parse_stream_config(value, where))
         for key, where, value in _expanded_entries(
@@ -163,39 +171,14 @@ def lookup(
 # --------------------------------------------------------------- variables
 
 
-def go_path_dir(name: str) -> str:
-    """Go ``path.Dir``: everything before the last slash, cleaned (``.`` if none)."""
-    head = name[: name.rfind("/") + 1]
-    cleaned = posixpath.normpath(head) if head else "."
-    return "/" + cleaned.lstrip("/") if cleaned.startswith("//") else cleaned
-
-
-def go_path_base(name: str) -> str:
-    """Go ``path.Base``: the last element, trailing slashes removed."""
-    if name == "":
-        return "."
-    stripped = name.rstrip("/")
-    if stripped == "":
-        return "/"
-    return stripped[stripped.rfind("/") + 1 :]
-
-
 def stream_environment(stream: str, config: StreamConfig, arch: str) -> dict[str, str]:
-    """The stream environment of reference §3.6.
+    """The stream environment of reference §3.6 (see ``config.environment``).
 
     The stream's ``Variables``, each expanded where only ``IMAGE_STREAM`` is
     known, overridden by ``ARCH``, ``IMAGE_STREAM``,
     ``IMAGE_STREAM_DIRECTORY_NAME`` and ``IMAGE_STREAM_LEAF_NAME``.
     """
-    only_stream = {"IMAGE_STREAM": stream}.get
-    env = {name: expand(value, only_stream) for name, value in config.variables.items()}
-    env.update(
-        ARCH=arch,
-        IMAGE_STREAM=stream,
-        IMAGE_STREAM_DIRECTORY_NAME=go_path_dir(stream),
-        IMAGE_STREAM_LEAF_NAME=go_path_base(stream),
-    )
-    return env
+    return environment_of(stream, config.variables, arch)
 
 
 def build_variables(

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from imaginator.goformats.gojson import marshal_text
 from imaginator.image.triggers import Trigger, TriggersError, triggers_from_json, triggers_to_json
 
 HASH_SIZE = 64
@@ -39,15 +40,6 @@ _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|([+-])(\d{2}):(\d{2}))"
 )
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
-# Go's encoding/json escapes these even though JSON does not require it.
-_GO_ESCAPES = {
-    "<": "\\u003c",
-    ">": "\\u003e",
-    "&": "\\u0026",
-    "\u2028": "\\u2028",
-    "\u2029": "\\u2029",
-}
-_GO_ESCAPE_RE = re.compile("[<>&\u2028\u2029]")
 
 
 class ImageFormatError(ValueError):
@@ -304,15 +296,11 @@ def image_to_json(image: Image) -> dict[str, Any]:
 
 def dumps_image(image: Image, indent: int | None = None) -> str:
     """Serialise ``image`` exactly as Go's ``json.Marshal`` (``indent=None``)
-    or ``json.MarshalIndent`` with ``indent`` spaces would."""
-    return dumps_go_json(image_to_json(image), indent=indent)
-
-
-def dumps_go_json(value: Any, indent: int | None = None) -> str:
-    """``json.dumps`` with Go's separators and string escaping."""
-    separators = (",", ":") if indent is None else (",", ": ")
-    text = json.dumps(value, ensure_ascii=False, separators=separators, indent=indent)
-    return _GO_ESCAPE_RE.sub(lambda m: _GO_ESCAPES[m.group()], text)
+    or ``json.MarshalIndent`` with ``indent`` spaces would, except that names
+    that are not UTF-8 stay lone surrogates: encode the text with
+    ``surrogateescape`` to keep them byte-exact."""
+    spaces = None if indent is None else " " * indent
+    return marshal_text(image_to_json(image), indent=spaces)
 
 
 def _list_or_null(values: tuple[str, ...] | None) -> list[str] | None:

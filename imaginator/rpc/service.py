@@ -19,13 +19,14 @@ from twisted.logger import Logger
 from imaginator.autobuild import AutoBuilder, AutoBuildError
 from imaginator.config.main import BootstrapStream
 from imaginator.deps import DependencyGenerator, graphviz_dot
+from imaginator.goformats.gojson import JsonDecodeError
 from imaginator.goformats.units import format_duration, format_time
 from imaginator.image.model import format_go_time, image_to_json
 from imaginator.pipeline.pack import BuildError
-from imaginator.rpc.auth import CallAuth
-from imaginator.rpc.srpc import Call, CallError, JsonDecodeError, MethodRegistry
 from imaginator.runtime.follower import FOLLOWER_BUFFER_LIMIT, Consumer, LogPump
 from imaginator.scheduler import Builder, BuildOptions, BuildResult
+from imaginator.srpc.identity import CallAuth
+from imaginator.srpc.server import Call, CallError, MethodRegistry
 
 NS = 1_000_000_000
 STREAMS_WAIT = 60.0
@@ -173,11 +174,9 @@ class ExpirationLimits:
 def _call_consumer(call: Call) -> Consumer | None:
     """The transport under ``call``: it pushes back when the client reads slowly.
 
-    ``Call`` does not offer it yet, so it is taken from the call's channel;
-    without one the log is written as it comes.
+    Without one (a test's fake call) the log is written as it comes.
     """
-    channel = getattr(call, "_channel", None)
-    return getattr(channel, "transport", None)
+    return getattr(call, "consumer", None)
 
 
 class ImaginatorService:

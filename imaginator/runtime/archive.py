@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import re
 import shutil
 import stat
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 from twisted.logger import Logger
 
+from imaginator.goformats.gojson import marshal
 from imaginator.goformats.units import format_bytes, format_duration, seconds_to_ns
 
 
@@ -124,18 +124,6 @@ def stream_of(image_name: str) -> str:
 
 # ------------------------------------------------------------------ buildInfo
 
-# Go's encoding/json escapes these even inside strings (HTML-safe output).
-_GO_JSON_ESCAPES = {
-    ord("<"): "\\u003c",
-    ord(">"): "\\u003e",
-    ord("&"): "\\u0026",
-    0x2028: "\\u2028",
-    0x2029: "\\u2029",
-}
-# Lone surrogates stand for bytes that were not UTF-8 (surrogateescape); Go
-# writes each invalid byte as an escaped replacement character.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
 
 @dataclass(frozen=True)
 class BuildInfo:
@@ -172,9 +160,7 @@ class BuildInfo:
             fields["Error"] = self.error
         if self.requestor:
             fields["RequestorUsername"] = self.requestor
-        text = json.dumps(fields, indent=4, ensure_ascii=False).translate(_GO_JSON_ESCAPES)
-        text = _SURROGATE.sub(lambda _m: "\\ufffd", text)
-        return (text + "\n").encode("utf-8")
+        return marshal(fields, indent="    ") + b"\n"
 
     @classmethod
     def from_json(cls, data: bytes) -> BuildInfo:

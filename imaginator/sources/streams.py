@@ -99,6 +99,7 @@ class StreamsRegistry(Service):
         threadpool: Any,
         check_interval: float,
         secrets: Callable[[], Mapping[str, str]],
+        redact_values: Callable[[], Mapping[str, str]] | None = None,
         cache_grace: float = DEFAULT_CACHE_GRACE,
         local_poll: float = DEFAULT_LOCAL_POLL,
         fetch: Fetch | None = None,
@@ -113,6 +114,7 @@ class StreamsRegistry(Service):
         self._clock = clock
         self._threadpool = threadpool
         self._secrets = secrets
+        self._redact_values = redact_values if redact_values is not None else secrets
         self._current = StreamsDocument()
         self._current_hash: bytes | None = None
         self._loaded_at: float | None = None
@@ -230,7 +232,7 @@ class StreamsRegistry(Service):
     # ----------------------------------------------------------- internals
 
     def _redact(self, text: str) -> str:
-        return make_redactor(self._secrets())(text)
+        return make_redactor(self._redact_values())(text)
 
     def _on_error(self, message: str) -> None:
         _log.error(

@@ -1,6 +1,7 @@
-"""The secret variables file (``-variablesFile``, reference §3.5), kept current.
+"""The variables files, kept current: the secret one (``-variablesFile``,
+reference §3.5) and the plain one (``-plainVariablesFile``).
 
-No message here ever contains a value of the file.
+No message here ever contains a value of either file.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from imaginator.sources.watch import (
     locate_document,
 )
 
-__all__ = ["VariablesFile"]
+__all__ = ["BuildVariables", "VariablesFile"]
 
 _log = Logger()
 
 
 class VariablesFile(Service):
-    """The secret variables file (``-variablesFile``, reference §3.5), kept current.
+    """A variables file, kept current: secret (``-variablesFile``, reference
+    §3.5) unless ``secret`` is false (``-plainVariablesFile``).
 
     :meth:`load_initial` reads it once before the reactor runs; while the
     service runs it is watched (inode change, every ``local_poll`` seconds)
@@ -44,6 +46,7 @@ class VariablesFile(Service):
         self,
         path: str,
         *,
+        secret: bool = True,
         reactor: Any,
         clock: Any,
         threadpool: Any,
@@ -52,6 +55,7 @@ class VariablesFile(Service):
         inode_of: InodeOf | None = None,
     ) -> None:
         self.path = ""
+        self.secret = secret
         self.source: DocumentSource | None = None
         self._values: Mapping[str, str] = MappingProxyType({})
         self._redactor: Callable[[str], str] = make_redactor({})
@@ -94,9 +98,13 @@ class VariablesFile(Service):
         """The current variables (read-only)."""
         return self._values
 
+    def secret_values(self) -> Mapping[str, str]:
+        """The values that must never be shown: all of them, or none for a plain file."""
+        return self._values if self.secret else MappingProxyType({})
+
     def redact(self, text: str) -> str:
-        """``text`` with every current variable value replaced by ``[REDACTED]``."""
-        return self._redactor(text)
+        """``text`` with every secret value replaced by ``[REDACTED]``."""
+        return self._redactor(text) if self.secret else text
 
     def startService(self) -> None:
         super().startService()
@@ -133,3 +141,25 @@ class VariablesFile(Service):
 
     def _on_error(self, message: str) -> None:
         _log.error("Error reading variables file: {error}", error=self.redact(message))
+
+
+class BuildVariables:
+    """The variables builds expand with: the plain file's, overridden by the
+    secret file's; only the secret ones are redacted."""
+
+    def __init__(self, secret: VariablesFile, plain: VariablesFile | None = None) -> None:
+        self.secret = secret
+        self.plain = plain
+
+    def values(self) -> Mapping[str, str]:
+        """Every variable, for expansion."""
+        if self.plain is None or not self.plain.values():
+            return self.secret.values()
+        return MappingProxyType({**self.plain.values(), **self.secret.values()})
+
+    def secret_values(self) -> Mapping[str, str]:
+        """The values to redact."""
+        return self.secret.values()
+
+    def redact(self, text: str) -> str:
+        return self.secret.redact(text)

@@ -26,16 +26,15 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from imaginator.goformats.gojson import JsonDecodeError, marshal
 from imaginator.goformats.units import SECOND
-from imaginator.rpc.auth import AuthError, identity_from_chain
-from imaginator.rpc.srpc import (
+from imaginator.srpc.framing import (
     INSECURE_JSON_PATH,
     TLS_JSON_PATH,
-    JsonDecodeError,
     SrpcConnectionError,
     SrpcError,
-    encode_json,
 )
+from imaginator.srpc.identity import AuthError, identity_from_chain
 from imaginator.tools.builder_common import (
     END_BANNER,
     START_BANNER,
@@ -154,7 +153,7 @@ async def dial_imaginator(
 ) -> Any:
     """An SRPC client: TLS presenting ``cert`` (then plain if the server has no
     TLS path), or plain when there is no certificate."""
-    from imaginator.rpc.srpc import connect
+    from imaginator.srpc.client import connect
 
     query = "" if method_powers else "?doNotUseMethodPowers=true"
     if cert is not None:
@@ -234,7 +233,7 @@ class Remote:
         client = await self.client()
         reply = await client.call(method, request)
         if not isinstance(reply, dict):
-            raise CommandFailed(f"unexpected reply: {encode_json(reply).decode()}")
+            raise CommandFailed(f"unexpected reply: {marshal(reply).decode()}")
         if reply.get("Error"):
             raise CommandFailed(str(reply["Error"]))
         return reply
@@ -317,7 +316,7 @@ async def cmd_build_image(remote: Remote) -> None:
             if not name:
                 raise CommandFailed("no image returned: upgrade the Imaginator")
             raise CommandFailed(f"image: {name} uploaded, not returned: upgrade the Imaginator")
-        write_file(values["imageFilename"], encode_json(image) + b"\n", 0o644)
+        write_file(values["imageFilename"], marshal(image) + b"\n", 0o644)
         return
     io.out(f"{name}\n")
 
@@ -332,47 +331,6 @@ _DEPENDENCIES_RESULT = (
 )
 
 
-def go_indent(compact: bytes, indent: bytes = b"    ") -> bytes:
-    """Go's ``json.Indent`` of compact JSON (``{}`` and ``[]`` stay empty)."""
-    out = bytearray()
-    depth = 0
-    in_string = escaped = opened = False
-    for byte in compact:
-        char = bytes((byte,))
-        if in_string:
-            out += char
-            if escaped:
-                escaped = False
-            elif char == b"\\":
-                escaped = True
-            elif char == b'"':
-                in_string = False
-            continue
-        if opened and char not in b"]}":
-            opened = False
-            depth += 1
-            out += b"\n" + indent * depth
-        if char in b"{[":
-            out += char
-            opened = True
-        elif char in b"]}":
-            if opened:
-                opened = False
-            else:
-                depth -= 1
-                out += b"\n" + indent * depth
-            out += char
-        elif char == b",":
-            out += b",\n" + indent * depth
-        elif char == b":":
-            out += b": "
-        else:
-            if char == b'"':
-                in_string = True
-            out += char
-    return bytes(out)
-
-
 def _sorted_map(value: Any) -> Any:
     return dict(sorted(value.items())) if isinstance(value, dict) else value
 
@@ -380,7 +338,7 @@ def _sorted_map(value: Any) -> Any:
 async def cmd_get_dependencies(remote: Remote) -> None:
     reply = await remote.call("Imaginator.GetDependencies", {"MaxAge": 0})
     result = {name: _sorted_map(reply.get(name, zero)) for name, zero in _DEPENDENCIES_RESULT}
-    remote.io.out(go_indent(encode_json(result)) + b"\n")
+    remote.io.out(marshal(result, indent="    ") + b"\n")
 
 
 async def cmd_get_digraph(remote: Remote) -> None:

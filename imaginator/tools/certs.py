@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from imaginator.rpc.auth import GROUPS_OID, PERMITTED_METHODS_OID, encode_string_sequence
+from imaginator.srpc.identity import GROUPS_OID, PERMITTED_METHODS_OID, encode_string_sequence
 
 PROGRAM = "imaginator-certs"
 CLOCK_SKEW = datetime.timedelta(minutes=5)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imaginator.config.main import PackagerType
+from imaginator.goformats.gojson import marshal_text
 from imaginator.goformats.units import format_time
 from imaginator.image.model import (
     ComputedRegularInode,
@@ -23,7 +24,6 @@ from imaginator.image.model import (
     RegularInode,
     SpecialInode,
     SymlinkInode,
-    dumps_go_json,
 )
 from imaginator.image.triggers import Trigger, triggers_to_json
 from imaginator.pipeline.packager import generic_packager_script
@@ -62,7 +62,7 @@ class PackagerView:
 
 def pretty_json(value: Any) -> str:
     """JSON as Go's ``libjson.WriteWithIndent`` writes it (4 spaces, final newline)."""
-    return dumps_go_json(value, indent=4) + "\n"
+    return marshal_text(value, indent="    ") + "\n"
 
 
 def directory_of(image_name: str) -> str:

@@ -24,6 +24,7 @@ from twisted.web.iweb import IRequest
 from imaginator.runtime.stages import StageTime, stage_totals
 from imaginator.store.base import StoreError
 from imaginator.web.pages import set_security_headers
+from imaginator.web.publish_view import PublishState, publish_families
 
 __all__ = ["METRICS_CONTENT_TYPE", "BuildCounters", "MetricsPage", "escape_label"]
 
@@ -128,7 +129,9 @@ class MetricsPage:
 
     ``builder`` gives the build state (``Builder``), ``store`` the image
     count (``AsyncImageStore``), ``clock`` the time and ``started_at`` the
-    daemon's start (for the uptime).
+    daemon's start (for the uptime); ``publishing`` (the publisher) the
+    ``imaginator_publish_*`` gauges; ``counters`` (fed by the builder) the
+    build counters.
     """
 
     def __init__(
@@ -137,12 +140,14 @@ class MetricsPage:
         store: ImageList,
         clock: IReactorTime,
         started_at: float,
+        publishing: PublishState | None = None,
         counters: BuildCounters | None = None,
     ) -> None:
         self._builder = builder
         self._store = store
         self._clock = clock
         self._started_at = started_at
+        self._publishing = publishing
         self._counters = counters
 
     def install(self, app: Klein) -> None:
@@ -159,6 +164,8 @@ class MetricsPage:
             [("", self._builder.running_count())],
         )
         self._build_metrics(out)
+        for name, help_text, samples in publish_families(self._publishing):
+            out.family(name, help_text, samples)
         count = await self._image_count()
         if count is not None:
             out.family("imaginator_images_total", "Images in the store.", [("", count)])

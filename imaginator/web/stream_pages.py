@@ -59,6 +59,7 @@ from imaginator.web.pages import (
     set_security_headers,
     split_format,
 )
+from imaginator.web.publish_view import PublishState, publish_context
 from imaginator.web.stream_json import bootstrap_json, normal_json, stream_json, streams_json
 from imaginator.web.views import stage_rows
 
@@ -151,7 +152,8 @@ class StreamPages:
     ``store`` the images (``AsyncImageStore``), ``clock`` the time (page
     footers, uptime), ``arch`` the ``$ARCH`` of stream environments and
     ``version`` the footer's version; ``counters`` (fed by the builder)
-    adds the build counters to ``/metrics``.
+    adds the build counters to ``/metrics``; ``publishing`` (the publisher)
+    each stream's publishing state.
     """
 
     def __init__(
@@ -164,8 +166,10 @@ class StreamPages:
         *,
         started_at: float | None = None,
         counters: BuildCounters | None = None,
+        publishing: PublishState | None = None,
     ) -> None:
         self._builder = builder
+        self._publishing = publishing
         self._store = store
         self._clock = clock
         self._arch = arch
@@ -190,7 +194,12 @@ class StreamPages:
         for path, handler in routes:
             app.route(path, methods=["GET", "HEAD"], endpoint=f"streams:{path}")(handler)
         MetricsPage(
-            self._builder, self._store, self._clock, self._started_at, self._counters
+            self._builder,
+            self._store,
+            self._clock,
+            self._started_at,
+            counters=self._counters,
+            publishing=self._publishing,
         ).install(app)
 
     # -- answers ---------------------------------------------------------------
@@ -408,8 +417,16 @@ class StreamPages:
         if kind is None:
             return self._html(request, "stream", name=name, exists=False)
         store = await self._store_context(name)
+        publish = publish_context(self._publishing, name, self._clock.seconds())
         return self._html(
-            request, "stream", name=name, exists=True, **kind, **store, **self._build_context(name)
+            request,
+            "stream",
+            name=name,
+            exists=True,
+            **kind,
+            **store,
+            **self._build_context(name),
+            publish=publish,
         )
 
     async def _stream_json(self, request: IRequest, name: str) -> bytes:

@@ -20,9 +20,11 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 
-from imaginator.rpc.auth import Authoriser
 from imaginator.rpc.service import PUBLIC_METHODS, ExpirationLimits, ImaginatorService
-from imaginator.rpc.srpc import MethodRegistry, SrpcSite, make_server_tls_options
+from imaginator.srpc.identity import Authoriser
+from imaginator.srpc.server import MethodRegistry
+from imaginator.srpc.site import SrpcSite
+from imaginator.srpc.tls import make_server_tls_options
 from imaginator.tools.certs import make_ca, make_server_cert, make_user_cert
 from tests.support.configs import clean_env
 from tests.support.harness import make_harness

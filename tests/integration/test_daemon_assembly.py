@@ -13,7 +13,17 @@ from twisted.internet.error import ConnectionRefusedError
 from imaginator.config.main import ConfigError
 from imaginator.daemon import create_daemon
 from imaginator.flags import FLAGS
-from imaginator.lifecycle import AUTO, BUILDS, COLLECTOR, DEPS, POOL, STREAMS, VARIABLES, WEB
+from imaginator.lifecycle import (
+    AUTO,
+    BUILDS,
+    COLLECTOR,
+    DEPS,
+    POOL,
+    PUBLISH,
+    STREAMS,
+    VARIABLES,
+    WEB,
+)
 from imaginator.runtime.threads import make_thread_pool
 from tests.support.configs import busybox_conf
 
@@ -51,7 +61,7 @@ async def test_create_daemon_wires_the_parts_and_stops_them(tmp_path, no_default
     daemon = await create_daemon(options(tmp_path, **no_default_certificates), reactor, pool)
     try:
         names = [service.name for service in daemon.services]
-        assert names == [POOL, VARIABLES, STREAMS, BUILDS, DEPS, WEB, AUTO, COLLECTOR]
+        assert names == [POOL, VARIABLES, STREAMS, BUILDS, PUBLISH, DEPS, WEB, AUTO, COLLECTOR]
         assert all(service.running for service in daemon.services)
         # Passed in constructors, not patched in afterwards.
         assert daemon.rpc.auto is daemon.auto and daemon.rpc.deps is daemon.deps

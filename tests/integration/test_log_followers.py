@@ -25,18 +25,16 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from imaginator.rpc.auth import Authoriser
 from imaginator.rpc.service import ExpirationLimits, ImaginatorService
-from imaginator.rpc.srpc import (
-    INSECURE_JSON_PATH,
-    MethodRegistry,
-    SrpcSite,
-    connect,
-    make_server_tls_options,
-)
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.follower import WRITE_PIECE, LogPump
 from imaginator.scheduler import BuildResult, CurrentBuild
+from imaginator.srpc.client import connect
+from imaginator.srpc.framing import INSECURE_JSON_PATH
+from imaginator.srpc.identity import Authoriser
+from imaginator.srpc.server import MethodRegistry
+from imaginator.srpc.site import SrpcSite
+from imaginator.srpc.tls import make_server_tls_options
 from imaginator.tools.certs import make_ca, make_server_cert, make_user_cert
 from imaginator.web.pages import StatusPages
 

@@ -588,3 +588,29 @@ async def test_same_content_from_a_new_commit_is_published_and_found_by_a_pinned
     # The stream pinned to the new commit finds that image as its source.
     assert not on_pinned.error, on_pinned.log.decode()
     assert harness.store.get_image(on_pinned.image_name).source_image == second.image_name
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_variables_expand_like_secrets_but_are_shown(tmp_path):
+    conf = _bb_conf_with_command(_BB_SCRIPT + "; echo '$MIRROR $TOKEN' > etc/sources")
+    harness = await make_harness(
+        tmp_path / "h",
+        conf=conf,
+        # The secret file overrides a plain variable of the same name.
+        secrets="TOKEN=s3cr3t-token\nOVERRIDDEN=from-secrets\n",
+        plain="MIRROR=http://mirror.invalid/debian\nOVERRIDDEN=from-plain\n",
+    )
+    try:
+        result = await harness.build(BB)
+        values = dict(harness.variables.values())
+    finally:
+        await harness.stop()
+    assert not result.error, result.log.decode()
+    image = harness.store.get_image(result.image_name)
+    files = {path: inode for path, _inum, inode in image.file_system.walk()}
+    written = harness.store.read_object(files["/etc/sources"].hash.hex()).decode()
+    assert written == "http://mirror.invalid/debian s3cr3t-token\n"
+    log = result.log.decode()
+    assert "http://mirror.invalid/debian [REDACTED]" in log  # the command as logged
+    assert "s3cr3t-token" not in log
+    assert values["OVERRIDDEN"] == "from-secrets"

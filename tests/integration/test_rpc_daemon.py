@@ -11,7 +11,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from imaginator.rpc.srpc import SrpcError, connect
+from imaginator.srpc.client import connect
+from imaginator.srpc.framing import SrpcError
 from imaginator.store.local import LocalImageStore
 from imaginator.tools.certs import make_ca, make_server_cert, make_user_cert
 from tests.support.configs import BUSYBOX, busybox_conf

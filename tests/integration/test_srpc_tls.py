@@ -28,21 +28,17 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from imaginator.rpc.auth import PERMITTED_METHODS_OID, Authoriser, encode_string_sequence
-from imaginator.rpc.srpc import (
+from imaginator.srpc.client import SrpcClient, connect
+from imaginator.srpc.framing import (
     INSECURE_JSON_PATH,
-    Call,
-    CallError,
-    MethodRegistry,
-    SrpcClient,
     SrpcConnectionError,
     SrpcError,
     SrpcLimits,
-    SrpcSite,
-    connect,
-    make_client_tls_options,
-    make_server_tls_options,
 )
+from imaginator.srpc.identity import PERMITTED_METHODS_OID, Authoriser, encode_string_sequence
+from imaginator.srpc.server import Call, CallError, MethodRegistry
+from imaginator.srpc.site import SrpcSite
+from imaginator.srpc.tls import make_client_tls_options, make_server_tls_options
 from imaginator.tools.certs import make_ca, make_server_cert, make_user_cert
 from tests.support.vectors import VECTORS
 

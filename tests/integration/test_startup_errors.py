@@ -31,12 +31,17 @@ def bad_regex(doc):
     doc["BootstrapStreams"]["bootstrap/busybox"]["FilterLines"] = ["/ok", "(unclosed"]
 
 
+def publish_with_tag(doc):
+    doc["BootstrapStreams"]["bootstrap/busybox"]["Publish"] = "localhost:5000/bb:latest"
+
+
 CASES = [
     ("missing", None, "conf.json"),
     ("not-json", "{ this is not json", "conf.json"),
     ("wrong-type", set_size_multiplier, "PackagerTypes.busybox.ListCommand.SizeMultiplier"),
     ("unknown-packager", unknown_packager, "PackagerType"),
     ("bad-regex", bad_regex, "FilterLines"),
+    ("bad-publish", publish_with_tag, "BootstrapStreams.bootstrap/busybox.Publish: no tag"),
 ]
 
 
@@ -81,3 +86,23 @@ async def test_a_bad_flag_is_one_line_and_exit_2():
     assert daemon.stderr == [
         'imaginator: invalid value "abc" for flag -portNum: want an integer; see imaginator -h'
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bad_registry_credentials_file_stops_startup(tmp_path):
+    credentials = tmp_path / "registry.json"
+    credentials.write_text('{"username": "alice", "password": "s3cret"')  # cut short
+    daemon = Daemon(
+        [
+            "-portNum=0",
+            f"-stateDir={tmp_path / 'state'}",
+            f"-configurationUrl=file://{busybox_conf(tmp_path)}",
+            f"-registryCredentials={credentials}",
+        ]
+    ).start()
+    code = await daemon.ended.addTimeout(60, daemon.reactor)
+    assert code != 0
+    assert [line for line in daemon.stderr if line.startswith("imaginator: ")] == [
+        f"imaginator: -registryCredentials={credentials}: not JSON"
+    ], daemon.output()
+    assert "s3cret" not in daemon.output()

@@ -20,7 +20,7 @@ from imaginator.runtime.threads import make_thread_pool
 from imaginator.scheduler import Builder, BuilderSettings, BuildOptions, BuildResult
 from imaginator.sources.documents import fetch_url
 from imaginator.sources.streams import StreamsRegistry
-from imaginator.sources.variables import VariablesFile
+from imaginator.sources.variables import BuildVariables
 from imaginator.store.local import LocalImageStore
 from tests.support.vectors import VECTORS
 
@@ -42,7 +42,7 @@ class Harness:
     builder: Builder
     store: LocalImageStore
     streams: StreamsRegistry
-    variables: VariablesFile
+    variables: BuildVariables
     pool: ThreadPool
     tmp: Path
     services: DaemonServices
@@ -67,6 +67,7 @@ async def make_harness(
     conf: dict[str, Any] | None = None,
     streams: dict[str, Any] | None = None,
     secrets: str = "",
+    plain: str = "",
     max_builds: int = 2,
     tree_cache: bool = False,
     tree_cache_images: int = 4,
@@ -85,6 +86,10 @@ async def make_harness(
     if secrets:
         (tmp / "variables").write_text(secrets)
         variables_path = str(tmp / "variables")
+    plain_path = ""
+    if plain:
+        (tmp / "plain-variables").write_text(plain)
+        plain_path = str(tmp / "plain-variables")
     pool = make_thread_pool("test", 4)
     services = start_services(reactor, pool)
 
@@ -102,6 +107,7 @@ async def make_harness(
         pool=pool,
         state_dir=str(tmp),
         variables_file=variables_path,
+        plain_variables_file=plain_path,
         settings=BuilderSettings(
             maximum_concurrent_builds=max_builds,
             tmpdir=str(work),

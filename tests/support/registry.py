@@ -49,9 +49,9 @@ class Registry:
             self.process.wait(timeout=30)
 
 
-def start_registry(directory: Path, extra: str = "") -> Registry:
-    """Start ``docker-registry serve`` on 127.0.0.1 (port chosen by it) and
-    return once it listens."""
+def start_registry(directory: Path, extra: str = "", address: str = "127.0.0.1:0") -> Registry:
+    """Start ``docker-registry serve`` on ``address`` (default: 127.0.0.1, the
+    port chosen by it) and return once it listens."""
     need("docker-registry")
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "config.yml"
@@ -60,7 +60,7 @@ def start_registry(directory: Path, extra: str = "") -> Registry:
         "log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {directory / 'storage'}\n"
         "  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:0\n{extra}"
+        f"http:\n  addr: {address}\n{extra}"
     )
     registry = Registry(directory)
     process = subprocess.Popen(

@@ -18,10 +18,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from imaginator.goformats.units import HOUR, MINUTE, SECOND
-from imaginator.rpc.srpc import SrpcConnectionError, SrpcError
+from imaginator.srpc.framing import SrpcConnectionError, SrpcError
 from imaginator.tools import builder_tool
 from imaginator.tools.builder_common import END_BANNER, START_BANNER, Io
-from imaginator.tools.builder_remote import find_client_certs, go_indent
+from imaginator.tools.builder_remote import find_client_certs
 from imaginator.tools.builder_tool import (
     FlagError,
     HelpRequested,
@@ -293,14 +293,6 @@ def test_flag_file_values_are_checked():
         parse_flag_file("disableFor=x\n", "f", values)
     parse_flag_file("  disableFor =  10m \n", "f", values)
     assert values["disableFor"] == 10 * MINUTE
-
-
-def test_go_indent():
-    assert go_indent(b"{}") == b"{}"
-    assert go_indent(b'{"a":[],"b":{"c":[1,2],"d":"x,{:}\\""},"e":null}') == (
-        b'{\n    "a": [],\n    "b": {\n        "c": [\n            1,\n            2\n'
-        b'        ],\n        "d": "x,{:}\\""\n    },\n    "e": null\n}'
-    )
 
 
 # ------------------------------------------------------------------ usage and exit codes

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from imaginator.rpc.auth import GROUPS_OID, PERMITTED_METHODS_OID, identity_from_chain
+from imaginator.srpc.identity import GROUPS_OID, PERMITTED_METHODS_OID, identity_from_chain
 from imaginator.tools.certs import (
     CertError,
     main,

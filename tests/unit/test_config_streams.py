@@ -6,13 +6,12 @@ import json
 
 import pytest
 
+from imaginator.config.environment import go_path_base, go_path_dir
 from imaginator.config.main import ConfigError
 from imaginator.config.streams import (
     StreamConfig,
     StreamsDocument,
     build_variables,
-    go_path_base,
-    go_path_dir,
     lookup,
     manifest_location,
     parse_streams,

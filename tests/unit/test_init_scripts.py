@@ -38,6 +38,7 @@ def test_every_setting(tmp_path):
         "CONFIGURATION_URL=https://config.example/conf.json\n"
         "IMAGE_SERVER_HOSTNAME=images.example\n"
         "VARIABLES_FILE=\n"
+        "PLAIN_VARIABLES_FILE=/etc/imaginator/plain-variables\n"
         "STATE_DIR=/srv/imaginator\n"
         'EXTRA_FLAGS="-portNum=7000 -imageRebuildInterval=2h"\n'
     )
@@ -46,6 +47,7 @@ def test_every_setting(tmp_path):
         "-configurationUrl=https://config.example/conf.json",
         "-stateDir=/srv/imaginator",
         "-imageServerHostname=images.example",
+        "-plainVariablesFile=/etc/imaginator/plain-variables",
         "-portNum=7000",
         "-imageRebuildInterval=2h",
     ]

@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"__init__"},
     {"goformats"},
     {"runtime"},
+    {"srpc"},
     {"image"},
     {"store"},
     {"export"},
@@ -28,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"sources"},
     {"pipeline"},
     {"scheduler"},
-    {"deps", "autobuild"},
+    {"deps", "autobuild", "publish"},
     {"rpc", "web"},
     {"tools"},
     {"flags"},
@@ -41,9 +42,7 @@ LAYER_OF = {room: index for index, rooms in enumerate(LAYERS) for room in rooms}
 MAX_LINES = 650
 #: Modules still waiting for their split (issue 9). The list may only shrink:
 #: a module on it that has come under the limit fails the test below.
-STILL_TO_SPLIT = {
-    "imaginator.rpc.srpc",
-}
+STILL_TO_SPLIT: set[str] = set()
 
 
 def _room(module: str) -> str | None:

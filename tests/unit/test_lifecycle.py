@@ -19,6 +19,7 @@ from imaginator.lifecycle import (
     COLLECTOR,
     DEPS,
     POOL,
+    PUBLISH,
     STREAMS,
     VARIABLES,
     WEB,
@@ -174,7 +175,7 @@ def services(clock: FakeReactor) -> tuple[DaemonServices, list[str], dict[str, D
     events: list[str] = []
     ends: dict[str, Deferred[None]] = {}
     parent = DaemonServices(clock, stop_timeout=10)
-    for name in (POOL, VARIABLES, STREAMS, BUILDS, DEPS, WEB, AUTO, COLLECTOR):
+    for name in (POOL, VARIABLES, STREAMS, BUILDS, PUBLISH, DEPS, WEB, AUTO, COLLECTOR):
         part = (Builds if name == BUILDS else Part)(events, ends)
         part.setName(name)
         part.setServiceParent(parent)
@@ -186,14 +187,14 @@ def test_stop_order_requests_timers_builds_listening_pool():
     clock = FakeReactor()
     parent, events, ends = services(clock)
     stopped = parent.stopService()
-    periodic = [f"stop {n}" for n in (AUTO, COLLECTOR, DEPS, STREAMS, VARIABLES)]
+    periodic = [f"stop {n}" for n in (AUTO, COLLECTOR, DEPS, STREAMS, VARIABLES, PUBLISH)]
     assert events == ["refuse builds", *periodic, f"stop {BUILDS}"]
     ends[AUTO].callback(None)  # a cycle may end before the builds are killed
     ends[BUILDS].callback(None)
-    for name in (COLLECTOR, DEPS, STREAMS):
+    for name in (COLLECTOR, DEPS, STREAMS, VARIABLES):
         ends[name].callback(None)
-    assert f"stop {WEB}" not in events  # the variables watcher is still stopping
-    ends[VARIABLES].callback(None)
+    assert f"stop {WEB}" not in events  # the publisher's push is still stopping
+    ends[PUBLISH].callback(None)
     assert events[-1] == f"stop {WEB}"
     ends[WEB].callback(None)
     assert events[-1] == f"stop {POOL}" and not has_fired(stopped)
@@ -221,7 +222,7 @@ def test_a_failing_stop_is_logged_and_the_rest_goes_on(logged):
     parent, _events, ends = services(clock)
     stopped = parent.stopService()
     ends[BUILDS].errback(RuntimeError("kill failed"))
-    for name in (AUTO, COLLECTOR, DEPS, STREAMS, VARIABLES):
+    for name in (AUTO, COLLECTOR, DEPS, STREAMS, VARIABLES, PUBLISH):
         ends[name].callback(None)
     ends[WEB].callback(None)
     ends[POOL].callback(None)

@@ -8,10 +8,10 @@ import pytest
 from twisted.internet.defer import Deferred
 
 from imaginator.autobuild import AutoBuilder
-from imaginator.rpc.auth import CallAuth
 from imaginator.rpc.service import ExpirationLimits, ImaginatorService
-from imaginator.rpc.srpc import CallError
 from imaginator.scheduler import BuildResult
+from imaginator.srpc.identity import CallAuth
+from imaginator.srpc.server import CallError
 from tests.support.fakes import FakeReactor, fired
 
 NS = 1_000_000_000

@@ -16,19 +16,16 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from imaginator.rpc.auth import Authoriser
-from imaginator.rpc.srpc import (
+from imaginator.srpc.framing import (
     CONNECTED,
-    Call,
-    CallDisconnected,
-    CallError,
-    MethodRegistry,
     SrpcConnectionError,
     SrpcLimits,
-    SrpcSite,
-    _check_connect_reply,
+    check_connect_reply,
     http_error_response,
 )
+from imaginator.srpc.identity import Authoriser
+from imaginator.srpc.server import Call, CallDisconnected, CallError, MethodRegistry
+from imaginator.srpc.site import SrpcSite
 
 INSECURE_CONNECT = b"CONNECT /_SRPC_/unsecured/JSON HTTP/1.0\n\n"
 
@@ -530,8 +527,8 @@ def test_registry_validation() -> None:
 )
 def test_client_connect_verdicts(head: bytes, error: str) -> None:
     with pytest.raises(SrpcConnectionError, match=error):
-        _check_connect_reply(head)
+        check_connect_reply(head)
 
 
 def test_client_accepts_the_go_answer() -> None:
-    _check_connect_reply(CONNECTED.rstrip(b"\n"))
+    check_connect_reply(CONNECTED.rstrip(b"\n"))

@@ -60,7 +60,7 @@ def get(
     clock = Clock()
     clock.advance(NOW)
     app = Klein()
-    MetricsPage(builder, store, clock, STARTED, counters).install(app)
+    MetricsPage(builder, store, clock, STARTED, counters=counters).install(app)
     req = start(KleinResource(app), "/metrics", method)
     assert req.finished
     result = answer(req)

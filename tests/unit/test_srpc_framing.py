@@ -1,100 +1,13 @@
-"""SRPC's JSON coder: Go encoding/json output and json.Decoder framing."""
+"""SRPC framing: where a JSON value ends on a stream (Go json.Decoder rules)."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
-from imaginator.rpc.srpc import JsonDecodeError, JsonFramer, decode_json, encode_json, go_float
-
-# ------------------------------------------------------------------ encoding
-
-
-def test_compact_and_in_the_given_order() -> None:
-    value = {"Z": 1, "A": [True, False, None], "M": {"b": "x", "a": ""}}
-    assert encode_json(value) == b'{"Z":1,"A":[true,false,null],"M":{"b":"x","a":""}}'
-
-
-def test_go_html_escapes() -> None:
-    encoded = encode_json({"<k>": "a<b>&c\u2028d\u2029"})
-    assert encoded == b'{"\\u003ck\\u003e":"a\\u003cb\\u003e\\u0026c\\u2028d\\u2029"}'
-
-
-def test_control_characters_and_non_ascii() -> None:
-    text = 'q"b\\s\n\r\t\b\f\x01\x1f\x7fé€😀'
-    encoded = encode_json(text)
-    assert encoded == (b'"q\\"b\\\\s\\n\\r\\t\\b\\f\\u0001\\u001f\x7f' + "é€😀".encode() + b'"')
-    assert json.loads(encoded) == text
-
-
-def test_invalid_unicode_becomes_replacement_character() -> None:
-    assert encode_json("a\udcffb") == '"a\ufffdb"'.encode()
-
-
-def test_bytes_are_base64_like_go_byte_slices() -> None:
-    assert encode_json({"BuildLog": b"hi\n", "Empty": b""}) == b'{"BuildLog":"aGkK","Empty":""}'
-
-
-def test_integer_keys_and_tuples() -> None:
-    assert encode_json({1: (1, 2), "x": []}) == b'{"1":[1,2],"x":[]}'
-
-
-@pytest.mark.parametrize("value", [{1.5: 1}, {None: 1}, {True: 1}, object(), {1, 2}])
-def test_unencodable_values(value: object) -> None:
-    with pytest.raises(TypeError):
-        encode_json(value)
-
-
-@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
-def test_non_finite_floats_are_refused(value: float) -> None:
-    with pytest.raises(ValueError):
-        encode_json(value)
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [
-        (1.0, "1"),
-        (2.5, "2.5"),
-        (-0.0, "-0"),
-        (0.0, "0"),
-        (0.1, "0.1"),
-        (1e16, "10000000000000000"),
-        (1e20, "100000000000000000000"),
-        (123456789.0, "123456789"),
-        (12345678901234567890.0, "12345678901234567000"),
-        (1e21, "1e+21"),
-        (1.5e300, "1.5e+300"),
-        (0.000001, "0.000001"),
-        (1e-7, "1e-7"),
-        (-2.5e-9, "-2.5e-9"),
-        (1e-100, "1e-100"),
-        (5e-324, "5e-324"),
-    ],
-)
-def test_floats_like_go(value: float, text: str) -> None:
-    assert go_float(value) == text
-    assert float(text) == value
-
-
-def test_booleans_are_not_integers() -> None:
-    assert encode_json([True, 1, False, 0]) == b"[true,1,false,0]"
-
-
-# ------------------------------------------------------------------ decoding
-
-
-def test_decode_replaces_invalid_utf8() -> None:
-    assert decode_json(b'"a\xffb"') == "a\ufffdb"
-
-
-@pytest.mark.parametrize("raw", [b"NaN", b"[Infinity]", b"{", b'{"a":}', b"tru"])
-def test_decode_errors(raw: bytes) -> None:
-    with pytest.raises(JsonDecodeError):
-        decode_json(raw)
-
+from imaginator.goformats.gojson import JsonDecodeError
+from imaginator.srpc.framing import JsonFramer
 
 # ------------------------------------------------------------------ framing
 

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from imaginator.rpc.auth import (
+from imaginator.srpc.identity import (
     GROUPS_OID,
     INSECURE_IDENTITY,
     PERMITTED_METHODS_OID,
