@@ -30,8 +30,11 @@ from imaginator.pipeline.pack import BuildEnv, BuildError
 from imaginator.pipeline.rootfs import SourceTrees
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.process import ProcessRunner
+from imaginator.store.base import ImageExistsError, StoreError
 
 DAY = 24 * 3600.0
+#: Names tried for a new image when the one reserved turns out to be taken.
+_NAME_ATTEMPTS = 5
 _log = Logger()
 
 
@@ -203,6 +206,7 @@ class Builder:
                 reactor=reactor,
                 threadpool=threadpool,
                 store=local_store,
+                images=store,
             )
             if settings.tree_cache_dir
             else None
@@ -432,7 +436,7 @@ class Builder:
             )
         except NeedSourceImage as exc:
             error, need = str(exc), exc
-        except BuildError as exc:
+        except (BuildError, StoreError) as exc:
             error = str(exc)
         except Exception as exc:  # a bug must fail the build, not the daemon
             _log.failure("Unexpected error building {stream}", stream=stream)
@@ -614,10 +618,18 @@ class Builder:
         image.created_for = requestor
         image.expires_at = expires_at
         if not options.return_image:
-            try:
-                await self._store.add_image(name, image)
-            except Exception as exc:
-                raise BuildError(f"error adding image: {exc}") from None
+            for attempt in range(_NAME_ATTEMPTS):
+                try:
+                    await self._store.add_image(name, image)
+                    break
+                except ImageExistsError as exc:
+                    # Taken meanwhile (on an imageserver: perhaps by an image
+                    # since deleted, whose name stays taken): the next free one.
+                    if attempt + 1 == _NAME_ATTEMPTS:
+                        raise BuildError(f"error adding image: {exc}") from None
+                    name = await self._store.reserve_image_name(stream, now)
+                except Exception as exc:
+                    raise BuildError(f"error adding image: {exc}") from None
         finished = time.monotonic()
         log.line(
             f"Uploaded {name} in {format_duration(finished - upload_started)}, "

@@ -14,9 +14,11 @@ reason, or fails when ``IMAGINATOR_REQUIRE_PEERS=1``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal as signal_module
 import socket
 import tempfile
 from pathlib import Path
@@ -52,23 +54,59 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class _Output(protocol.ProcessProtocol):
-    """Collects the imageserver's output; fires ``ready`` on "Service ready"."""
+class GoProcess(protocol.ProcessProtocol):
+    """A Go program started by a test: its output collected, lines waited for."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, reactor=global_reactor) -> None:
+        self.name = name
+        self.reactor = reactor
         self.text = ""
-        self.ready: defer.Deferred[None] = defer.Deferred()
         self.ended: defer.Deferred[None] = defer.Deferred()
+        self._waiting: list[tuple[str, defer.Deferred[None]]] = []
+        self.process = None
+
+    def start(self, argv: list[str], env: dict[str, str], cwd: Path) -> GoProcess:
+        executable = shutil.which(argv[0]) or argv[0]
+        self.process = self.reactor.spawnProcess(self, executable, argv, env=env, path=str(cwd))
+        return self
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         self.text += data.decode("utf-8", "replace")
-        if "Service ready" in self.text and not self.ready.called:
-            self.ready.callback(None)
+        for item in list(self._waiting):
+            if item[0] in self.text:
+                self._waiting.remove(item)
+                item[1].callback(None)
 
     def processEnded(self, reason: object) -> None:
-        if not self.ready.called:
-            self.ready.errback(AssertionError(f"imageserver ended:\n{self.text}"))
+        waiting, self._waiting = self._waiting, []
+        for text, waiter in waiting:
+            waiter.errback(AssertionError(f"{self.name} ended before {text!r}:\n{self.text}"))
         self.ended.callback(None)
+
+    def wait_for(self, text: str, timeout: float = STARTUP_TIMEOUT) -> defer.Deferred[None]:
+        """Fires once ``text`` is in the output (fails if the program ends first)."""
+        if text in self.text:
+            return defer.succeed(None)
+        if self.ended.called:
+            return defer.fail(AssertionError(f"{self.name} has ended:\n{self.text}"))
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append((text, waiter))
+        return waiter.addTimeout(timeout, self.reactor)
+
+    async def stop(self, signal: str = "TERM") -> None:
+        """Signal the program (and its children: ``unshare`` ignores TERM
+        while it waits for the program it started) and wait for its end."""
+        if self.process is not None and not self.ended.called:
+            pid = self.process.pid
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                children = []
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(child), getattr(signal_module, f"SIG{signal}"))
+            self.process.signalProcess(signal)
+            await self.ended.addTimeout(STARTUP_TIMEOUT, self.reactor)
 
 
 class GoImageserver:
@@ -80,8 +118,7 @@ class GoImageserver:
         self.root = Path(tempfile.mkdtemp(prefix="imaginator-imageserver-", dir="/var/tmp"))
         self.root.chmod(0o755)
         self.port = free_port()
-        self._process = None
-        self._output: _Output | None = None
+        self._process: GoProcess | None = None
         self._make_files()
 
     # -- files
@@ -124,6 +161,25 @@ class GoImageserver:
         for sub in ("images", "objects", "log"):
             (self.root / sub).mkdir()
 
+    def cert_directory(self, name: str = "imaginator") -> Path:
+        """A directory holding only ``<name>.cert`` and ``.key`` (a Go tool's
+        ``-certDirectory``)."""
+        directory = self.root / f"certs-{name}"
+        if not directory.exists():
+            directory.mkdir(mode=0o700)
+            for path in self.client_cert(name):
+                shutil.copy(path, directory / path.name)
+        return directory
+
+    def add_client_cert(self, name: str, *, methods: tuple[str, ...] = ()) -> tuple[Path, Path]:
+        """One more client certificate of the test's CA."""
+        ca_cert, ca_key = self.ca_file.read_bytes(), (self.root / "CA.key").read_bytes()
+        cert, key = make_user_cert(ca_cert, ca_key, name, methods=methods)
+        (self.root / f"{name}.cert").write_bytes(cert)
+        (self.root / f"{name}.key").write_bytes(key)
+        (self.root / f"{name}.key").chmod(0o600)
+        return self.client_cert(name)
+
     def object_count(self) -> int:
         """Objects the objectserver stores (files under its directory)."""
         return sum(1 for path in self.objects_dir.rglob("*") if path.is_file())
@@ -162,23 +218,18 @@ class GoImageserver:
         ]
 
     async def start(self) -> None:
-        argv = self._argv()
-        self._output = _Output()
-        executable = shutil.which(argv[0]) or argv[0]
         environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.root)}
-        self._process = self.reactor.spawnProcess(
-            self._output, executable, argv, env=environment, path=str(self.root)
-        )
-        await self._output.ready.addTimeout(STARTUP_TIMEOUT, self.reactor)
+        self._process = GoProcess("imageserver", self.reactor)
+        self._process.start(self._argv(), environment, self.root)
+        await self._process.wait_for("Service ready")
 
     @property
     def output(self) -> str:
-        return self._output.text if self._output is not None else ""
+        return self._process.text if self._process is not None else ""
 
     async def stop(self, signal: str = "TERM") -> None:
-        if self._output is not None and not self._output.ended.called:
-            self._process.signalProcess(signal)
-            await self._output.ended.addTimeout(STARTUP_TIMEOUT, self.reactor)
+        if self._process is not None:
+            await self._process.stop(signal)
 
     async def kill(self) -> None:
         await self.stop("KILL")

@@ -65,9 +65,8 @@ def test_unused_flags_warn_only_when_set():
     assert warnings[2].startswith("-slaveDriverConfigurationFile=/etc/slaves.json is ignored")
 
 
-def test_a_remote_imageserver_stops_start_up():
-    with pytest.raises(StartupError, match="-imageServerHostname"):
-        check_flags(options(imageServerHostname="imageserver"))
+def test_the_imageserver_port_is_used_with_a_hostname():
+    assert check_flags(options(imageServerHostname="imageserver", imageServerPortNum=7000)) == []
 
 
 # -- certificates ------------------------------------------------------------------------
