@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from imaginator.store.imageserver import ImageServerAddress
 from imaginator.tools.certs import IMAGESERVER_METHODS, make_ca, make_user_cert
 from tests.support.gitserver import parse_manifest_vector
 from tests.support.harness import make_harness, vector_conf
-from tests.support.imageserver import HOST, PEERS, GoImageserver, GoProcess, free_port, peers
+from tests.support.imageserver import HOST, PEERS, REPO, GoImageserver, GoProcess, free_port, peers
 from tests.support.treecompare import image_listing, tree_listing, without_computed_mtimes
 from tests.support.vectors import VECTORS
 
@@ -92,6 +93,26 @@ async def go_imagetool(server: GoImageserver, *args: str) -> str:
     return out.decode()
 
 
+async def our_imagetool(
+    server: GoImageserver, *args: str, check: bool = True
+) -> tuple[str, str, int]:
+    """Run our ``imagetool`` against ``server``: (stdout, stderr, exit status)."""
+    argv = [
+        "-m",
+        "imaginator.tools.imagetool",
+        f"-imageServerHostname={HOST}",
+        f"-imageServerPortNum={server.port}",
+        f"-certDirectory={server.cert_directory()}",
+        f"-CAfile={server.ca_file}",
+        *args,
+    ]
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "HOME": str(server.root)}
+    out, err, code = await getProcessOutputAndValue(sys.executable, argv, env=env, path=str(REPO))
+    if check:
+        assert code == 0, f"imagetool {' '.join(args)}: {err.decode()}"
+    return out.decode(), err.decode(), code
+
+
 async def read_objects(harness, image) -> dict[str, bytes]:
     await harness.images.fetch_objects(image.object_hashes())
     return {h.hex(): harness.store.read_object(h.hex()) for h in image.object_hashes()}
@@ -149,6 +170,18 @@ async def test_streams_go_to_the_imageserver_and_the_go_imagetool_reads_them(tmp
         assert unpacked == expected, name
         # The build log is an object of the image on the server too.
         assert image.build_log is not None and image.build_log.object.hex() in contents
+        # Our imagetool reads the same from the imageserver.
+        ours = tmp_path / "ours" / name.replace("/", "_")
+        await our_imagetool(imageserver, "get", name, str(ours))
+        assert without_computed_mtimes(tree_listing(ours), image) == expected, name
+    out, _err, _code = await our_imagetool(imageserver, "list")
+    assert out.split() == sorted(images)
+    out, _err, _code = await our_imagetool(imageserver, "show", hello.image_name)
+    assert json.loads(out)["SourceImage"] == bb.image_name
+    out, _err, _code = await our_imagetool(imageserver, "list-packages", hello.image_name)
+    assert out == "busybox 1.35 43008\n"
+    _out, err, code = await our_imagetool(imageserver, "show", "apps/hello/nothing", check=False)
+    assert (code, err) == (1, "imagetool: unknown image: apps/hello/nothing\n")
 
 
 @pytest_twisted.ensureDeferred
@@ -181,6 +214,7 @@ async def test_the_imageserver_down_fails_the_build_naming_it_then_builds_resume
         harness = await make_harness(tmp_path / "h", conf=bb_conf(), image_server=settings(server))
         try:
             down = await harness.build(BB)
+            _out, tool_error, tool_status = await our_imagetool(server, "list", check=False)
             await server.start()
             up = await harness.build(BB)
             names = await harness.images.list_images()
@@ -194,6 +228,10 @@ async def test_the_imageserver_down_fails_the_build_naming_it_then_builds_resume
     assert f"Error building image: {BB}: imageserver {HOST}:{server.port}" in down.log.decode()
     assert not up.error, up.log.decode()
     assert names == [up.image_name]
+    assert tool_status == 1
+    assert tool_error.startswith(
+        f"imagetool: imageserver {HOST}:{server.port}: ImageServer.ListImages: cannot connect"
+    ), tool_error
 
 
 @pytest_twisted.ensureDeferred
