@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTCP, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -142,7 +142,7 @@ class ImageServerStore:
 
     ``pool`` lends the connections, ``cache`` is the local object store,
     ``call_timeout`` bounds each request/reply call and ``idle_timeout`` the
-    pauses of an object transfer.
+    pauses of an object transfer (timed on ``clock``, default ``reactor``).
     """
 
     def __init__(
@@ -151,8 +151,9 @@ class ImageServerStore:
         pool: SrpcPool,
         cache: LocalImageStore,
         *,
-        reactor: IReactorTime,
+        reactor: IReactorFromThreads,
         threadpool: Any,
+        clock: IReactorTime | None = None,
         call_timeout: float = 120.0,
         idle_timeout: float = 120.0,
     ) -> None:
@@ -162,7 +163,8 @@ class ImageServerStore:
         self._reactor = reactor
         self._threadpool = threadpool
         self._call_timeout = call_timeout
-        self._transfers = Transfers(cache, self._in_thread, reactor, idle_timeout)
+        timers: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
+        self._transfers = Transfers(cache, self._in_thread, timers, idle_timeout)
         self._reserved: dict[str, float] = {}
         #: Objects (and bytes) uploaded and downloaded since the start.
         self.uploaded = Transferred()

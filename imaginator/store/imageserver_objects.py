@@ -86,14 +86,13 @@ class Transfers:
 class _Watchdog:
     """Ends the connection when a transfer makes no progress for a while."""
 
-    def __init__(self, transfers: Transfers, client: SrpcClient, what: str) -> None:
+    def __init__(self, transfers: Transfers, client: SrpcClient) -> None:
         self._seconds = transfers.idle_timeout
         self._client = client
-        self._what = what
         self._timer: IDelayedCall = transfers.clock.callLater(self._seconds, self._expired)
 
     def _expired(self) -> None:
-        self._client.abort(SrpcTimeout(f"{self._what}: no progress for {self._seconds:g}s"))
+        self._client.abort(SrpcTimeout(f"no progress for {self._seconds:g}s"))
 
     def progress(self) -> None:
         if self._timer.active():
@@ -122,9 +121,7 @@ async def missing_objects(
         )
         sizes = reply.object_sizes or []
         if len(sizes) != len(batch):
-            raise ObjectTransferError(
-                f"ObjectServer.CheckObjects: {len(sizes)} sizes for {len(batch)} objects"
-            )
+            raise ObjectTransferError(f"{len(sizes)} sizes for {len(batch)} objects")
         missing += [digest for digest, size in zip(batch, sizes, strict=True) if size == 0]
     return missing
 
@@ -215,10 +212,10 @@ async def upload_objects(
 
     def sender_failure(failure: Failure) -> None:
         sender_failed.append(failure)
-        client.abort(SrpcConnectionError("ObjectServer.AddObjects: sending stopped"))
+        client.abort(SrpcConnectionError("sending stopped"))
 
     async with client.open_call("ObjectServer.AddObjects", timeout=None) as call:
-        watchdog = _Watchdog(transfers, client, "ObjectServer.AddObjects")
+        watchdog = _Watchdog(transfers, client)
         sender = Deferred.fromCoroutine(_send_objects(transfers, call, hashes, watchdog))
         sender.addErrback(sender_failure)
         try:
@@ -226,13 +223,10 @@ async def upload_objects(
                 reply: AddObjectResponse = await call.receive(AddObjectResponse)
                 watchdog.progress()
                 if reply.error_string:
-                    raise ObjectTransferError(
-                        f"ObjectServer.AddObjects: object {digest.hex()}: {reply.error_string}"
-                    )
+                    raise ObjectTransferError(f"object {digest.hex()}: {reply.error_string}")
                 if reply.hash != digest:
                     raise ObjectTransferError(
-                        f"ObjectServer.AddObjects: sent object {digest.hex()}, "
-                        f"the server stored {reply.hash.hex()}"
+                        f"sent object {digest.hex()}, the server stored {reply.hash.hex()}"
                     )
                 if reply.added:
                     added += 1
@@ -292,18 +286,16 @@ async def download_objects(
         return Transferred()
     total = 0
     async with client.open_call("ObjectServer.GetObjects", timeout=None) as call:
-        watchdog = _Watchdog(transfers, client, "ObjectServer.GetObjects")
+        watchdog = _Watchdog(transfers, client)
         try:
             await call.send(GetObjectsRequest(list(hashes)))
             reply = await call.receive(GetObjectsResponse)
             watchdog.progress()
             if reply.response_string:
-                raise ObjectTransferError(f"ObjectServer.GetObjects: {reply.response_string}")
+                raise ObjectTransferError(reply.response_string)
             sizes = reply.object_sizes or []
             if len(sizes) != len(hashes) or any(size <= 0 for size in sizes):
-                raise ObjectTransferError(
-                    f"ObjectServer.GetObjects: sizes {sizes[:4]}… for {len(hashes)} objects"
-                )
+                raise ObjectTransferError(f"sizes {sizes[:4]}… for {len(hashes)} objects")
             small: list[tuple[bytes, bytes]] = []
             small_bytes = 0
             for digest, size in zip(hashes, sizes, strict=True):
@@ -320,9 +312,7 @@ async def download_objects(
             if small:
                 await transfers.in_thread(_store_small, transfers.cache, small)
         except HashMismatchError as exc:
-            raise ObjectTransferError(
-                f"ObjectServer.GetObjects: an object failed its SHA-512 check: {exc}"
-            ) from None
+            raise ObjectTransferError(f"an object failed its SHA-512 check: {exc}") from None
         finally:
             watchdog.stop()
     await transfers.in_thread(transfers.cache.flush)
