@@ -26,6 +26,7 @@ import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
 from imaginator.daemon import ImageServerSettings
+from imaginator.lifecycle import IMAGESERVER
 from imaginator.srpc.tls import make_client_tls_options
 from imaginator.store import imageserver_objects
 from imaginator.store.imageserver import ImageServerAddress
@@ -120,13 +121,18 @@ async def read_objects(harness, image) -> dict[str, bytes]:
 
 @pytest_twisted.ensureDeferred
 async def test_streams_go_to_the_imageserver_and_the_go_imagetool_reads_them(tmp_path, imageserver):
+    streams = hello_streams(tmp_path)
+    streams["Streams"]["apps/unbuilt/x"] = streams["Streams"][HELLO]
     harness = await make_harness(
         tmp_path / "h",
-        streams=hello_streams(tmp_path),
+        streams=streams,
         image_server=settings(imageserver),
         tree_cache=True,
     )
     try:
+        # Every stream gets its directory (and its parents), built or not.
+        made = harness.services.getServiceNamed(IMAGESERVER).directories.run_now()
+        await made
         bb = await harness.build(BB)
         assert not bb.error, bb.log.decode()
         # An empty cache, as after the hourly collection: the layered build
@@ -146,7 +152,7 @@ async def test_streams_go_to_the_imageserver_and_the_go_imagetool_reads_them(tmp
     finally:
         await harness.stop()
     assert "Downloaded " in log and f"Source image: {bb.image_name}" in log
-    assert {"bootstrap", BB, "apps", HELLO} <= set(directories)
+    assert {"bootstrap", BB, "apps", HELLO, "apps/unbuilt", "apps/unbuilt/x"} <= set(directories)
     hello_image = images[hello.image_name]
     assert hello_image.source_image == bb.image_name
     assert hello_image.created_for == "alice"
