@@ -19,9 +19,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet.utils import getProcessOutputAndValue
 
@@ -29,6 +31,7 @@ from imaginator.daemon import ImageServerSettings
 from imaginator.lifecycle import IMAGESERVER
 from imaginator.srpc.tls import make_client_tls_options
 from imaginator.store import imageserver_objects
+from imaginator.store.base import ImageExistsError, ImageNotFoundError
 from imaginator.store.imageserver import ImageServerAddress
 from imaginator.tools.certs import IMAGESERVER_METHODS, make_ca, make_user_cert
 from tests.support.gitserver import parse_manifest_vector
@@ -369,3 +372,25 @@ async def test_a_stream_builds_on_an_image_the_go_imaginator_uploaded(tmp_path, 
     files = {path: inode for path, _inum, inode in image.file_system.walk()}
     assert contents[files["/etc/greeting"].hash.hex()] == b"hello from bootstrap/bb\n"
     assert contents[files["/etc/motd"].hash.hex()] == b"Welcome to apps/hello\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deleted_images_name_stays_taken_on_the_imageserver(tmp_path, imageserver):
+    harness = await make_harness(tmp_path / "h", conf=bb_conf(), image_server=settings(imageserver))
+    store = harness.images
+    try:
+        built = await harness.build(BB)
+        assert not built.error, built.log.decode()
+        image = await store.get_image(built.image_name)
+        await store.delete_image(built.image_name)
+        assert not await store.image_exists(built.image_name)
+        store._reserved.clear()  # as a restarted daemon would have it
+        when = time.mktime(time.strptime(built.image_name.rsplit("/", 1)[1], "%Y-%m-%d:%H:%M:%S"))
+        name = await store.reserve_image_name(BB, when)
+        assert name == built.image_name  # the server does not say it is taken...
+        with pytest.raises(ImageExistsError, match="cannot add previously deleted image"):
+            await store.add_image(name, image)  # ... until it is used
+        with pytest.raises(ImageNotFoundError):
+            await store.delete_image(name)
+    finally:
+        await harness.stop()

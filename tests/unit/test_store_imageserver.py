@@ -31,7 +31,7 @@ from imaginator.srpc.client import connect
 from imaginator.srpc.gobcoder import GobCoder, message_frame_end
 from imaginator.srpc.pool import SrpcPool
 from imaginator.store import imageserver_messages as m
-from imaginator.store.base import ImageExistsError, MissingObjectError
+from imaginator.store.base import ImageExistsError, ImageStore, MissingObjectError
 from imaginator.store.imageserver import (
     ImageServerAddress,
     ImageServerError,
@@ -479,3 +479,7 @@ async def test_reserved_names_skip_those_the_server_has(server, store):
     assert third.image_name == "a/b/2026-12-01:10:00:02"
     peer.reply(m.CheckImageResponse(False))
     assert await again == "a/b/2026-12-01:10:00:02"
+
+
+def test_it_is_an_image_store(store):
+    assert isinstance(store, ImageStore)
