@@ -11,7 +11,8 @@ no stop can hang:
 3. running builds are killed and recorded as failed;
 4. the runs in flight of step 2 are waited for (they end with their builds);
 5. the port stops listening and open connections are dropped, then the
-   access log is flushed and closed;
+   access log is flushed and closed; the other services stop (an
+   imageserver's directory job and connections);
 6. the thread pool stops, its threads joined on a helper thread (a stuck
    dulwich fetch cannot hang the stop or the reactor).
 

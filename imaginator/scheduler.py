@@ -152,7 +152,7 @@ class _NoStreams:
 
 
 class Builder:
-    """Runs builds against the embedded store and keeps current/last build state.
+    """Runs builds against the image store and keeps current/last build state.
 
     ``streams`` is the registry of normal streams (``current()`` and
     ``ensure_known(name, predicate)``, which reloads once for an unknown name);

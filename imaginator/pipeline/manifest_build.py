@@ -269,7 +269,6 @@ def _log_copied(env: BuildEnv, image: Image, took: float) -> None:
 
 
 async def _materialise_root(env: BuildEnv, image: Image, root: str) -> TreeCache:
-    started = time.monotonic()
     try:
         await rootfs.fetch_source_objects(env.store, image, env.log)
         started = time.monotonic()
