@@ -171,12 +171,19 @@ def _read_block(path: str, offset: int) -> bytes:
 
 
 async def _send_objects(
-    transfers: Transfers, call: ClientCall, hashes: Sequence[bytes], watchdog: _Watchdog
+    transfers: Transfers,
+    call: ClientCall,
+    hashes: Sequence[bytes],
+    watchdog: _Watchdog,
+    sizes: dict[bytes, int],
 ) -> None:
+    """Send every object (header, raw bytes), then the end; ``sizes`` gets
+    the size of each object sent."""
     index = 0
     while index < len(hashes):
         batch = await transfers.in_thread(_read_batch, transfers.cache, hashes, index)
         for item in batch:
+            sizes[item.digest] = item.size
             await call.send(AddObjectRequest(item.size, item.digest))
             if item.data is not None:
                 await call.send_raw(item.data)
@@ -208,6 +215,7 @@ async def upload_objects(
     if not hashes:
         return Transferred()
     added = added_bytes = 0
+    sizes: dict[bytes, int] = {}
     sender_failed: list[Failure] = []
 
     def sender_failure(failure: Failure) -> None:
@@ -216,7 +224,7 @@ async def upload_objects(
 
     async with client.open_call("ObjectServer.AddObjects", timeout=None) as call:
         watchdog = _Watchdog(transfers, client)
-        sender = Deferred.fromCoroutine(_send_objects(transfers, call, hashes, watchdog))
+        sender = Deferred.fromCoroutine(_send_objects(transfers, call, hashes, watchdog, sizes))
         sender.addErrback(sender_failure)
         try:
             for digest in hashes:
@@ -230,7 +238,7 @@ async def upload_objects(
                     )
                 if reply.added:
                     added += 1
-                    added_bytes += os.path.getsize(transfers.cache.object_path(digest.hex()))
+                    added_bytes += sizes.get(digest, 0)
             await sender
         except SrpcConnectionError:
             if sender_failed and not sender_failed[0].check(CancelledError):
