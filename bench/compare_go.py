@@ -8,7 +8,8 @@ Usage (as root, from the repository root)::
 Each round starts both daemons afresh, one after the other (the order swaps
 every round so neither always runs on a warmer machine), each with its state
 in a temporary directory: the Go imaginator on a Go imageserver of its own, ours
-on its embedded store. The Go ``builder-tool`` sends the same requests to both:
+on its embedded store (``--ours-backend=imageserver``: on a Go imageserver of its
+own too). The Go ``builder-tool`` sends the same requests to both:
 
 1. build the bootstrap stream (Debian 12 minbase by ``debootstrap``; busybox
    with ``--quick``);

@@ -339,15 +339,7 @@ def start_ours(root: Path, pki: Path, peers: Path, workload: Workload, backend: 
         argv = _pdeathsig([sys.executable, "-m", "imaginator.cli", *args])
         daemon = Child("our imaginator", argv, root / "imaginator.log", env=env, cwd=REPO)
         children.append(daemon)
-        try:
-            daemon.wait_for(f"imaginator listening on port {port}", port, deadline)
-        except StackError as exc:
-            if backend == "imageserver":
-                raise StackError(
-                    f"{exc}\n--ours-backend=imageserver needs our daemon's imageserver backend "
-                    "(issue 8); it refused to start with -imageServerHostname"
-                ) from None
-            raise
+        daemon.wait_for(f"imaginator listening on port {port}", port, deadline)
         return Stack("ours", port, daemon, daemon.pid, objects, children)
     except BaseException:
         for child in reversed(children):

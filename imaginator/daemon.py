@@ -40,6 +40,7 @@ from imaginator.lifecycle import (
     BUILDS,
     COLLECTOR,
     DEPS,
+    IMAGESERVER,
     PLAIN_VARIABLES,
     POOL,
     PUBLISH,
@@ -48,10 +49,12 @@ from imaginator.lifecycle import (
     WEB,
     BuildsService,
     DaemonServices,
+    ImageServerService,
     ListeningService,
     StartupError,
     ThreadPoolService,
     check_flags,
+    imageserver_tls_options,
     registry_settings,
     server_tls_options,
     tls_disabled_warning,
@@ -71,8 +74,16 @@ from imaginator.sources.documents import FetchError, fetch_url
 from imaginator.sources.streams import StreamsRegistry
 from imaginator.sources.variables import BuildVariables, VariablesFile
 from imaginator.srpc.identity import Authoriser
+from imaginator.srpc.pool import SrpcPool
 from imaginator.srpc.server import MethodRegistry
 from imaginator.srpc.site import SrpcSite
+from imaginator.srpc.tls import ClientTlsOptions
+from imaginator.store.imageserver import (
+    ImageServerAddress,
+    ImageServerStore,
+    make_dial,
+    open_cache,
+)
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 from imaginator.web.access import AccessLog, AccessLogError, PagesSite
 from imaginator.web.archive_pages import ArchivePages, quote_query
@@ -86,6 +97,8 @@ from imaginator.web.tarball import TarballPage
 THREADS = 4
 BUILD_NICENESS = 10
 GC_INTERVAL = 3600.0
+#: Under ``-stateDir``: the object cache in front of a remote imageserver.
+OBJECT_CACHE = "object-cache"
 
 _log = Logger()
 
@@ -96,14 +109,27 @@ Options = Mapping[str, Any]
 
 @dataclass
 class Core:
-    """The parts every build needs (shared by the daemon and the test harness)."""
+    """The parts every build needs (shared by the daemon and the test harness).
+
+    ``store`` is the image store (embedded or on an imageserver),
+    ``local_store`` the local object store the pipeline reads and writes
+    files in (the embedded store itself, or the imageserver's object cache).
+    """
 
     config: MainConfig
     variables: BuildVariables
     streams: StreamsRegistry
     local_store: LocalImageStore
-    store: AsyncImageStore
+    store: AsyncImageStore | ImageServerStore
     builder: Builder
+
+
+@dataclass(frozen=True)
+class ImageServerSettings:
+    """The remote image store: where it is and the TLS of its connections."""
+
+    address: ImageServerAddress
+    tls_options: ClientTlsOptions
 
 
 @dataclass
@@ -157,8 +183,10 @@ async def assemble_core(
     settings: BuilderSettings,
     plain_variables_file: str = "",
     runner: ProcessRunner,
+    image_server: ImageServerSettings | None = None,
 ) -> Core:
-    """Variables, image streams, the embedded store and the builder, as children of ``services``."""
+    """Variables, image streams, the image store (embedded, or on
+    ``image_server``) and the builder, as children of ``services``."""
 
     def in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, pool, f, *args)
@@ -186,8 +214,27 @@ async def assemble_core(
         redact_values=variables.secret_values,
     )
     _add(services, STREAMS, streams)
-    local_store = await in_thread(LocalImageStore, os.path.join(state_dir, "store"))
-    store = AsyncImageStore(local_store, reactor, pool)
+    store: AsyncImageStore | ImageServerStore
+    if image_server is None:
+        local_store = await in_thread(LocalImageStore, os.path.join(state_dir, "store"))
+        store = AsyncImageStore(local_store, reactor, pool)
+    else:
+        local_store = await in_thread(open_cache, os.path.join(state_dir, OBJECT_CACHE))
+        address = image_server.address
+        connections = SrpcPool(make_dial(address, image_server.tls_options, reactor=reactor))
+        store = ImageServerStore(
+            address, connections, local_store, reactor=reactor, threadpool=pool
+        )
+
+        def stream_names() -> list[str]:
+            return [*config.bootstrap_streams, *streams.current().streams]
+
+        _add(
+            services,
+            IMAGESERVER,
+            ImageServerService(store, stream_names, streams.subscribe, reactor),
+        )
+        _log.info("Images are stored on imageserver {address}", address=str(address))
     builder = Builder(
         reactor=reactor,
         threadpool=pool,
@@ -248,6 +295,12 @@ async def _assemble(
     for warning in check_flags(options):
         _log.warn("{warning}", warning=warning)
     registry_files = await in_thread(registry_settings, options)
+    image_server = None
+    if options["imageServerHostname"]:
+        image_server = ImageServerSettings(
+            ImageServerAddress(options["imageServerHostname"], options["imageServerPortNum"]),
+            await in_thread(imageserver_tls_options, options),
+        )
     tls_options = await in_thread(server_tls_options, options)
     if tls_options is None:
         _log.warn("{warning}", warning=tls_disabled_warning(options))
@@ -284,6 +337,7 @@ async def _assemble(
             tree_cache_dir=os.path.join(state_dir, "trees"),
         ),
         runner=runner,
+        image_server=image_server,
     )
     builder, streams = core.builder, core.streams
     archive = await _start_archive(options, builder, reactor, pool)
@@ -477,7 +531,8 @@ async def _start_archive(
 
 
 async def _collect_garbage(core: Core) -> None:
-    """Remove expired images, then objects no image references (between builds).
+    """Remove expired images, then objects no image references (between
+    builds). On an imageserver (which collects its own), empty the object cache.
 
     A failure is logged by the poller, which tries again an hour later.
     """
@@ -488,8 +543,11 @@ async def _collect_garbage(core: Core) -> None:
     removed, freed = await core.builder.exclusive(store.collect_garbage)
     if removed:
         _log.info(
-            "Collected {count} unreferenced objects ({size})",
+            "Collected {count} {what} ({size})",
             count=removed,
+            what="cached objects"
+            if isinstance(store, ImageServerStore)
+            else "unreferenced objects",
             size=format_bytes(freed),
         )
 

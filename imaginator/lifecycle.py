@@ -12,7 +12,8 @@ no stop can hang:
 3. running builds are killed and recorded as failed;
 4. the runs in flight of step 2 are waited for (they end with their builds);
 5. the port stops listening and open connections are dropped, then the
-   access log is flushed and closed;
+   access log is flushed and closed; the other services stop (an
+   imageserver's directory job and connections);
 6. the thread pool stops, its threads joined on a helper thread (a stuck
    dulwich fetch cannot hang the stop or the reactor).
 
@@ -34,13 +35,20 @@ file; otherwise start-up stops with one line naming the flag and the file.
 
 **Unused flags**: flags accepted (the Go imaginator has them) but not used
 yet are reported with one warning each, only when set to something else
-than their default.
+than their default (``-imageServerPortNum`` while ``-imageServerHostname``
+is empty, too).
+
+**The imageserver** (``-imageServerHostname``): the daemon's certificate is
+its client certificate there and ``-CAfile`` checks the server's, so all
+three files must be usable; a missing or bad one stops start-up naming the
+flag. The imageserver itself may be down at start-up: builds then fail,
+naming it, until it answers.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from cryptography import x509
@@ -56,10 +64,12 @@ from twisted.python.threadpool import ThreadPool
 from imaginator.export.registry import RegistryError
 from imaginator.flags import FLAGS_BY_NAME
 from imaginator.publish.push import RegistrySettings, check_registry_file
+from imaginator.runtime.poller import Poller
 from imaginator.runtime.threads import stop_thread_pool
 from imaginator.scheduler import Builder
 from imaginator.srpc.site import SrpcSite
-from imaginator.srpc.tls import make_server_tls_options
+from imaginator.srpc.tls import ClientTlsOptions, make_client_tls_options, make_server_tls_options
+from imaginator.store.imageserver import ImageServerStore
 from imaginator.web.access import AccessLog
 
 #: The bound on each step of stopping (see the module docstring).
@@ -71,7 +81,6 @@ TLS_FLAGS = ("CAfile", "certFile", "keyFile")
 
 #: Flags read by nobody yet, and why.
 UNUSED_FLAGS = {
-    "imageServerPortNum": "there is no remote imageserver backend yet (the embedded store is used)",
     "presentationImageServerHostname": "the pages link to this daemon's own image pages",
     "slaveDriverConfigurationFile": "build slaves are not supported yet",
 }
@@ -91,15 +100,13 @@ def _is_default(
 
 
 def check_flags(options: Mapping[str, Any]) -> list[str]:
-    """Refuse what cannot work; return one warning line per flag set but not used."""
-    if options["imageServerHostname"]:
-        raise StartupError(
-            "remote imageservers are not supported yet: leave -imageServerHostname empty "
-            "to use the embedded image store"
-        )
+    """Return one warning line per flag set but not used."""
+    unused = dict(UNUSED_FLAGS)
+    if not options["imageServerHostname"]:
+        unused = {"imageServerPortNum": "-imageServerHostname is empty (embedded store)", **unused}
     return [
         f"-{name}={options[name]} is ignored: {why}"
-        for name, why in UNUSED_FLAGS.items()
+        for name, why in unused.items()
         if not _is_default(options, name)
     ]
 
@@ -184,6 +191,35 @@ def registry_settings(options: Mapping[str, Any]) -> RegistrySettings:
     return RegistrySettings(options["registryCredentials"], options["registryCA"])
 
 
+def imageserver_tls_options(options: Mapping[str, Any]) -> ClientTlsOptions:
+    """The TLS options of the daemon's connections to its imageserver
+    (``-imageServerHostname``): its certificate (``-certFile``, ``-keyFile``)
+    presented, the server's checked against ``-CAfile`` and for the host's
+    name. All three files must be usable, default or not (reads files:
+    blocking); :class:`StartupError` naming the flag and file otherwise."""
+    host = options["imageServerHostname"]
+    for name in TLS_FLAGS:
+        path = options[name]
+        if not os.path.lexists(path):
+            raise StartupError(
+                f"-{name}={path}: No such file or directory (needed to talk to the "
+                f"imageserver of -imageServerHostname={host})"
+            )
+        if name == "keyFile":
+            _check_pem_key(name, path)
+        else:
+            _check_pem_certificates(name, path)
+    try:
+        return make_client_tls_options(
+            options["certFile"], options["keyFile"], ca_file=options["CAfile"], hostname=host
+        )
+    except Exception as exc:
+        raise StartupError(
+            f"-certFile={options['certFile']}, -keyFile={options['keyFile']}: "
+            f"cannot be used together: {_problem(exc)}"
+        ) from None
+
+
 def tls_disabled_warning(options: Mapping[str, Any]) -> str:
     """The one warning of a fresh machine without certificates."""
     files = ", ".join(options[name] for name in TLS_FLAGS)
@@ -194,11 +230,24 @@ def tls_disabled_warning(options: Mapping[str, Any]) -> str:
 
 
 # Names of the children of DaemonServices, in the order they are added.
-POOL, VARIABLES, PLAIN_VARIABLES, STREAMS, BUILDS, PUBLISH, DEPS, WEB, AUTO, COLLECTOR = (
+(
+    POOL,
+    VARIABLES,
+    PLAIN_VARIABLES,
+    STREAMS,
+    IMAGESERVER,
+    BUILDS,
+    PUBLISH,
+    DEPS,
+    WEB,
+    AUTO,
+    COLLECTOR,
+) = (
     "thread pool",
     "variables",
     "plain variables",
     "image streams",
+    "imageserver",
     "builds",
     "publisher",
     "dependency generator",
@@ -275,6 +324,50 @@ class ListeningService(Service):
         self.site.abort_connections()
         if self.access_log is not None:
             await self.access_log.close()
+
+
+class ImageServerService(Service):
+    """The imageserver's part of the daemon: a directory on the server for
+    every stream (and its parents), made at start and after each new image
+    streams document (reference §3.4; a failure is logged and tried again with
+    the next document); its connections closed at the end."""
+
+    def __init__(
+        self,
+        store: ImageServerStore,
+        stream_names: Callable[[], Iterable[str]],
+        subscribe: Callable[[Callable[[Any], object]], Callable[[], None]],
+        clock: Any,
+    ) -> None:
+        self.store = store
+        self._stream_names = stream_names
+        self._subscribe = subscribe
+        self._unsubscribe: Callable[[], None] | None = None
+        self.directories = Poller(
+            f"imageserver {store.address} directories",
+            self._make_directories,
+            clock=clock,
+            interval=0,
+        )
+
+    async def _make_directories(self) -> list[str]:
+        return await self.store.ensure_directories(self._stream_names())
+
+    def startService(self) -> None:
+        super().startService()
+        self._unsubscribe = self._subscribe(lambda _document: self.directories.trigger())
+        self.directories.start()
+        self.directories.trigger()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await self.directories.stop()
+        await self.store.close()
 
 
 class DaemonServices(MultiService):

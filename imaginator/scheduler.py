@@ -32,8 +32,11 @@ from imaginator.pipeline.rootfs import SourceTrees
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.process import ProcessRunner
 from imaginator.runtime.stages import StageTime
+from imaginator.store.base import ImageExistsError, StoreError
 
 DAY = 24 * 3600.0
+#: Names tried for a new image when the one reserved turns out to be taken.
+_NAME_ATTEMPTS = 5
 _log = Logger()
 
 
@@ -156,7 +159,7 @@ class _NoStreams:
 
 
 class Builder:
-    """Runs builds against the embedded store and keeps current/last build state.
+    """Runs builds against the image store and keeps current/last build state.
 
     ``streams`` is the registry of normal streams (``current()`` and
     ``ensure_known(name, predicate)``, which reloads once for an unknown name);
@@ -210,6 +213,7 @@ class Builder:
                 reactor=reactor,
                 threadpool=threadpool,
                 store=local_store,
+                images=store,
             )
             if settings.tree_cache_dir
             else None
@@ -439,7 +443,7 @@ class Builder:
             )
         except NeedSourceImage as exc:
             error, need = str(exc), exc
-        except BuildError as exc:
+        except (BuildError, StoreError) as exc:
             error = str(exc)
         except Exception as exc:  # a bug must fail the build, not the daemon
             _log.failure("Unexpected error building {stream}", stream=stream)
@@ -632,10 +636,18 @@ class Builder:
         image.created_for = requestor
         image.expires_at = expires_at
         if not options.return_image:
-            try:
-                await self._store.add_image(name, image)
-            except Exception as exc:
-                raise BuildError(f"error adding image: {exc}") from None
+            for attempt in range(_NAME_ATTEMPTS):
+                try:
+                    await self._store.add_image(name, image)
+                    break
+                except ImageExistsError as exc:
+                    # Taken meanwhile (on an imageserver: perhaps by an image
+                    # since deleted, whose name stays taken): the next free one.
+                    if attempt + 1 == _NAME_ATTEMPTS:
+                        raise BuildError(f"error adding image: {exc}") from None
+                    name = await self._store.reserve_image_name(stream, now)
+                except Exception as exc:
+                    raise BuildError(f"error adding image: {exc}") from None
         finished = time.monotonic()
         log.line(
             f"Uploaded {name} in {format_duration(finished - upload_started)}, "

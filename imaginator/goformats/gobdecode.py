@@ -116,10 +116,20 @@ class _Cursor:
         value = self.uint()
         return ~(value >> 1) if value & 1 else value >> 1
 
-    def length(self, what: str) -> int:
-        """A count of items that each take at least one byte of this message."""
+    def length(self, what: str, *, spanning: bool = False) -> int:
+        """A count of items that each take at least one byte of this message;
+        with ``spanning`` (the elements of a map or slice), of the decoder's
+        limit instead: elements holding interface values go on in the next
+        message when a concrete type is defined on the way (an image's inode
+        table does), and the elements beyond this message fail cleanly if
+        they are not there."""
         count = self.uint()
-        if count > self.end - self.pos:
+        if spanning:
+            if count > self.decoder.max_message_size:
+                raise GobError(
+                    f"{what} length {count} exceeds the limit of {self.decoder.max_message_size}"
+                )
+        elif count > self.end - self.pos:
             raise GobError(f"{what} length {count} exceeds the {self.end - self.pos} bytes left")
         return count
 
@@ -430,7 +440,7 @@ class Decoder:
             if local is not None and not isinstance(local, Map):
                 raise self._mismatch(type_id, local)
             result = {}
-            for _ in range(c.length("map")):
+            for _ in range(c.length("map", spanning=True)):
                 key = self._decode(c, wire.key, local.key if local else None, depth + 1, skip)
                 value = self._decode(c, wire.elem, local.elem if local else None, depth + 1, skip)
                 try:
@@ -559,7 +569,7 @@ class Decoder:
         else:
             if local is not None and not isinstance(local, Slice):
                 raise self._mismatch(wire.id, local)
-            count = c.length("slice")
+            count = c.length("slice", spanning=True)
         elem = local.elem if isinstance(local, Slice | Array) else None
         return [self._decode(c, wire.elem, elem, depth + 1, skip) for _ in range(count)]
 

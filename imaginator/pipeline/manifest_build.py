@@ -269,8 +269,9 @@ def _log_copied(env: BuildEnv, image: Image, took: float) -> None:
 
 
 async def _materialise_root(env: BuildEnv, image: Image, root: str) -> TreeCache:
-    started = time.monotonic()
     try:
+        await rootfs.fetch_source_objects(env.store, image, env.log)
+        started = time.monotonic()
         cache = await env.in_thread(materialise, image, env.local_store, root)
     except (UnpackError, OSError) as exc:
         raise BuildError(f"error unpacking image: {exc}") from None
@@ -288,7 +289,7 @@ async def _overlay_root(
     trees = request.source_trees
     assert trees is not None
     try:
-        tree = await trees.acquire(name, image, os.path.dirname(root))
+        tree = await trees.acquire(name, image, os.path.dirname(root), env.log)
     except UnpackError as exc:
         raise BuildError(f"error unpacking image: {exc}") from None
     except (rootfs.TreeCacheUnavailable, OSError) as exc:

@@ -34,16 +34,19 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from imaginator.goformats.units import format_bytes, format_duration
 from imaginator.image.model import Image
 from imaginator.image.scan import CacheEntry, TreeCache
-from imaginator.image.unpack import materialise
+from imaginator.image.unpack import UnpackError, materialise
+from imaginator.store.base import StoreError, Transferred
 
 TREE = "tree"
 CACHE_FILE = "tree-cache.json"
@@ -64,6 +67,11 @@ _log = Logger()
 
 class TreeCacheUnavailable(Exception):
     """The tree cache or overlay mounts cannot be used here: unpack instead."""
+
+
+class _NoLog:
+    def line(self, text: str = "") -> None:
+        pass
 
 
 # ---------------------------------------------------------------------- mounts
@@ -271,23 +279,67 @@ def decode_tree_cache(data: bytes) -> tuple[str, int, TreeCache]:
         raise ValueError(f"malformed tree cache: {exc}") from None
 
 
+class LineLog(Protocol):
+    """Where progress is reported (a build's ``BuildLog``)."""
+
+    def line(self, text: str = "") -> None: ...
+
+
+class SourceImages(Protocol):
+    """What unpacking needs of the image store (``ImageStore``)."""
+
+    async def image_exists(self, name: str) -> bool: ...
+
+    async def fetch_objects(self, hashes: Collection[bytes]) -> Transferred: ...
+
+
+async def fetch_source_objects(images: SourceImages, image: Image, log: LineLog) -> None:
+    """Have the image's objects in the local object store before it is
+    materialised: a remote store downloads what its cache lacks (logged),
+    the embedded store has them all. ``UnpackError`` if they cannot be had."""
+    fs = image.file_system
+    if fs is None:
+        raise UnpackError("image has no file-system")
+    started = time.monotonic()
+    try:
+        fetched = await images.fetch_objects(fs.object_hashes())
+    except StoreError as exc:
+        raise UnpackError(str(exc)) from None
+    if fetched.objects:
+        took = max(time.monotonic() - started, 1e-9)
+        log.line(
+            f"Downloaded {fetched.objects} objects ({format_bytes(fetched.bytes)}) in "
+            f"{format_duration(took)} ({format_bytes(int(fetched.bytes / took))}/s)"
+        )
+
+
 class SourceTrees:
     """Pristine unpacked source trees, kept for the ``keep`` most recently
     used images, leased to builds as overlay lower layers.
 
     Bookkeeping (locks, leases) happens in the reactor thread, file work in
     ``threadpool``. A tree is never removed while leased; a lock per image
-    makes concurrent builds from one source materialise it once.
+    makes concurrent builds from one source materialise it once. ``store``
+    is the local object store the trees are written from, ``images`` the
+    image store (which images still exist, objects to fetch first).
     """
 
     def __init__(
-        self, directory: str, *, keep: int = 4, reactor: Any, threadpool: Any, store: Any
+        self,
+        directory: str,
+        *,
+        keep: int = 4,
+        reactor: Any,
+        threadpool: Any,
+        store: Any,
+        images: SourceImages,
     ) -> None:
         self.directory = os.path.abspath(directory)
         self.keep = max(1, keep)
         self._reactor = reactor
         self._threadpool = threadpool
         self._store = store  # LocalImageStore, used from threads
+        self._images = images
         self._locks: dict[str, DeferredLock] = {}
         self._in_use: dict[str, int] = {}
         self._known: dict[str, _Known] = {}
@@ -302,10 +354,13 @@ class SourceTrees:
 
     # -- leases --------------------------------------------------------------------
 
-    async def acquire(self, name: str, image: Image, build_dir: str) -> SourceTree:
-        """The tree of image ``name``, materialised now if the cache lacks it,
-        leased until ``release``. ``build_dir`` is where the build's overlay
-        directories go (it must share the cache's file-system).
+    async def acquire(
+        self, name: str, image: Image, build_dir: str, log: LineLog | None = None
+    ) -> SourceTree:
+        """The tree of image ``name``, materialised now if the cache lacks it
+        (its objects fetched first, reported to ``log``), leased until
+        ``release``. ``build_dir`` is where the build's overlay directories go
+        (it must share the cache's file-system).
 
         Raises ``TreeCacheUnavailable`` when overlay roots cannot work here,
         and ``UnpackError`` when the image cannot be materialised at all.
@@ -332,6 +387,7 @@ class SourceTrees:
             if self._in_use.get(slot):
                 raise TreeCacheUnavailable(f"cache slot {slot} holds another image in use")
             await self._make_room(slot)
+            await fetch_source_objects(self._images, image, log or _NoLog())
             started = time.monotonic()
             cache = await self._in_thread(self._materialise, slot, name, image)
             took = time.monotonic() - started
@@ -459,8 +515,8 @@ class SourceTrees:
         os.rename(path, os.path.join(doomed, "slot"))
         shutil.rmtree(doomed, ignore_errors=True)
 
-    def _survey(self) -> list[tuple[str, float, bool]]:
-        """(slot, last use, whether its image is gone) of every tree in the cache."""
+    def _survey(self) -> list[tuple[str, float, str]]:
+        """(slot, last use, image name or "") of every tree in the cache."""
         found = []
         for slot in os.listdir(self.directory):
             if slot.startswith("."):
@@ -472,13 +528,17 @@ class SourceTrees:
                 mtime = os.stat(used).st_mtime
             except OSError:
                 name, mtime = "", 0.0
-            found.append((slot, mtime, not name or not self._image_exists(name)))
+            found.append((slot, mtime, name))
         return found
 
-    def _image_exists(self, name: str) -> bool:
+    async def _image_gone(self, name: str) -> bool:
+        """Whether the store no longer has the image (unknown if it cannot say: kept)."""
+        if not name:
+            return True
         try:
-            return os.path.lexists(self._store.image_file(name))
-        except Exception:  # an invalid name names no image
+            return not await self._images.image_exists(name)
+        except StoreError as exc:
+            _log.warn("Source tree cache: {error}", error=str(exc))
             return False
 
     # -- making room -------------------------------------------------------------------
@@ -486,7 +546,10 @@ class SourceTrees:
     async def _make_room(self, keep_slot: str) -> None:
         """Before adding a tree: drop trees of images that are gone, then the
         least recently used ones beyond ``keep - 1``; leased trees stay."""
-        survey = await self._in_thread(self._survey)
+        survey = [
+            (slot, mtime, await self._image_gone(name))
+            for slot, mtime, name in await self._in_thread(self._survey)
+        ]
         others = sorted((mtime, slot, stale) for slot, mtime, stale in survey if slot != keep_slot)
         count = len(others)
         for _mtime, slot, stale in others:

@@ -470,6 +470,17 @@ class SrpcClient:
             finally:
                 call._end()
 
+    @property
+    def usable(self) -> bool:
+        """False once the connection is lost, failed or being closed."""
+        return self._protocol.usable
+
+    def abort(self, error: SrpcConnectionError) -> None:
+        """End the connection now: the call in progress (and any later one)
+        raises ``error``. For a caller's own deadline, e.g. one that a
+        long transfer pushes back while it makes progress."""
+        self._protocol.fail(error)
+
     def close(self) -> Deferred[None]:
         """Close the connection; the Deferred fires once it is closed."""
         self._protocol.close()

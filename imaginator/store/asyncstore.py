@@ -6,13 +6,14 @@ blocks on the disk. ``imaginator.store.local`` re-exports it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.threads import deferToThreadPool
 
 from imaginator.image.model import Image
-from imaginator.store.base import TagsToMatch
+from imaginator.store.base import InvalidNameError, TagsToMatch, Transferred
 
 if TYPE_CHECKING:
     from imaginator.store.local import LocalImageStore
@@ -46,6 +47,21 @@ class AsyncImageStore:
     async def get_image(self, name: str) -> Image | None:
         """See ``LocalImageStore.get_image``."""
         return await self._call(self.local.get_image, name)
+
+    async def image_exists(self, name: str) -> bool:
+        """Whether the record of image ``name`` exists (an invalid name names none)."""
+
+        def exists() -> bool:
+            try:
+                return os.path.lexists(self.local.image_file(name))
+            except InvalidNameError:
+                return False
+
+        return await self._call(exists)
+
+    async def fetch_objects(self, hashes: Collection[bytes]) -> Transferred:
+        """Nothing to fetch: the objects of this store are local files."""
+        return Transferred()
 
     async def get_object(self, hash_hex: str) -> bytes:
         """See ``LocalImageStore.read_object``."""

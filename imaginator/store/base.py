@@ -1,15 +1,22 @@
 """The interface every image store offers to the daemon.
 
-The embedded store (``imaginator.store.local``) implements it today; a remote
-Dominator imageserver/objectserver backend will implement it later. Names
-follow the Dominator convention ``<stream>/<YYYY-MM-DD:HH:MM:SS>``; object ids
-are SHA-512 digests as 128 lowercase hex characters.
+Two backends implement it: the embedded store (``imaginator.store.local``,
+through ``AsyncImageStore``) and a remote Dominator imageserver
+(``imaginator.store.imageserver``). Names follow the Dominator convention
+``<stream>/<YYYY-MM-DD:HH:MM:SS>``; object ids are SHA-512 digests as 128
+lowercase hex characters.
+
+Either way the pipeline reads and writes file contents as files of a local
+object store (``LocalImageStore``: the scanner stores into it, the unpacker
+reads ``object_path``): for the embedded backend that *is* the store; for a
+remote one it is a cache in front of the server, which ``fetch_objects``
+fills before an unpack and ``add_image`` uploads from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Collection, Mapping, Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from imaginator.image.model import Image
 
@@ -40,6 +47,13 @@ class HashMismatchError(StoreError):
     """Data did not have the SHA-512 it was announced with."""
 
 
+class Transferred(NamedTuple):
+    """How many objects (and bytes) an operation moved."""
+
+    objects: int = 0
+    bytes: int = 0
+
+
 @runtime_checkable
 class ImageStore(Protocol):
     """Asynchronous access to images and objects (call from the reactor)."""
@@ -60,12 +74,24 @@ class ImageStore(Protocol):
         """The image called ``name``, or ``None`` if there is none."""
         ...
 
+    async def image_exists(self, name: str) -> bool:
+        """Whether an image called ``name`` exists."""
+        ...
+
     async def get_object(self, hash_hex: str) -> bytes:
         """The content of an object; ``MissingObjectError`` if absent."""
         ...
 
+    async def fetch_objects(self, hashes: Collection[bytes]) -> Transferred:
+        """Make every listed object readable in the local object store (the
+        remote backend downloads what its cache lacks, checking each SHA-512;
+        the embedded store has them already). Returns what was downloaded."""
+        ...
+
     async def add_object(self, data: bytes) -> str:
-        """Store ``data`` (non-empty) and return its SHA-512 hex id."""
+        """Store ``data`` (non-empty) and return its SHA-512 hex id (the
+        remote backend keeps it in its cache until an image that references
+        it is added)."""
         ...
 
     async def has_object(self, hash_hex: str) -> bool:
@@ -74,7 +100,10 @@ class ImageStore(Protocol):
 
     async def add_image(self, name: str, image: Image) -> None:
         """Store ``image`` as ``name``; every object it references must be
-        stored already. Sets ``created_on``/``created_by`` if unset."""
+        stored already (the remote backend first uploads those the server
+        lacks from its cache). Sets ``created_on``/``created_by`` if unset.
+        ``ImageExistsError`` if the name is taken (or, on an imageserver,
+        was taken by an image since deleted)."""
         ...
 
     async def change_image_expiration(self, name: str, expires_at_ns: int) -> None:

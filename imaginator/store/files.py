@@ -62,14 +62,25 @@ class TempArea:
         """A new file (mode 0644) in ``tmp/``: unnamed (``O_TMPFILE``) where
         the kernel supports it, so a crash leaves nothing behind; otherwise
         named ``<pid>.<token>.<n>`` and removed on exit unless renamed."""
-        fd, path = self._open_new(named)
+        new = self.open_file(named=named)
         try:
-            yield NewFile(fd, path)
+            yield new
         finally:
-            os.close(fd)
-            if path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+            self.discard(new)
+
+    def open_file(self, *, named: bool = False) -> NewFile:
+        """A new file as :meth:`new_file` makes, for a writer that cannot
+        keep it inside one ``with`` block (data arriving over the network);
+        the caller must :meth:`discard` it once it is linked in or given up."""
+        return NewFile(*self._open_new(named))
+
+    @staticmethod
+    def discard(new: NewFile) -> None:
+        """Close a file from :meth:`open_file` and remove its temporary name."""
+        os.close(new.fd)
+        if new.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(new.path)
 
     def _open_new(self, named: bool) -> tuple[int, str | None]:
         if self.use_tmpfile and not named:

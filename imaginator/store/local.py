@@ -28,7 +28,7 @@ from imaginator.store import garbage
 from imaginator.store.asyncstore import AsyncImageStore
 from imaginator.store.base import StoreError, TagsToMatch
 from imaginator.store.files import TempArea
-from imaginator.store.objects import ObjectStore
+from imaginator.store.objects import IncomingObject, ObjectStore
 from imaginator.store.records import ImageRecords
 
 __all__ = ["AsyncImageStore", "LocalImageStore"]
@@ -95,6 +95,10 @@ class LocalImageStore:
     def import_object_file(self, path: str, *, sync: bool = True) -> tuple[str, int, bool]:
         """See ``ObjectStore.import_object_file``."""
         return self.objects.import_object_file(path, sync=sync)
+
+    def receive_object(self, hash_hex: str) -> IncomingObject:
+        """See ``ObjectStore.receive_object``."""
+        return self.objects.receive_object(hash_hex)
 
     def flush(self) -> None:
         """See ``ObjectStore.flush``."""

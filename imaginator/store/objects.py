@@ -23,7 +23,7 @@ from imaginator.store.base import HashMismatchError, MissingObjectError, StoreEr
 from imaginator.store.files import NewFile, TempArea, fsync_dir, syncfs, write_all
 from imaginator.store.names import check_hash
 
-__all__ = ["BLOCK_SIZE", "ObjectStore"]
+__all__ = ["BLOCK_SIZE", "IncomingObject", "ObjectStore"]
 
 BLOCK_SIZE = 1 << 20
 """Bytes copied at a time when a file is copied in."""
@@ -115,6 +115,11 @@ class ObjectStore:
         finally:
             os.close(fd)
 
+    def receive_object(self, hash_hex: str) -> IncomingObject:
+        """Start writing object ``hash_hex`` whose content arrives in pieces
+        (downloaded); see :class:`IncomingObject`."""
+        return IncomingObject(self, self._temp, check_hash(hash_hex))
+
     def flush(self) -> None:
         """Make every object stored with ``sync=False`` durable."""
         with self._sync_lock:
@@ -196,3 +201,51 @@ class ObjectStore:
         if buffer is None:
             buffer = self._thread_local.buffer = bytearray(BLOCK_SIZE)
         return buffer
+
+
+class IncomingObject:
+    """An object whose content arrives in pieces (e.g. from an imageserver):
+    written to ``tmp/`` and hashed on the way, installed by :meth:`commit`
+    only if it has the SHA-512 it was announced with. Blocking, like the
+    rest of the store; each method is called from one thread at a time."""
+
+    def __init__(self, objects: ObjectStore, temp: TempArea, hash_hex: str) -> None:
+        self.hash_hex = hash_hex
+        self._objects = objects
+        self._temp = temp
+        self._hasher = hashlib.sha512()
+        self._new: NewFile | None = temp.open_file()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``."""
+        if self._new is None:
+            raise StoreError(f"object: {self.hash_hex}: already finished")
+        write_all(self._new.fd, data)
+        self._hasher.update(data)
+        self.size += len(data)
+
+    def commit(self, *, sync: bool = True) -> bool:
+        """Install the object if its content has the expected hash (else
+        ``HashMismatchError``, and nothing is stored); returns whether it
+        was added (False: it was stored meanwhile)."""
+        new = self._new
+        if new is None:
+            raise StoreError(f"object: {self.hash_hex}: already finished")
+        try:
+            if self.size == 0:
+                raise StoreError("zero-length objects cannot be stored")
+            computed = self._hasher.hexdigest()
+            if computed != self.hash_hex:
+                raise HashMismatchError(
+                    f"hash mismatch. Computed={computed}, expected={self.hash_hex}"
+                )
+            return self._objects._install_object(new, self._objects.object_path(computed), sync)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Give the object up (nothing is stored); harmless after :meth:`commit`."""
+        new, self._new = self._new, None
+        if new is not None:
+            self._temp.discard(new)

@@ -13,7 +13,7 @@ globs) and ``1.3.6.1.4.1.9586.100.7.2`` the groups, each a DER
 Command line (Go-style flags, ``-name value`` or ``-name=value``)::
 
     imaginator-certs init [-caFile F] [-caKeyFile F] [-certFile F] [-keyFile F]
-                          [-hostnames localhost,<hostname>]
+                          [-hostnames localhost,<hostname>] [-methods S.M,...|imageserver]
     imaginator-certs user NAME [-groups a,b] [-methods S.M,...] [-days N]
                           [-certDirectory ~/.ssl] [-caFile F] [-caKeyFile F]
 """
@@ -47,6 +47,22 @@ DEFAULT_CERT_FILE = "/etc/ssl/imaginator/cert.pem"
 DEFAULT_KEY_FILE = "/etc/ssl/imaginator/key.pem"
 DEFAULT_CERT_DIRECTORY = "~/.ssl"
 
+IMAGESERVER_METHODS = (
+    "ImageServer.AddImage",
+    "ImageServer.ChangeImageExpiration",
+    "ImageServer.CheckImage",
+    "ImageServer.FindLatestImage",
+    "ImageServer.GetImage",
+    "ImageServer.ListDirectories",
+    "ImageServer.ListImages",
+    "ImageServer.MakeDirectory",
+    "ObjectServer.AddObjects",
+    "ObjectServer.CheckObjects",
+    "ObjectServer.GetObjects",
+)
+"""The methods the daemon calls on a Dominator imageserver: the powers its
+certificate needs there (``-methods imageserver`` of ``init`` grants them)."""
+
 USAGE = f"""\
 Usage: {PROGRAM} init [flags]
        {PROGRAM} user NAME [flags]
@@ -59,6 +75,9 @@ init: create the CA (if {DEFAULT_CA_FILE} is missing; an existing CA is never
   -keyFile string     daemon private key (default "{DEFAULT_KEY_FILE}")
   -hostnames string   comma-separated names for the daemon certificate
                       (default "localhost,<this host's name>")
+  -methods string     comma-separated methods the daemon certificate permits on
+                      other SRPC servers; "imageserver" stands for those the daemon
+                      calls on a Dominator imageserver (-imageServerHostname)
 
 user: create NAME.cert and NAME.key for a user, signed by the CA.
   -caFile, -caKeyFile as above
@@ -96,22 +115,38 @@ def make_ca(common_name: str = "imaginator CA", days: int = 3650) -> tuple[bytes
 
 
 def make_server_cert(
-    ca_cert_pem: bytes, ca_key_pem: bytes, hostnames: Sequence[str], days: int = 825
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    hostnames: Sequence[str],
+    days: int = 825,
+    *,
+    methods: Sequence[str] = (),
 ) -> tuple[bytes, bytes]:
     """A daemon certificate for ``hostnames`` (CN = the first), signed by the CA.
 
     It is valid for both server and client authentication, because the daemon
-    presents the same certificate when it calls other SRPC servers.
+    presents the same certificate when it calls other SRPC servers; the
+    permitted ``methods`` are its powers there (e.g. ``IMAGESERVER_METHODS``
+    on an imageserver).
     """
     names = [name for name in hostnames if name]
     if not names:
         raise CertError("at least one hostname is needed")
+    _check_methods(methods)
     extended = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     extensions: list[x509.ExtensionType] = [
         x509.SubjectAlternativeName([_general_name(name) for name in names]),
         x509.ExtendedKeyUsage(extended),
     ]
+    if methods:
+        extensions.append(_strings_extension(PERMITTED_METHODS_OID, methods))
     return _issue(ca_cert_pem, ca_key_pem, names[0], extensions, _validity(days, None, None))
+
+
+def _check_methods(methods: Sequence[str]) -> None:
+    for method in methods:
+        if method.count(".") != 1:
+            raise CertError(f"permitted method must be Service.Method: {method!r}")
 
 
 def make_user_cert(
@@ -133,9 +168,7 @@ def make_user_cert(
     """
     if not username:
         raise CertError("a user name is needed")
-    for method in methods:
-        if method.count(".") != 1:
-            raise CertError(f"permitted method must be Service.Method: {method!r}")
+    _check_methods(methods)
     extensions: list[x509.ExtensionType] = [
         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
     ]
@@ -311,7 +344,7 @@ class _Command:
 
 
 _COMMAND_FLAGS = {
-    "init": ("caFile", "caKeyFile", "certFile", "keyFile", "hostnames"),
+    "init": ("caFile", "caKeyFile", "certFile", "keyFile", "hostnames", "methods"),
     "user": ("caFile", "caKeyFile", "certDirectory", "days", "groups", "methods"),
 }
 
@@ -365,7 +398,10 @@ def cmd_init(command: _Command) -> None:
     hostnames = _split_list(flags["hostnames"]) if "hostnames" in flags else default_hostnames()
     ca_pem, ca_key_pem, created = ensure_ca(ca_file, ca_key_file)
     print(f"{'created' if created else 'using existing'} CA {ca_file}")
-    cert_pem, key_pem = make_server_cert(ca_pem, ca_key_pem, hostnames)
+    methods: list[str] = []
+    for method in _split_list(flags.get("methods", "")):
+        methods += IMAGESERVER_METHODS if method == "imageserver" else [method]
+    cert_pem, key_pem = make_server_cert(ca_pem, ca_key_pem, hostnames, methods=methods)
     cert_file = Path(flags.get("certFile", DEFAULT_CERT_FILE))
     key_file = Path(flags.get("keyFile", DEFAULT_KEY_FILE))
     write_file(key_file, key_pem, 0o600)

@@ -1,4 +1,6 @@
-"""``imagetool``: look at, extract and export images in the embedded image store.
+"""``imagetool``: look at, extract and export images in the embedded image
+store, or on a Dominator imageserver (``-imageServerHostname``, see
+``imaginator.tools.imagetool_remote``).
 
 Usage: ``imagetool [flags] <command> [flags] [arguments]``. Flags are written
 Go style (``-stateDir=/x``, ``-stateDir /x``, ``--stateDir=/x``, ``-json``),
@@ -25,6 +27,9 @@ from imaginator.image.unpack import UnpackError, materialise
 from imaginator.store.base import StoreError
 from imaginator.store.local import LocalImageStore
 from imaginator.tools.imagetool_base import (
+    DEFAULT_CA_FILE,
+    DEFAULT_CERT_DIRECTORY,
+    DEFAULT_IMAGE_SERVER_PORT,
     DEFAULT_STATE_DIR,
     Arguments,
     CommandError,
@@ -33,6 +38,7 @@ from imaginator.tools.imagetool_base import (
     printable,
 )
 from imaginator.tools.imagetool_export import cmd_diff, cmd_oci, cmd_push, cmd_sbom
+from imaginator.tools.imagetool_remote import run_remote
 from imaginator.tools.imagetool_summary import summary_lines
 
 PROGRAM = "imagetool"
@@ -56,6 +62,15 @@ Commands:
 Flags:
   -stateDir DIR        the imaginator state directory (default {DEFAULT_STATE_DIR});
                        the store is DIR/store
+  -imageServerHostname HOST
+                       read the images of this Dominator imageserver instead
+                       of the embedded store
+  -imageServerPortNum PORT
+                       its port (default {DEFAULT_IMAGE_SERVER_PORT})
+  -certDirectory DIR   the client certificate for the imageserver: the best
+                       NAME.cert/NAME.key pair of DIR (default {DEFAULT_CERT_DIRECTORY})
+  -CAfile FILE         the CA the imageserver's certificate must chain to
+                       (default {DEFAULT_CA_FILE})
   -json                diff: print JSON
   -summary             show: name, dates, source, commit, sizes, counts, packages,
                        tags, filter, triggers and build log on one screen
@@ -74,6 +89,10 @@ _HELP_FLAGS = {"h", "help"}
 #: Flag name -> attribute of ``Arguments``.
 STRING_FLAGS = {
     "stateDir": "state_dir",
+    "imageServerHostname": "image_server_hostname",
+    "imageServerPortNum": "image_server_port",
+    "certDirectory": "cert_directory",
+    "CAfile": "ca_file",
     "sbomFormat": "sbom_format",
     "registryCredentials": "registry_credentials",
     "registryCA": "registry_ca",
@@ -98,8 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(USAGE)
         return 0
     try:
-        store = LocalImageStore(os.path.join(arguments.state_dir, "store"), create=False)
-        COMMANDS[arguments.command][1](store, arguments, *arguments.args)
+        command = COMMANDS[arguments.command][1]
+        if arguments.image_server_hostname:
+            run_remote(arguments, command)
+        else:
+            store = LocalImageStore(os.path.join(arguments.state_dir, "store"), create=False)
+            command(store, arguments, *arguments.args)
     except UsageError as exc:
         print(f"{PROGRAM}: {exc} (try {PROGRAM} -h)", file=sys.stderr)
         return 2
@@ -180,6 +203,11 @@ def _parse_flags(argv: list[str], i: int, result: Arguments) -> int:
         if not value:
             what = "directory" if name == "stateDir" else "file" if name.startswith("reg") else ""
             raise UsageError(f"-{name}: empty {what or 'value'}{' name' if what else ''}")
+        if name == "imageServerPortNum":
+            if not value.isascii() or not value.isdigit() or not 0 < int(value) < 65536:
+                raise UsageError(f"-imageServerPortNum: expected a port number, got {value!r}")
+            setattr(result, STRING_FLAGS[name], int(value))
+            continue
         setattr(result, STRING_FLAGS[name], value)
     return i
 

@@ -9,6 +9,9 @@ from imaginator.image.model import Image
 from imaginator.store.local import LocalImageStore
 
 DEFAULT_STATE_DIR = "/var/lib/imaginator"
+DEFAULT_CERT_DIRECTORY = "~/.ssl"
+DEFAULT_CA_FILE = "/etc/ssl/CA.pem"
+DEFAULT_IMAGE_SERVER_PORT = 6971
 
 
 class UsageError(Exception):
@@ -34,6 +37,10 @@ class Arguments:
     registry_ca: str = ""
     registry_plain_http: bool = False
     source_date_epoch: int | None = None
+    image_server_hostname: str = ""
+    image_server_port: int = DEFAULT_IMAGE_SERVER_PORT
+    cert_directory: str = DEFAULT_CERT_DIRECTORY
+    ca_file: str = DEFAULT_CA_FILE
 
 
 def load_image(store: LocalImageStore, name: str) -> Image:

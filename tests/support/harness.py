@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
 from imaginator.config.main import load_main_config
-from imaginator.daemon import assemble_core, start_services
+from imaginator.daemon import ImageServerSettings, assemble_core, start_services
 from imaginator.goformats.units import go_arch
 from imaginator.lifecycle import DaemonServices
 from imaginator.runtime.process import ProcessRunner
@@ -39,6 +39,9 @@ def vector_conf() -> dict[str, Any]:
 
 @dataclass
 class Harness:
+    """``store`` is the local object store (the embedded store, or the
+    imageserver's object cache), ``images`` the image store the builder uses."""
+
     builder: Builder
     store: LocalImageStore
     streams: StreamsRegistry
@@ -46,6 +49,7 @@ class Harness:
     pool: ThreadPool
     tmp: Path
     services: DaemonServices
+    images: Any = None
 
     async def build(self, stream: str, requestor: str = "", **options: Any) -> BuildResult:
         variables = options.pop("variables", None)
@@ -71,9 +75,11 @@ async def make_harness(
     max_builds: int = 2,
     tree_cache: bool = False,
     tree_cache_images: int = 4,
+    image_server: ImageServerSettings | None = None,
 ) -> Harness:
     """A builder in ``tmp``; ``tree_cache`` mounts build roots as overlays over
-    source trees cached in ``tmp/trees`` (as the daemon does)."""
+    source trees cached in ``tmp/trees`` (as the daemon does); with
+    ``image_server`` the images go to that imageserver."""
     tmp.mkdir(parents=True, exist_ok=True)
     document = dict(conf if conf is not None else vector_conf())
     if streams is not None:
@@ -117,8 +123,16 @@ async def make_harness(
             tree_cache_images=tree_cache_images,
         ),
         runner=ProcessRunner(reactor),
+        image_server=image_server,
     )
     await core.streams.loaded
     return Harness(
-        core.builder, core.local_store, core.streams, core.variables, pool, tmp, services
+        core.builder,
+        core.local_store,
+        core.streams,
+        core.variables,
+        pool,
+        tmp,
+        services,
+        core.store,
     )

@@ -15,6 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from imaginator.srpc.identity import GROUPS_OID, PERMITTED_METHODS_OID, identity_from_chain
 from imaginator.tools.certs import (
+    IMAGESERVER_METHODS,
     CertError,
     main,
     make_ca,
@@ -152,6 +153,17 @@ def test_init_creates_the_ca_and_the_daemon_certificate(tmp_path: Path) -> None:
     cert = load((ssl / "imaginator/cert.pem").read_bytes())
     cert.verify_directly_issued_by(load((ssl / "CA.pem").read_bytes()))
     assert common_name(cert) == "build.example"
+
+
+def test_init_grants_the_daemon_methods_on_other_servers(tmp_path: Path) -> None:
+    assert main(init_args(tmp_path, "-methods", "imageserver,Imaginator.BuildImage")) == 0
+    cert = load((tmp_path / "ssl/imaginator/cert.pem").read_bytes())
+    identity = identity_from_chain([cert])
+    assert identity.permitted_methods == {*IMAGESERVER_METHODS, "Imaginator.BuildImage"}
+    assert "ObjectServer.AddObjects" in identity.permitted_methods
+    assert main(init_args(tmp_path)) == 0  # and none by default
+    plain = load((tmp_path / "ssl/imaginator/cert.pem").read_bytes())
+    assert identity_from_chain([plain]).permitted_methods == frozenset()
 
 
 def test_init_never_overwrites_the_ca(tmp_path: Path) -> None:

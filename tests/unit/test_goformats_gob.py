@@ -19,6 +19,7 @@ from imaginator.goformats.gob import (
     TIME,
     UINT,
     UINT8,
+    UINT64,
     Array,
     Decoder,
     Encoder,
@@ -370,6 +371,26 @@ def test_lengths_are_checked_against_the_message_before_allocating():
     data = data[: len(data) - len(body) - 1] + encode_uint(len(forged) + 2) + b"\xff\x80" + forged
     with pytest.raises(GobError):
         Decoder().feed(bytes(data))
+
+
+def test_a_map_of_interfaces_goes_on_past_its_first_message():
+    # A new concrete type in an interface ends the message: the map's count
+    # (300) is more than the bytes left in the message that carries it.
+    inner = Struct("Inner", [Field("A", UINT64)])
+    table = Map(UINT64, Interface({"*x.Inner": inner}, "Iface"), "map[uint64]Iface")
+    outer = Struct("Outer", [Field("M", table)])
+    value = {"M": {i: GoInterface("*x.Inner", {"A": i + 1}, inner) for i in range(300)}}
+    data = Encoder().encode(outer, value)
+    (decoded,) = Decoder(outer).feed(data)
+    assert {key: item.value for key, item in decoded["M"].items()} == {
+        i: {"A": i + 1} for i in range(300)
+    }
+    # A count that the message cannot hold, of elements without interfaces: a clean error.
+    strings = Map(UINT64, STRING, "map[uint64]string")
+    short = bytearray(Encoder().encode(Struct("S", [Field("M", strings)]), {"M": {1: "a"}}))
+    short[short.rindex(b"\x01\x01\x01a")] = 0x7F
+    with pytest.raises(GobError, match="truncated message"):
+        Decoder().feed(bytes(short))
 
 
 def test_recursive_types_are_bounded():

@@ -27,6 +27,7 @@ from imaginator.image.model import (
 )
 from imaginator.image.triggers import Trigger
 from imaginator.store.local import LocalImageStore
+from imaginator.tools.certs import make_ca, make_user_cert
 from imaginator.tools.imagetool import DEFAULT_STATE_DIR, main, parse_args
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners, device nodes)")
@@ -210,6 +211,14 @@ def test_unknown_image(capsys, state_dir, command, tmp_path, monkeypatch):
         (["-nope", "list"], "flag provided but not defined: -nope"),
         (["-stateDir"], "flag needs an argument: -stateDir"),
         (["-stateDir=", "list"], "-stateDir: empty directory name"),
+        (
+            ["-imageServerPortNum=x", "list"],
+            "-imageServerPortNum: expected a port number, got 'x'",
+        ),
+        (
+            ["-imageServerPortNum=70000", "list"],
+            "-imageServerPortNum: expected a port number, got '70000'",
+        ),
     ],
 )
 def test_bad_arguments(capsys, argv, message):
@@ -284,3 +293,33 @@ def test_show_summary_is_one_screen(capsys, tmp_path):
     ]
     plain = run(capsys, f"-stateDir={tmp_path / 'state'}", "show", NAME)[1]
     assert plain.startswith("{\n")  # without -summary: the record as JSON
+
+
+def test_imageserver_flags():
+    parsed = parse_args(
+        ["-imageServerHostname=images", "-imageServerPortNum", "7001", "-CAfile=/ca", "list"]
+    )
+    assert (parsed.image_server_hostname, parsed.image_server_port) == ("images", 7001)
+    assert (parsed.ca_file, parsed.cert_directory) == ("/ca", "~/.ssl")
+    defaults = parse_args(["list"])
+    assert (defaults.image_server_hostname, defaults.image_server_port) == ("", 6971)
+    assert defaults.ca_file == "/etc/ssl/CA.pem"
+
+
+def test_imageserver_without_a_certificate_or_ca_fails_before_dialing(capsys, tmp_path):
+    remote = ["-imageServerHostname=127.0.0.1", "-imageServerPortNum=1"]
+    status, out, err = run(capsys, *remote, f"-certDirectory={tmp_path / 'none'}", "list")
+    assert (status, out) == (1, "")
+    assert err == (
+        f"imagetool: -certDirectory={tmp_path / 'none'}: no usable certificate and key "
+        "(NAME.cert and NAME.key, or cert.pem and key.pem)\n"
+    )
+    ca, ca_key = make_ca()
+    cert, key = make_user_cert(ca, ca_key, "tool")
+    (tmp_path / "tool.cert").write_bytes(cert)
+    (tmp_path / "tool.key").write_bytes(key)
+    missing = tmp_path / "no-ca.pem"
+    status, out, err = run(
+        capsys, *remote, f"-certDirectory={tmp_path}", f"-CAfile={missing}", "list"
+    )
+    assert (status, err) == (1, f"imagetool: -CAfile={missing}: No such file\n")

@@ -26,6 +26,7 @@ from imaginator.lifecycle import (
     DaemonServices,
     StartupError,
     check_flags,
+    imageserver_tls_options,
     server_tls_options,
     tls_disabled_warning,
 )
@@ -66,9 +67,8 @@ def test_unused_flags_warn_only_when_set():
     assert warnings[2].startswith("-slaveDriverConfigurationFile=/etc/slaves.json is ignored")
 
 
-def test_a_remote_imageserver_stops_start_up():
-    with pytest.raises(StartupError, match="-imageServerHostname"):
-        check_flags(options(imageServerHostname="imageserver"))
+def test_the_imageserver_port_is_used_with_a_hostname():
+    assert check_flags(options(imageServerHostname="imageserver", imageServerPortNum=7000)) == []
 
 
 # -- certificates ------------------------------------------------------------------------
@@ -145,6 +145,22 @@ def test_a_key_of_another_certificate_stops_start_up(pki, tmp_path):
     opts["keyFile"] = str(other)
     with pytest.raises(StartupError, match="cannot be used together"):
         server_tls_options(opts)
+
+
+def test_the_imageserver_needs_all_three_files_even_at_their_defaults(tmp_path, pki):
+    opts, _defaults = at_defaults(tmp_path)
+    opts["imageServerHostname"] = "images.example"
+    with pytest.raises(StartupError) as info:
+        imageserver_tls_options(opts)
+    assert str(info.value) == (
+        f"-CAfile={opts['CAfile']}: No such file or directory (needed to talk to the "
+        "imageserver of -imageServerHostname=images.example)"
+    )
+    good = options(imageServerHostname="127.0.0.1", **{n: str(p) for n, p in pki.items()})
+    assert imageserver_tls_options(good) is not None
+    good["keyFile"] = str(pki["CAfile"])
+    with pytest.raises(StartupError, match=r"^-keyFile=.*: not an unencrypted PEM private key"):
+        imageserver_tls_options(good)
 
 
 # -- the stop order ----------------------------------------------------------------------

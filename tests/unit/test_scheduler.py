@@ -22,6 +22,7 @@ from imaginator.image.model import DirectoryInode, FileSystem, Image, RegularIno
 from imaginator.pipeline.manifest_build import NeedSourceImage
 from imaginator.runtime.process import ProcessRunner
 from imaginator.scheduler import Builder, BuilderSettings, BuildOptions, BuildResult, Pipeline
+from imaginator.store.base import ImageExistsError, StoreError
 from tests.support.fakes import FakeReactor, SyncThreadPool, fired, has_fired
 
 NOW = 1_700_000_000.0
@@ -112,6 +113,8 @@ class FakeStore:
     def __init__(self) -> None:
         self.images: dict[str, Image] = {}
         self.extended: list[str] = []
+        self.taken: set[str] = set()  # names of deleted images (an imageserver keeps them)
+        self.reserved: list[str] = []
 
     async def find_latest_image(self, stream: str) -> str | None:
         names = sorted(n for n in self.images if n.rpartition("/")[0] == stream)
@@ -121,10 +124,13 @@ class FakeStore:
         return self.images.get(name)
 
     async def reserve_image_name(self, stream: str, now: float) -> str:
-        count = sum(1 for n in self.images if n.rpartition("/")[0] == stream)
-        return f"{stream}/{count:04d}"
+        count = sum(1 for n in {*self.images, *self.reserved} if n.rpartition("/")[0] == stream)
+        self.reserved.append(f"{stream}/{count:04d}")
+        return self.reserved[-1]
 
     async def add_image(self, name: str, img: Image) -> None:
+        if name in self.taken:
+            raise ImageExistsError(f"cannot add previously deleted image: {name}")
         self.images[name] = img
 
     async def change_image_expiration(self, name: str, expires_at: int) -> bool:
@@ -315,3 +321,28 @@ def test_the_stage_a_build_failed_in_is_marked_and_a_source_build_is_a_stage():
     ]
     source = builder.last_result("boot")
     assert [s.name for s in source.stages] == ["bootstrap command", "store"]
+
+
+def test_a_name_taken_meanwhile_is_replaced_by_the_next_one():
+    builder, fake, store = make()
+    store.taken = {"boot/0000", "boot/0001"}
+    done = start(builder, "boot")
+    fake.finish("boot")
+    result = fired(done)
+    assert not result.error and result.image_name == "boot/0002"
+    assert list(store.images) == ["boot/0002"]
+    assert f"Uploaded {result.image_name} in " in result.log.decode()
+
+
+def test_a_store_error_fails_the_build_with_its_text():
+    builder, fake, store = make()
+
+    async def broken(stream: str) -> str | None:
+        raise StoreError("imageserver 127.0.0.1:6971: ImageServer.FindLatestImage: cannot connect")
+
+    store.find_latest_image = broken
+    done = start(builder, "boot")
+    fake.finish("boot")
+    assert fired(done).error == (
+        "imageserver 127.0.0.1:6971: ImageServer.FindLatestImage: cannot connect"
+    )

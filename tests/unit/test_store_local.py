@@ -32,6 +32,7 @@ from imaginator.store.base import (
     InvalidNameError,
     MissingObjectError,
     StoreError,
+    Transferred,
 )
 from imaginator.store.local import AsyncImageStore, LocalImageStore
 
@@ -429,7 +430,12 @@ async def test_async_store_runs_the_local_store_in_threads(store, threadpool):
     assert callers and not any(callers)
     assert await async_store.get_object(hash_hex) == b"data"
     name = await async_store.reserve_image_name("s", 1795776798)
+    assert not await async_store.image_exists(name)
     await async_store.add_image(name, image_with([b"data"], expires_at=5))
+    assert await async_store.image_exists(name)
+    assert not await async_store.image_exists("../escape/x")  # names no image
+    # The objects are local files already: nothing to fetch.
+    assert await async_store.fetch_objects({bytes.fromhex(hash_hex)}) == Transferred(0, 0)
     assert await async_store.list_images() == [name]
     assert await async_store.list_directories() == ["s"]
     await async_store.change_image_expiration(name, 0)
@@ -455,3 +461,34 @@ def test_garbage_collection_keeps_every_referenced_object(store):
     assert not store.has_object(orphan)
     store.delete_image("s/2026-01-01:00:00:01")
     assert store.collect_garbage() == (2, len(b"kept by an image") + len(b"a build log"))
+
+
+def test_an_incoming_object_is_installed_only_with_its_hash(store):
+    data = b"downloaded in pieces\n" * 1000
+    hash_hex = hashlib.sha512(data).hexdigest()
+    incoming = store.receive_object(hash_hex)
+    incoming.write(data[:100])
+    incoming.write(data[100:])
+    assert not store.has_object(hash_hex)  # nothing visible before the commit
+    assert incoming.commit() is True
+    assert store.read_object(hash_hex) == data
+    again = store.receive_object(hash_hex)
+    again.write(data)
+    assert again.commit(sync=False) is False  # there already
+
+    other = hashlib.sha512(b"other").hexdigest()
+    wrong = store.receive_object(other)
+    wrong.write(b"not the other")
+    with pytest.raises(HashMismatchError, match=f"expected={other}"):
+        wrong.commit()
+    assert not store.has_object(other)
+    with pytest.raises(StoreError, match="already finished"):
+        wrong.write(b"more")
+    empty = store.receive_object(other)
+    with pytest.raises(StoreError, match="zero-length"):
+        empty.commit()
+    given_up = store.receive_object(other)
+    given_up.write(b"other")
+    given_up.abort()
+    assert not store.has_object(other)
+    assert os.listdir(store.tmp_dir) == []
