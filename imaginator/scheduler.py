@@ -26,7 +26,7 @@ from imaginator.image.filter import Filter
 from imaginator.image.model import Image
 from imaginator.pipeline.bootstrap import build_bootstrap
 from imaginator.pipeline.manifest_build import NeedSourceImage, NormalBuild, build_normal
-from imaginator.pipeline.pack import BuildEnv, BuildError
+from imaginator.pipeline.pack import BuildEnv, BuildError, attach_build_log
 from imaginator.pipeline.rootfs import SourceTrees
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.process import ProcessRunner
@@ -604,6 +604,7 @@ class Builder:
             identical = await self._identical_latest(stream, image, expires_at, log)
             if identical is not None:
                 return identical, True
+        await attach_build_log(self._store, log, image)
         name = await self._store.reserve_image_name(stream, now)
         image.created_for = requestor
         image.expires_at = expires_at

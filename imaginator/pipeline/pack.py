@@ -2,8 +2,9 @@
 
 Shared by bootstrap builds and manifest builds: list the packages, clear
 ``/tmp``, scan the tree into a file-system (storing new objects), copy mtimes
-from the stream's previous image, store the build log and assemble the image
-record. Publishing (naming, expiry, ``add_image``) is the builder's job.
+from the stream's previous image and assemble the image record. Publishing
+(storing the build log with :func:`attach_build_log`, naming, expiry,
+``add_image``) is the builder's job.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThreadPool
@@ -41,6 +43,12 @@ PACKAGER = "/bin/generic-packager"
 TEST_TIMEOUT = 10.0
 TEST_OUTPUT_LIMIT = 4096
 """Bytes of a test's output shown in the build log; the rest is never kept in memory."""
+
+
+class LogObjectStore(Protocol):
+    """Where a build log is stored (``ImageStore.add_object``)."""
+
+    async def add_object(self, data: bytes) -> str: ...
 
 
 class BuildError(Exception):
@@ -343,9 +351,7 @@ async def pack(env: BuildEnv, spec: PackSpec) -> Image:
     )
     await copy_previous_mtimes(env, spec, fs)
     await run_tests(env, spec.root, fs)
-    log_hash = await env.store.add_object(env.log.getvalue())
     return Image(
-        build_log=Annotation(object=bytes.fromhex(log_hash), url=""),
         file_system=fs,
         filter=spec.image_filter,
         owner_groups=tuple(spec.owners.groups) or None,
@@ -355,6 +361,17 @@ async def pack(env: BuildEnv, spec: PackSpec) -> Image:
         source_image=spec.source_image,
         tags=expand_tags(spec.tags, spec.variables),
     )
+
+
+async def attach_build_log(store: LogObjectStore, log: BuildLog, image: Image) -> None:
+    """Store the build log as written so far and name it in ``image``.
+
+    Done by whoever publishes the image, right before adding it: a rebuild
+    found identical to the latest image publishes nothing and so stores no
+    object at all, not even its log.
+    """
+    log_hash = await store.add_object(log.getvalue())
+    image.build_log = Annotation(object=bytes.fromhex(log_hash), url="")
 
 
 def compile_filter(lines, what: str) -> Filter | None:

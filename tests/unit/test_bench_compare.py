@@ -136,6 +136,19 @@ def test_our_daemon_log():
     assert cycle_seconds(events) == pytest.approx(65.0)
 
 
+def test_our_identical_rebuild_has_a_duration():
+    events = parse_daemon_log(
+        "2026-12-05T23:45:37+0000 [imaginator.scheduler#info] Built image: "
+        "bench/base/2026-12-05:23:45:37 in 6.93s\n"
+        "2026-12-05T23:45:41+0000 [imaginator.scheduler#info] Identical to "
+        "bench/base/2026-12-05:23:45:37: no new image published (3.53s)\n"
+    )
+    # Only published images count as built (the cycle's "images published")...
+    assert built_images(events) == [("bench/base/2026-12-05:23:45:37", pytest.approx(6.93))]
+    # ...but the identical rebuild's own duration is what the rebuild took.
+    assert build_seconds(events, "bench/base/2026-12-05:23:45:37") == pytest.approx(3.53)
+
+
 def test_cycle_from_timestamps_when_the_line_has_no_duration():
     at = datetime.datetime(2026, 1, 1, 10, 0, 0)
     events = [
