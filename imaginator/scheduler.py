@@ -487,6 +487,7 @@ class Builder:
             deadline_seconds=build_deadline_seconds(
                 self._settings.maximum_build_duration, options.maximum_build_duration
             ),
+            nosync=self.config.fast_paths.no_fsync_in_builds,
         )
         env.start_deadline()
         return env

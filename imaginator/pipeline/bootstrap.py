@@ -30,6 +30,7 @@ from imaginator.pipeline.pack import (
 )
 from imaginator.pipeline.packager import generic_packager_script
 from imaginator.runtime.inroot import write_file_in_root
+from imaginator.runtime.nosync import launcher_argv
 from imaginator.runtime.process import CommandError
 from imaginator.runtime.sandbox import base_environment, host_argv
 
@@ -82,13 +83,18 @@ async def build_bootstrap(
             raise BuildError(f"bootstrap stream {stream.name}: empty BootstrapCommand")
         env.log.line(describe_command(argv))
         started = time.monotonic()
+        command = host_argv(argv)
+        _fd, inputs = env.nosync_inputs()
+        if inputs:
+            command = launcher_argv(command)
         try:
             await env.runner.run(
-                host_argv(argv),
+                command,
                 log=env.log,
                 env=base_environment(stream.variables, tz=os.environ.get("TZ")),
                 deadline=env.deadline,
                 step="bootstrap",
+                inputs=inputs,
             )
         except CommandError as exc:
             raise BuildError(str(exc)) from None

@@ -35,11 +35,13 @@ from imaginator.image.mtimes import copy_mtimes
 from imaginator.image.scan import ScanError, scan_tree
 from imaginator.image.triggers import Trigger
 from imaginator.runtime.buildlog import BuildLog
+from imaginator.runtime.nosync import PROGRAM_FD, nosync_program
 from imaginator.runtime.process import MAX_CAPTURED_OUTPUT, CommandError, ProcessRunner
 from imaginator.runtime.sandbox import base_environment, chroot_argv
 from imaginator.runtime.treedelete import delete_matching
 
 PACKAGER = "/bin/generic-packager"
+_NOSYNC_PROGRAM = nosync_program()
 TEST_TIMEOUT = 10.0
 TEST_OUTPUT_LIMIT = 4096
 """Bytes of a test's output shown in the build log; the rest is never kept in memory."""
@@ -67,6 +69,8 @@ class BuildEnv:
     log: BuildLog
     deadline_seconds: float = 24 * 3600.0
     deadline: float | None = None
+    #: Build commands run with the sync calls turned into no-ops (``runtime.nosync``).
+    nosync: bool = False
 
     def start_deadline(self) -> None:
         """Start the build deadline clock (after the manifest fetch, reference §5.1.4)."""
@@ -101,8 +105,9 @@ class BuildEnv:
         """
         if deadline is None or (self.deadline is not None and self.deadline < deadline):
             deadline = self.deadline
+        seccomp_fd, inputs = self.nosync_inputs()
         return await self.runner.run(
-            chroot_argv(root, argv, bind_mounts=bind_mounts),
+            chroot_argv(root, argv, bind_mounts=bind_mounts, seccomp_fd=seccomp_fd),
             log=self.log,
             env=base_environment(variables, tz=os.environ.get("TZ")),
             stdin=stdin,
@@ -112,7 +117,14 @@ class BuildEnv:
             capture_limit=capture_limit,
             truncate_capture=truncate_capture,
             step=step,
+            inputs=inputs,
         )
+
+    def nosync_inputs(self) -> tuple[int | None, dict[int, bytes] | None]:
+        """(the child's fd of the no-sync filter, the runner's ``inputs``), or Nones."""
+        if not self.nosync:
+            return None, None
+        return PROGRAM_FD, {PROGRAM_FD: _NOSYNC_PROGRAM}
 
 
 @dataclass
