@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
@@ -21,11 +22,11 @@ from imaginator.config.streams import StreamConfig, StreamsDocument
 from imaginator.config.streams import lookup as lookup_stream
 from imaginator.goformats.jsonc import ConfigError
 from imaginator.goformats.units import format_duration
-from imaginator.image.compare import provenance, same_build, same_content
 from imaginator.image.filter import Filter
 from imaginator.image.model import Image
 from imaginator.pipeline.bootstrap import build_bootstrap
 from imaginator.pipeline.manifest_build import NeedSourceImage, NormalBuild, build_normal
+from imaginator.pipeline.outcome import KeptTree, TreesInFlight, identical_latest
 from imaginator.pipeline.pack import BuildEnv, BuildError, attach_build_log
 from imaginator.pipeline.rootfs import SourceTrees
 from imaginator.runtime.buildlog import BuildLog
@@ -206,6 +207,7 @@ class Builder:
             if settings.tree_cache_dir
             else None
         )
+        self._trees_in_flight = TreesInFlight(self.source_trees, self._in_thread)
 
     # -- state for pages and RPC -------------------------------------------------
 
@@ -419,11 +421,14 @@ class Builder:
         running = _Running(current, options)
         self._running[stream] = running
         image_name, error, image, need, identical = "", "", None, None, False
+        kept = KeptTree()
         try:
-            image = await self._make_image_recursively(stream, options, log, chain)
-            image_name, identical = await self._publish(
+            image = await self._make_image_recursively(stream, options, log, chain, kept)
+            image_name, identical, record = await self._publish(
                 stream, image, options, requestor, log, started_mono
             )
+            if kept.path is not None and record is not None:
+                self._trees_in_flight.adopt(image_name, record, kept.take())
         except NeedSourceImage as exc:
             error, need = str(exc), exc
         except BuildError as exc:
@@ -431,6 +436,8 @@ class Builder:
         except Exception as exc:  # a bug must fail the build, not the daemon
             _log.failure("Unexpected error building {stream}", stream=stream)
             error = f"internal error: {exc}"
+        if kept.path is not None:
+            self._trees_in_flight.remove(kept.take())
         if error and self.shutting_down:
             error = f"daemon shutting down ({error})"
         if error:
@@ -493,11 +500,16 @@ class Builder:
         return env
 
     async def _make_image_recursively(
-        self, stream: str, options: BuildOptions, log: BuildLog, chain: tuple[str, ...]
+        self,
+        stream: str,
+        options: BuildOptions,
+        log: BuildLog,
+        chain: tuple[str, ...],
+        kept: KeptTree,
     ) -> Image:
         """Build; on a missing or stale source image build the source first, then retry once."""
         try:
-            return await self._make_image(stream, options, log)
+            return await self._make_image(stream, options, log, kept)
         except NeedSourceImage as need:
             if options.disable_recursive_build:
                 raise
@@ -525,9 +537,11 @@ class Builder:
             if result.error:
                 raise BuildError(result.error) from None
             log.line(f"Built source image: {result.image_name}, building: {stream}")
-        return await self._make_image(stream, options, log)
+        return await self._make_image(stream, options, log, kept)
 
-    async def _make_image(self, stream: str, options: BuildOptions, log: BuildLog) -> Image:
+    async def _make_image(
+        self, stream: str, options: BuildOptions, log: BuildLog, kept: KeptTree
+    ) -> Image:
         config = await self.lookup(stream)
         env = self._env(log, options)
         if isinstance(config, BootstrapStream):
@@ -542,6 +556,7 @@ class Builder:
                 variables=variables,
                 mtimes_filter=self._mtimes_filter,
                 tmpdir=self._settings.tmpdir,
+                keep_tree=kept.offer if self._reuse_trees() else None,
             )
         return await self._pipeline.normal(
             env,
@@ -560,33 +575,6 @@ class Builder:
             ),
         )
 
-    async def _identical_latest(
-        self, stream: str, image: Image, expires_at: int, log: BuildLog
-    ) -> str | None:
-        """If the stream's latest image is the same build (content and
-        provenance), extend it and name it."""
-        latest_name = await self._store.find_latest_image(stream)
-        if latest_name is None:
-            return None
-        latest = await self._store.get_image(latest_name)
-        if latest is None:
-            return None
-        # One walk of the file-systems either way: provenance is compared first.
-        if provenance(image) != provenance(latest):
-            if await deferToThreadPool(
-                self._reactor, self._threadpool, same_content, image, latest
-            ):
-                log.line(f"Same content as {latest_name}, new provenance: publishing a new image")
-            return None
-        if not await deferToThreadPool(self._reactor, self._threadpool, same_build, image, latest):
-            return None
-        extended = await self._store.change_image_expiration(latest_name, expires_at)
-        log.line(
-            f"Identical to {latest_name}: no new image published"
-            + (", extended its expiration" if extended else "")
-        )
-        return latest_name
-
     async def _publish(
         self,
         stream: str,
@@ -595,20 +583,26 @@ class Builder:
         requestor: str,
         log: BuildLog,
         started_mono: float,
-    ) -> tuple[str, bool]:
-        """Publish ``image``; returns its name and whether it was the latest
-        image, extended instead (an identical build)."""
+    ) -> tuple[str, bool, Image | None]:
+        """Publish ``image``; returns its name, whether it was the latest
+        image, extended instead (an identical build), and the image as stored
+        (``None`` if it was only returned)."""
         upload_started = time.monotonic()
         now = self._reactor.seconds()
         expires_at = int((now + options.expires_in) * 1e9) if options.expires_in > 0 else 0
         if not options.return_image:
-            identical = await self._identical_latest(stream, image, expires_at, log)
+            identical = await identical_latest(
+                self._store, self._in_thread, stream, image, expires_at, log
+            )
             if identical is not None:
-                return identical, True
+                return identical[0], True, identical[1]
         await attach_build_log(self._store, log, image)
         name = await self._store.reserve_image_name(stream, now)
         image.created_for = requestor
         image.expires_at = expires_at
+        # Set here rather than by the store, so the record's time is known
+        # without reading it back (the source-tree cache keys trees by it).
+        image.created_on = image.created_on or int(now * 1e9)
         if not options.return_image:
             try:
                 await self._store.add_image(name, image)
@@ -619,4 +613,16 @@ class Builder:
             f"Uploaded {name} in {format_duration(finished - upload_started)}, "
             f"total build duration: {format_duration(finished - started_mono)}"
         )
-        return name, False
+        return name, False, None if options.return_image else image
+
+    # -- the bootstrap tree as a source tree ----------------------------------------
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
+
+    def _reuse_trees(self) -> bool:
+        return self.source_trees is not None and self.config.fast_paths.reuse_bootstrap_trees
+
+    async def settled(self) -> None:
+        """Wait until kept bootstrap trees are adopted (or removed) and durable."""
+        await self._trees_in_flight.settled()

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from imaginator.config.expand import expand
 from imaginator.config.main import BootstrapStream, PackagerType
@@ -26,6 +26,7 @@ from imaginator.pipeline.pack import (
     PackSpec,
     clean_packages,
     compile_filter,
+    find_tests,
     pack,
 )
 from imaginator.pipeline.packager import generic_packager_script
@@ -65,6 +66,7 @@ async def build_bootstrap(
     variables: Mapping[str, str],
     mtimes_filter: Filter | None,
     tmpdir: str | None = None,
+    keep_tree: Callable[[str], bool] | None = None,
 ) -> Image:
     """Build ``stream`` from scratch; returns the packed (not yet published) image.
 
@@ -72,10 +74,13 @@ async def build_bootstrap(
     ``Variables`` over the variables files (lowest); ``$dir`` is added here. The
     stream's ``Variables`` are also the command's environment (e.g.
     ``SOURCE_DATE_EPOCH`` for reproducible roots). The working directory is
-    always removed.
+    removed, unless the build succeeded and ``keep_tree(root)`` took it over
+    (to keep it as the image's source tree): it is offered only when the image
+    has no tests, which run after the scan and could have changed it.
     """
     scan_filter = compile_filter(stream.filter_lines, "FilterLines")
     root = await env.in_thread(make_work_dir, stream.name, "", tmpdir)
+    kept = False
     try:
         env.log.line(f"Created image working directory: {root}")
         argv = expand_command(stream.bootstrap_command, {**variables, "dir": root})
@@ -105,7 +110,7 @@ async def build_bootstrap(
             raise BuildError(f"error clearing /etc/resolv.conf: {exc}") from None
         env.log.line(f"\nBuild time: {format_duration(time.monotonic() - started)}")
         await clean_packages(env, root)
-        return await pack(
+        image = await pack(
             env,
             PackSpec(
                 stream=stream.name,
@@ -119,5 +124,10 @@ async def build_bootstrap(
                 variables=variables,
             ),
         )
+        if keep_tree is not None and image.file_system is not None:
+            if not await env.in_thread(find_tests, image.file_system):
+                kept = keep_tree(root)
+        return image
     finally:
-        await env.in_thread(shutil.rmtree, root, True)
+        if not kept:
+            await env.in_thread(shutil.rmtree, root, True)
