@@ -260,6 +260,7 @@ async def _assemble(
             arch=arch,
             ctime_resolution=resolution,
             tree_cache_dir=os.path.join(state_dir, "trees"),
+            package_cache_dir=os.path.join(state_dir, "package-cache"),
         ),
         runner=runner,
     )

@@ -25,6 +25,7 @@ from imaginator.goformats.units import format_duration
 from imaginator.image.filter import Filter
 from imaginator.image.model import Image
 from imaginator.pipeline.bootstrap import build_bootstrap
+from imaginator.pipeline.caches import PackageCaches
 from imaginator.pipeline.manifest_build import NeedSourceImage, NormalBuild, build_normal
 from imaginator.pipeline.outcome import KeptTree, TreesInFlight, identical_latest
 from imaginator.pipeline.pack import BuildEnv, BuildError, attach_build_log
@@ -122,6 +123,8 @@ class BuilderSettings:
     # as overlays over them (None: unpack every source image into its root).
     tree_cache_dir: str | None = None
     tree_cache_images: int = 4
+    # Where the shared package caches of FastPaths.PackageCaches live by default.
+    package_cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,12 @@ class Builder:
             else None
         )
         self._trees_in_flight = TreesInFlight(self.source_trees, self._in_thread)
+        caches = config.fast_paths.package_caches
+        self.package_caches = (
+            PackageCaches(caches, settings.package_cache_dir, self._in_thread)
+            if caches and settings.package_cache_dir
+            else None
+        )
 
     # -- state for pages and RPC -------------------------------------------------
 
@@ -572,6 +581,7 @@ class Builder:
                 tmpdir=self._settings.tmpdir,
                 ctime_resolution=self._settings.ctime_resolution,
                 source_trees=self.source_trees,
+                package_caches=self.package_caches,
             ),
         )
 

@@ -54,6 +54,7 @@ from imaginator.image.scan import TreeCache
 from imaginator.image.unpack import UnpackError, materialise
 from imaginator.pipeline import rootfs
 from imaginator.pipeline.bootstrap import make_work_dir
+from imaginator.pipeline.caches import PackageCaches, bind_mounts_for, trim_cache
 from imaginator.pipeline.pack import (
     PACKAGER,
     BuildEnv,
@@ -111,6 +112,7 @@ class NormalBuild:
     tmpdir: str | None = None
     ctime_resolution: float = 0.0
     source_trees: rootfs.SourceTrees | None = None
+    package_caches: PackageCaches | None = None
 
 
 @dataclass
@@ -365,14 +367,17 @@ class Steps:
     manifest: Manifest
     variables: Mapping[str, str]
     bind_mounts: tuple[BindMount, ...]
+    package_caches: PackageCaches | None = None
 
-    async def run(self, argv: list[str], step: str, **kwargs) -> None:
+    async def run(
+        self, argv: list[str], step: str, extra_mounts: tuple[BindMount, ...] = (), **kwargs
+    ) -> None:
         await self.env.run_in_root(
             self.root,
             argv,
             step=step,
             variables=self.variables,
-            bind_mounts=self.bind_mounts,
+            bind_mounts=self.bind_mounts + extra_mounts,
             **kwargs,
         )
 
@@ -434,6 +439,14 @@ class Steps:
         if not packages:
             log.line("No packages to install")
             return
+        if self.package_caches is None:
+            await self._packages(packages, ())
+            return
+        async with self.package_caches.lease(self.root, log) as cache_mounts:
+            await self._packages(packages, cache_mounts)
+
+    async def _packages(self, packages: list[str], cache_mounts: tuple[BindMount, ...]) -> None:
+        log = self.env.log
         for label, command in (
             ("Updating package database:", "update"),
             (
@@ -443,12 +456,12 @@ class Steps:
         ):
             log.line(label)
             try:
-                await self.run([PACKAGER, command], command)
+                await self.run([PACKAGER, command], command, cache_mounts)
             except CommandError as exc:
                 raise BuildError(f"error installing packages: error {command}ing: {exc}") from None
         log.line(f"Installing packages: {' '.join(packages)}")
         try:
-            await self.run([PACKAGER, "install", *packages], "install")
+            await self.run([PACKAGER, "install", *packages], "install", cache_mounts)
         except CommandError as exc:
             raise BuildError(f"error installing packages: error installing: {exc}") from None
 
@@ -471,7 +484,7 @@ async def process_manifest(
         env.thread_log,
     )
     bind_mounts = await env.in_thread(_resolve_mount_targets, root, bind_mounts)
-    steps = Steps(env, root, manifest, variables, bind_mounts)
+    steps = Steps(env, root, manifest, variables, bind_mounts, request.package_caches)
     try:
         try:
             await env.run_in_root(
@@ -524,39 +537,6 @@ def _read_host_resolv_conf() -> bytes:
 
 
 # -- the build as a whole ------------------------------------------------------------
-
-
-def bind_mounts_for(main: MainConfig, stream: str) -> tuple[BindMount, ...]:
-    mounts = [BindMount(path, path) for path in main.bind_mounts if path]
-    cache = main.cache
-    if cache and cache.base_directory and cache.mount_point:
-        host = os.path.join(cache.base_directory, os.path.normpath(stream).lstrip("/"))
-        os.makedirs(host, mode=0o755, exist_ok=True)
-        mounts.append(BindMount(host, cache.mount_point, writable=True))
-    return tuple(mounts)
-
-
-def trim_cache(directory: str, size_limit: int) -> list[str]:
-    """Delete the oldest regular files until the cache is under ``size_limit`` bytes."""
-    if size_limit <= 0 or not os.path.isdir(directory):
-        return []
-    files = []
-    for base, _dirs, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(base, name)
-            info = os.lstat(path)
-            if os.path.isfile(path) and not os.path.islink(path):
-                files.append((info.st_mtime, info.st_size, path))
-    files.sort()
-    total = sum(size for _mtime, size, _path in files)
-    deleted = []
-    for _mtime, size, path in files:
-        if total < size_limit:
-            break
-        os.unlink(path)
-        total -= size
-        deleted.append(path)
-    return deleted
 
 
 async def build_normal(env: BuildEnv, request: NormalBuild) -> Image:
@@ -631,7 +611,7 @@ async def build_normal(env: BuildEnv, request: NormalBuild) -> Image:
         cache = request.main.cache
         if cache and cache.base_directory and cache.mount_point and cache.size_limit > 0:
             host = os.path.join(cache.base_directory, os.path.normpath(request.stream))
-            for path in await env.in_thread(trim_cache, host, cache.size_limit):
+            for path, _size in await env.in_thread(trim_cache, host, cache.size_limit):
                 env.log.line(f"Deleted: {path}")
         return image
     finally:

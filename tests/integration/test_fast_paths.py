@@ -14,7 +14,9 @@ import os
 from pathlib import Path
 
 import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
 
+from imaginator.scheduler import BuildOptions
 from imaginator.store import files as store_files
 from imaginator.store import objects as store_objects
 from imaginator.store import records as store_records
@@ -136,3 +138,108 @@ async def test_objects_are_not_fsynced_one_by_one_and_one_syncfs_precedes_the_re
         for kind, path in mine[1:]
     ), mine
     assert not any("/objects" in path for _kind, path in mine)
+
+
+# ------------------------------------------------------------------ shared package caches
+
+# "Installs" a package by downloading it into the cache once; refuses to share the
+# cache with another build at the same moment.
+FAKE_INSTALL = [
+    "/bin/sh",
+    "-c",
+    "set -e; cd /var/cache/pkgs; "
+    "if [ -e busy ]; then echo 'two builds in the cache at once'; exit 1; fi; : > busy; "
+    'for p; do if [ -e "$p.pkg" ]; then echo "reused $p"; '
+    'else echo "downloaded $p"; echo "$p" > "$p.pkg"; fi; '
+    'echo "$p" >> /var/lib/installed; done; rm busy',
+    "install",
+]
+
+
+def cache_conf(fast_paths: dict) -> dict:
+    document = conf_with(fast_paths, bootstrap_tail="; mkdir -p var/cache/pkgs var/lib")
+    packager = dict(document["PackagerTypes"]["bb"])
+    packager["InstallCommand"] = FAKE_INSTALL
+    packager["CleanCommand"] = ["/bin/sh", "-c", "rm -f /var/cache/pkgs/*"]
+    document["PackagerTypes"] = {"bb": packager}
+    return document
+
+
+def package_streams(tmp_path: Path) -> dict:
+    streams = {}
+    for name, packages in (("one", "alpha\nshared\n"), ("two", "beta\nshared\n")):
+        directory = manifest_dir(tmp_path / name)
+        (directory / "package-list").write_text(packages)
+        streams[f"apps/{name}"] = dir_stream(directory)
+    return {"Streams": streams}
+
+
+PACKAGE_CACHE = {"PackageCaches": [{"MountPoint": "/var/cache/pkgs", "SizeLimit": 1 << 20}]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_builds_share_package_downloads_and_images_do_not_carry_them(tmp_path):
+    harness = await make_harness(
+        tmp_path / "h", conf=cache_conf(PACKAGE_CACHE), streams=package_streams(tmp_path)
+    )
+    try:
+        assert not (await harness.build(BB)).error
+        one = await harness.build("apps/one")
+        two = await harness.build("apps/two")
+    finally:
+        await harness.stop()
+    logs = {result.stream: result.log.decode() for result in (one, two)}
+    assert not one.error and not two.error, logs
+    assert "Package cache /var/cache/pkgs: shared" in logs["apps/one"]
+    assert "downloaded alpha" in logs["apps/one"] and "downloaded shared" in logs["apps/one"]
+    assert "reused shared" in logs["apps/two"] and "downloaded beta" in logs["apps/two"]
+    cache = tmp_path / "h" / "package-cache" / "var_cache_pkgs"
+    assert sorted(os.listdir(cache)) == ["alpha.pkg", "beta.pkg", "shared.pkg"]
+    # The build's own directory was below the mount: the image has none of it.
+    for result in (one, two):
+        paths = {
+            path for path, _i, _n in harness.store.get_image(result.image_name).file_system.walk()
+        }
+        assert "/var/cache/pkgs" in paths
+        assert not any(path.startswith("/var/cache/pkgs/") for path in paths)
+        assert "/var/lib/installed" in paths
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_builds_take_turns_in_a_package_cache(tmp_path):
+    harness = await make_harness(
+        tmp_path / "h", conf=cache_conf(PACKAGE_CACHE), streams=package_streams(tmp_path)
+    )
+    try:
+        assert not (await harness.build(BB)).error
+        options = BuildOptions.make(expires_in=3600.0)
+        results = await gatherResults(
+            [
+                Deferred.fromCoroutine(harness.builder.build(stream, options))
+                for stream in ("apps/one", "apps/two")
+            ]
+        )
+    finally:
+        await harness.stop()
+    logs = "\n".join(result.log.decode() for result in results)
+    assert all(not result.error for result in results), logs
+    assert "two builds in the cache at once" not in logs
+    assert logs.count("downloaded shared") == 1 and logs.count("reused shared") == 1
+    cache = tmp_path / "h" / "package-cache" / "var_cache_pkgs"
+    assert sorted(os.listdir(cache)) == ["alpha.pkg", "beta.pkg", "shared.pkg"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_package_caches_each_build_downloads_its_own(tmp_path):
+    harness = await make_harness(
+        tmp_path / "h", conf=cache_conf({}), streams=package_streams(tmp_path)
+    )
+    try:
+        assert not (await harness.build(BB)).error
+        one = await harness.build("apps/one")
+        two = await harness.build("apps/two")
+    finally:
+        await harness.stop()
+    assert not one.error and not two.error
+    assert "downloaded shared" in two.log.decode() and "Package cache" not in two.log.decode()
+    assert not (tmp_path / "h" / "package-cache").exists()
