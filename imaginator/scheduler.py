@@ -26,9 +26,10 @@ from imaginator.image.filter import Filter
 from imaginator.image.model import Image
 from imaginator.pipeline.bootstrap import build_bootstrap
 from imaginator.pipeline.caches import PackageCaches
+from imaginator.pipeline.freshness import Freshness, inputs_digest
 from imaginator.pipeline.manifest_build import NeedSourceImage, NormalBuild, build_normal
-from imaginator.pipeline.outcome import KeptTree, TreesInFlight, identical_latest
-from imaginator.pipeline.pack import BuildEnv, BuildError, attach_build_log
+from imaginator.pipeline.outcome import KeptTree, Publication, TreesInFlight, publish
+from imaginator.pipeline.pack import BuildEnv, BuildError
 from imaginator.pipeline.rootfs import SourceTrees
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.process import ProcessRunner
@@ -61,6 +62,8 @@ class BuildResult:
     requestor: str = ""
     #: The build changed nothing: ``image_name`` is the stream's latest image, extended.
     identical: bool = False
+    #: Why the build was skipped as nothing could change (``identical`` is set too).
+    skipped: str = ""
     image: Image | None = None
     need_source_image: bool = False
     source_image: str = ""
@@ -217,6 +220,7 @@ class Builder:
             if caches and settings.package_cache_dir
             else None
         )
+        self._freshness = Freshness(config, self.source_trees, self.package_caches, settings.tmpdir)
 
     # -- state for pages and RPC -------------------------------------------------
 
@@ -430,14 +434,26 @@ class Builder:
         running = _Running(current, options)
         self._running[stream] = running
         image_name, error, image, need, identical = "", "", None, None, False
-        kept = KeptTree()
+        kept, skipped = KeptTree(), ""
         try:
-            image = await self._make_image_recursively(stream, options, log, chain, kept)
-            image_name, identical, record = await self._publish(
-                stream, image, options, requestor, log, started_mono
-            )
-            if kept.path is not None and record is not None:
-                self._trees_in_flight.adopt(image_name, record, kept.take())
+            digest = await self._inputs_digest(stream, options)
+            unchanged = await self._unchanged(stream, options, log, digest)
+            if unchanged is not None:
+                (image_name, skipped), identical = unchanged, True
+            else:
+                image = await self._make_image_recursively(stream, options, log, chain, kept)
+                now = self._reactor.seconds()
+                image_name, identical, record = await publish(
+                    self._store,
+                    self._in_thread,
+                    Publication(stream, now, options.expires_in, requestor, options.return_image),
+                    image,
+                    log,
+                    started_mono,
+                )
+                if kept.path is not None and record is not None:
+                    self._trees_in_flight.adopt(image_name, record, kept.take())
+            self._freshness.record(stream, image_name, digest)
         except NeedSourceImage as exc:
             error, need = str(exc), exc
         except BuildError as exc:
@@ -450,21 +466,19 @@ class Builder:
         if error and self.shutting_down:
             error = f"daemon shutting down ({error})"
         if error:
+            self._freshness.forget(stream)
             log.line(f"Error building image: {stream}: {error}")
             error = self.redact(error)
             _log.info("Error building image: {stream}: {error}", stream=stream, error=error)
-        elif identical:
-            _log.info(
-                "Identical to {name}: no new image published ({duration})",
-                name=image_name,
-                duration=format_duration(self._reactor.seconds() - started),
-            )
         else:
-            _log.info(
-                "Built image: {name} in {duration}",
-                name=image_name,
-                duration=format_duration(self._reactor.seconds() - started),
-            )
+            duration = format_duration(self._reactor.seconds() - started)
+            if skipped:
+                text = "Skipped {stream}: nothing could change ({reason}): kept {name} ({duration})"
+            elif identical:
+                text = "Identical to {name}: no new image published ({duration})"
+            else:
+                text = "Built image: {name} in {duration}"
+            _log.info(text, stream=stream, reason=skipped, name=image_name, duration=duration)
         result = BuildResult(
             stream=stream,
             image_name=image_name,
@@ -474,6 +488,7 @@ class Builder:
             error=error,
             requestor=requestor,
             identical=identical,
+            skipped=skipped,
             image=image if options.return_image and not error else None,
             need_source_image=need is not None,
             source_image=need.source_image if need else "",
@@ -567,63 +582,54 @@ class Builder:
                 tmpdir=self._settings.tmpdir,
                 keep_tree=kept.offer if self._reuse_trees() else None,
             )
-        return await self._pipeline.normal(
-            env,
-            NormalBuild(
-                stream=stream,
-                config=config,
-                main=self.config,
-                arch=self._settings.arch,
-                git_branch=options.git_branch,
-                max_source_age=options.max_source_age,
-                request_variables=dict(options.variables),
-                secrets=self.secret_values(),
-                tmpdir=self._settings.tmpdir,
-                ctime_resolution=self._settings.ctime_resolution,
-                source_trees=self.source_trees,
-                package_caches=self.package_caches,
-            ),
+        return await self._pipeline.normal(env, self._normal_request(stream, config, options))
+
+    def _normal_request(
+        self, stream: str, config: StreamConfig, options: BuildOptions
+    ) -> NormalBuild:
+        return NormalBuild(
+            stream=stream,
+            config=config,
+            main=self.config,
+            arch=self._settings.arch,
+            git_branch=options.git_branch,
+            max_source_age=options.max_source_age,
+            request_variables=dict(options.variables),
+            secrets=self.secret_values(),
+            tmpdir=self._settings.tmpdir,
+            ctime_resolution=self._settings.ctime_resolution,
+            source_trees=self.source_trees,
+            package_caches=self.package_caches,
         )
 
-    async def _publish(
-        self,
-        stream: str,
-        image: Image,
-        options: BuildOptions,
-        requestor: str,
-        log: BuildLog,
-        started_mono: float,
-    ) -> tuple[str, bool, Image | None]:
-        """Publish ``image``; returns its name, whether it was the latest
-        image, extended instead (an identical build), and the image as stored
-        (``None`` if it was only returned)."""
-        upload_started = time.monotonic()
-        now = self._reactor.seconds()
-        expires_at = int((now + options.expires_in) * 1e9) if options.expires_in > 0 else 0
-        if not options.return_image:
-            identical = await identical_latest(
-                self._store, self._in_thread, stream, image, expires_at, log
-            )
-            if identical is not None:
-                return identical[0], True, identical[1]
-        await attach_build_log(self._store, log, image)
-        name = await self._store.reserve_image_name(stream, now)
-        image.created_for = requestor
-        image.expires_at = expires_at
-        # Set here rather than by the store, so the record's time is known
-        # without reading it back (the source-tree cache keys trees by it).
-        image.created_on = image.created_on or int(now * 1e9)
-        if not options.return_image:
-            try:
-                await self._store.add_image(name, image)
-            except Exception as exc:
-                raise BuildError(f"error adding image: {exc}") from None
-        finished = time.monotonic()
-        log.line(
-            f"Uploaded {name} in {format_duration(finished - upload_started)}, "
-            f"total build duration: {format_duration(finished - started_mono)}"
+    # -- skipping what cannot change ---------------------------------------------------
+
+    async def _inputs_digest(self, stream: str, options: BuildOptions) -> str:
+        config = await self.lookup(stream)
+        packager = None
+        if isinstance(config, BootstrapStream):
+            packager = self.config.packager_types.get(config.packager_type)
+        request = (options.git_branch, options.variables, options.max_source_age)
+        return inputs_digest(
+            config, self.config, packager=packager, secrets=self.secret_values(), request=request
         )
-        return name, False, None if options.return_image else image
+
+    async def _unchanged(
+        self, stream: str, options: BuildOptions, log: BuildLog, digest: str
+    ) -> tuple[str, str] | None:
+        """For a cycle's build with ``SkipUnchangedBuilds``: ``(latest image,
+        reason)`` when nothing could change (the image is extended), else ``None``."""
+        if not (options.auto and self.config.fast_paths.skip_unchanged_builds):
+            return None
+        config = await self.lookup(stream)
+        request = (
+            None
+            if isinstance(config, BootstrapStream)
+            else self._normal_request(stream, config, options)
+        )
+        expires_at = int((self._reactor.seconds() + options.expires_in) * 1e9)
+        env = self._env(log, options)
+        return await self._freshness.skip(env, stream, digest, request, expires_at)
 
     # -- the bootstrap tree as a source tree ----------------------------------------
 

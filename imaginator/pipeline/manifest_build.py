@@ -252,7 +252,9 @@ async def unpack_source(
     env.log.line(f"Downloaded {name} in {format_duration(time.monotonic() - started)}")
     cache = None
     if request.source_trees is not None and mount is not None:
-        cache = await _overlay_root(env, request, name, image, root, mount)
+        cache = await overlay_root(
+            env, request.source_trees, request.stream, request.tmpdir, name, image, root, mount
+        )
     if cache is None:
         cache = await _materialise_root(env, image, root)
     env.log.line(f"Source image: {name}")
@@ -282,13 +284,20 @@ async def _materialise_root(env: BuildEnv, image: Image, root: str) -> TreeCache
     return cache
 
 
-async def _overlay_root(
-    env: BuildEnv, request: NormalBuild, name: str, image: Image, root: str, mount: RootMount
+async def overlay_root(
+    env: BuildEnv,
+    trees: rootfs.SourceTrees,
+    stream: str,
+    tmpdir: str | None,
+    name: str,
+    image: Image,
+    root: str,
+    mount: RootMount,
 ) -> TreeCache | None:
-    """Mount an overlay of the image's cached tree at ``root``; ``None`` (and
-    one line in the log) when that cannot be done here."""
-    trees = request.source_trees
-    assert trees is not None
+    """Mount an overlay of the cached tree of image ``name`` at ``root`` (the
+    overlay's directories go in ``tmpdir``, named after ``stream``) and record
+    it in ``mount``; ``None`` (and one line in the log) when that cannot be
+    done here."""
     try:
         tree = await trees.acquire(name, image, os.path.dirname(root))
     except UnpackError as exc:
@@ -305,9 +314,7 @@ async def _overlay_root(
         env.log.line(f"Source tree cache: unpacked {name} in {format_duration(tree.duration)}")
     started = time.monotonic()
     try:
-        mount.overlay_dir = await env.in_thread(
-            make_work_dir, request.stream, ".overlay", request.tmpdir
-        )
+        mount.overlay_dir = await env.in_thread(make_work_dir, stream, ".overlay", tmpdir)
         upper, work = await env.in_thread(_make_layer_dirs, mount.overlay_dir)
         await env.in_thread(rootfs.mount_overlay, tree.path, upper, work, root)
     except (rootfs.TreeCacheUnavailable, OSError) as exc:
@@ -476,7 +483,7 @@ async def process_manifest(
 ) -> None:
     """Reference §5.2 step 7, (a) to (p)."""
     log = env.log
-    resolv = await env.in_thread(_read_host_resolv_conf)
+    resolv = await env.in_thread(read_host_resolv_conf)
     created = await env.in_thread(
         treecopy.make_bind_mount_points,
         root,
@@ -531,7 +538,7 @@ def _resolve_mount_targets(root: str, mounts: tuple[BindMount, ...]) -> tuple[Bi
     return tuple(resolved)
 
 
-def _read_host_resolv_conf() -> bytes:
+def read_host_resolv_conf() -> bytes:
     with open("/etc/resolv.conf", "rb") as handle:
         return handle.read()
 

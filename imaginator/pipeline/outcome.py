@@ -1,5 +1,7 @@
-"""What becomes of a finished build besides a new image record.
+"""What becomes of a finished build: a new image record, or not.
 
+- :func:`publish`: the build log is stored and the image added under a new
+  name, unless it is identical to the latest image.
 - :func:`identical_latest`: a build whose result is the stream's latest image
   over again (content and provenance) publishes nothing; the latest image is
   extended instead.
@@ -13,18 +15,30 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from imaginator.goformats.units import format_duration
 from imaginator.image.compare import provenance, same_build, same_content
 from imaginator.image.model import Image
+from imaginator.pipeline.pack import BuildError, attach_build_log
 from imaginator.pipeline.rootfs import SourceTrees
 from imaginator.runtime.buildlog import BuildLog
 
-__all__ = ["KeptTree", "LatestImages", "TreesInFlight", "identical_latest"]
+__all__ = [
+    "ImagePublisher",
+    "KeptTree",
+    "LatestImages",
+    "Publication",
+    "TreesInFlight",
+    "identical_latest",
+    "publish",
+]
 
 _log = Logger()
 
@@ -68,6 +82,68 @@ async def identical_latest(
         + (", extended its expiration" if extended else "")
     )
     return latest_name, latest
+
+
+@dataclass(frozen=True)
+class Publication:
+    """How a finished build's image is published."""
+
+    stream: str
+    now: float  # seconds since the epoch
+    expires_in: float  # seconds; 0: never expires
+    requestor: str
+    #: Only returned to the requestor, not added to the store.
+    return_only: bool = False
+
+
+class ImagePublisher(LatestImages, Protocol):
+    """The store calls :func:`publish` makes (``ImageStore``)."""
+
+    async def add_object(self, data: bytes) -> str: ...
+
+    async def reserve_image_name(self, stream: str, epoch: float) -> str: ...
+
+    async def add_image(self, name: str, image: Image) -> None: ...
+
+
+async def publish(
+    store: ImagePublisher,
+    in_thread: Callable[..., Awaitable[Any]],
+    publication: Publication,
+    image: Image,
+    log: BuildLog,
+    started_mono: float,
+) -> tuple[str, bool, Image | None]:
+    """Publish ``image``; returns its name, whether it was the latest image,
+    extended instead (an identical build), and the image as stored (``None``
+    if it was only returned)."""
+    upload_started = time.monotonic()
+    now, expires_in = publication.now, publication.expires_in
+    expires_at = int((now + expires_in) * 1e9) if expires_in > 0 else 0
+    if not publication.return_only:
+        identical = await identical_latest(
+            store, in_thread, publication.stream, image, expires_at, log
+        )
+        if identical is not None:
+            return identical[0], True, identical[1]
+    await attach_build_log(store, log, image)
+    name = await store.reserve_image_name(publication.stream, now)
+    image.created_for = publication.requestor
+    image.expires_at = expires_at
+    # Set here rather than by the store, so the record's time is known
+    # without reading it back (the source-tree cache keys trees by it).
+    image.created_on = image.created_on or int(now * 1e9)
+    if not publication.return_only:
+        try:
+            await store.add_image(name, image)
+        except Exception as exc:
+            raise BuildError(f"error adding image: {exc}") from None
+    finished = time.monotonic()
+    log.line(
+        f"Uploaded {name} in {format_duration(finished - upload_started)}, "
+        f"total build duration: {format_duration(finished - started_mono)}"
+    )
+    return name, False, None if publication.return_only else image
 
 
 class KeptTree:

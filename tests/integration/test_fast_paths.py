@@ -20,6 +20,7 @@ from imaginator.scheduler import BuildOptions
 from imaginator.store import files as store_files
 from imaginator.store import objects as store_objects
 from imaginator.store import records as store_records
+from tests.support.gitserver import commit_all, init_repo, write_tree
 from tests.support.harness import make_harness, vector_conf
 
 BB = "bootstrap/bb"
@@ -243,3 +244,125 @@ async def test_without_package_caches_each_build_downloads_its_own(tmp_path):
     assert not one.error and not two.error
     assert "downloaded shared" in two.log.decode() and "Package cache" not in two.log.decode()
     assert not (tmp_path / "h" / "package-cache").exists()
+
+
+# ------------------------------------------------------------------ skipping unchanged builds
+
+# The "mirror" is a file in the shared package cache: what it lists is pending.
+PENDING = [
+    "/bin/sh",
+    "-c",
+    "if [ -e /var/cache/pkgs/upgrades ]; then cat /var/cache/pkgs/upgrades; fi",
+]
+
+
+def skip_conf(fast_paths: dict) -> dict:
+    document = cache_conf({**PACKAGE_CACHE, **fast_paths})
+    document["PackagerTypes"]["bb"]["PendingUpgradesCommand"] = PENDING
+    return document
+
+
+def skip_repo(root: Path) -> dict:
+    init_repo(root)
+    write_tree(
+        root,
+        {
+            "one/manifest": (0o644, json.dumps({"SourceImage": BB})),
+            "one/package-list": (0o644, "alpha\n"),
+            "app/manifest": (0o644, json.dumps({"SourceImage": "apps/one"})),
+            "app/files/etc/app": (0o644, "app\n"),
+        },
+    )
+    commit_all(root, "manifests")
+    url = root.as_uri()
+    return {
+        "Streams": {
+            "apps/one": {"ManifestUrl": url, "ManifestDirectory": "one"},
+            "apps/app": {"ManifestUrl": url, "ManifestDirectory": "app"},
+        }
+    }
+
+
+CHAIN = (BB, "apps/one", "apps/app")
+
+
+async def cycle(harness, **options) -> dict:
+    """Build the chain parents first, as the rebuild cycle does."""
+    results = {}
+    for stream in CHAIN:
+        result = await harness.build(stream, auto=options.get("auto", True))
+        assert not result.error, result.log.decode()
+        results[stream] = result
+    return results
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cycle_skips_what_cannot_change_and_builds_what_can(tmp_path):
+    streams = skip_repo(tmp_path / "manifests")
+    harness = await make_harness(
+        tmp_path / "h",
+        conf=skip_conf({"SkipUnchangedBuilds": True}),
+        streams=streams,
+        tree_cache=True,
+    )
+    upgrades = tmp_path / "h" / "package-cache" / "var_cache_pkgs" / "upgrades"
+    try:
+        first = await cycle(harness)
+        before = harness.objects()
+        unchanged = await cycle(harness)
+        unchanged_objects = harness.objects()
+        last = {stream: harness.builder.last_result(stream) for stream in CHAIN}
+        requested = await harness.build("apps/app")  # not the cycle's: built
+        upgrades.write_text("Inst busybox [1.35] (1.36 mirror)\n")
+        upgraded = await cycle(harness)
+        upgrades.unlink()
+        (tmp_path / "manifests" / "app" / "files" / "etc" / "app").write_text("app 2\n")
+        commit = commit_all(tmp_path / "manifests", "app 2")
+        committed = await cycle(harness)
+    finally:
+        await harness.stop()
+    assert not any(result.skipped for result in first.values())
+    # Nothing changed: every stream skipped, its latest image kept, nothing stored.
+    for stream, result in unchanged.items():
+        assert result.skipped and result.identical, result.log.decode()
+        assert result.image_name == first[stream].image_name
+        assert last[stream].skipped == result.skipped
+    assert unchanged_objects == before
+    assert unchanged[BB].skipped == "same configuration, no pending package upgrades"
+    assert "no pending package upgrades" in unchanged["apps/one"].skipped
+    assert unchanged["apps/one"].skipped.startswith("same manifest commit ")
+    app_reason = unchanged["apps/app"].skipped
+    app_commit = harness.store.get_image(first["apps/app"].image_name).build_commit_id
+    assert app_reason == (
+        f"same manifest commit {app_commit}, same source image {first['apps/one'].image_name}"
+    )  # no package-list: the package manager is not asked
+    assert (
+        f"Skipped: nothing could change ({app_reason}): kept " in unchanged["apps/app"].log.decode()
+    )
+    assert not requested.skipped
+    # A pending upgrade: the bootstrap stream and the one with packages are built
+    # (here to the same content); the app, whose source image is the same, is not.
+    assert not upgraded[BB].skipped and not upgraded["apps/one"].skipped
+    assert upgraded["apps/app"].skipped
+    assert (
+        "1 pending package upgrades: Inst busybox [1.35] (1.36 mirror)" in upgraded[BB].log.decode()
+    )
+    # A new commit of the repository: its streams are built (the images carry the commit).
+    assert committed[BB].skipped
+    assert not committed["apps/one"].skipped and not committed["apps/app"].skipped
+    assert f"new manifest commit {commit}" in committed["apps/app"].log.decode()
+    assert harness.store.get_image(committed["apps/app"].image_name).build_commit_id == commit
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_the_switch_a_cycle_builds_everything(tmp_path):
+    streams = skip_repo(tmp_path / "manifests")
+    harness = await make_harness(
+        tmp_path / "h", conf=skip_conf({}), streams=streams, tree_cache=True
+    )
+    try:
+        await cycle(harness)
+        again = await cycle(harness)
+    finally:
+        await harness.stop()
+    assert all(result.identical and not result.skipped for result in again.values())
