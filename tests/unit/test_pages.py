@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from treq.testing import StubTreq
@@ -569,3 +569,14 @@ def test_log_ring_levels_and_failures() -> None:
 def test_log_ring_rejects_bad_size() -> None:
     with pytest.raises(ValueError):
         LogRing(0)
+
+
+def test_status_page_says_a_build_was_skipped() -> None:
+    skipped = replace(
+        result("apps/hello", image="apps/hello/1"), identical=True, skipped="same manifest commit c"
+    )
+    source = FakeSource(results={"apps/hello": skipped}, streams=["apps/hello"])
+    body = get(make_pages(source), "/").text
+    assert rows(body, "Successful image builds:")[0][1] == (
+        "apps/hello/1 (skipped: nothing could change)"
+    )

@@ -689,3 +689,23 @@ def test_pages_over_the_real_store(tmp_path):
     assert fetch("/showImage?apps/hello/../x").code == 404
     assert name in fetch("/listImages").text
     assert "imaginator_images_total 1\n" in fetch("/metrics").text
+
+
+def test_stream_page_says_why_the_last_build_was_skipped():
+    builder = FakeBuilder()
+    name = "bootstrap/bb/2027-01-15:08:00:00"
+    builder.results["bootstrap/bb"] = BuildResult(
+        "bootstrap/bb",
+        name,
+        NOW - 60,
+        NOW - 30,
+        b"log",
+        identical=True,
+        skipped=f"same configuration {EVIL}",
+    )
+    a = get("/showImageStream?bootstrap/bb", builder)
+    assert (
+        f'<a href="showImage?{name}">{name}</a> kept: skipped, nothing could change '
+        "(same configuration &lt;script&gt;"
+    ) in a.text
+    assert_no_raw_evil(a.text)
