@@ -169,6 +169,14 @@ def finished_builds(events: Iterable[LogEvent]) -> list[tuple[str, float]]:
     return found
 
 
+_SKIPPED = re.compile(r"^Skipped (\S+): nothing could change ")
+
+
+def skipped_builds(events: Iterable[LogEvent]) -> list[str]:
+    """The streams of ours' ``Skipped STREAM: nothing could change …`` lines."""
+    return [m.group(1) for e in events if (m := _SKIPPED.match(e.message))]
+
+
 def build_seconds(events: Iterable[LogEvent], image_name: str) -> float | None:
     """How long the daemon says the build of ``image_name`` took (its last such line,
     published or identical)."""

@@ -609,7 +609,7 @@ class Builder:
         packager = None
         if isinstance(config, BootstrapStream):
             packager = self.config.packager_types.get(config.packager_type)
-        request = (options.git_branch, options.variables, options.max_source_age)
+        request = (options.git_branch, options.variables)
         return inputs_digest(
             config, self.config, packager=packager, secrets=self.secret_values(), request=request
         )
