@@ -111,11 +111,14 @@ class CacheConfig:
 class PackageCache:
     """A host directory shared by all builds, mounted read-write at ``mount_point``
     during the package steps (update, upgrade, install) of manifest builds
-    whose root has that directory; trimmed to ``size_limit`` bytes (0: no limit)."""
+    whose root has that directory; trimmed to ``size_limit`` bytes (0: no limit).
+    With ``keep_in_root`` the root gets a copy of it after those steps (apt's
+    lists, which later steps may need)."""
 
     mount_point: str
     directory: str = ""  # empty: <stateDir>/package-cache
     size_limit: int = 0
+    keep_in_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -354,6 +357,9 @@ def _package_caches(value: Any, path: str) -> tuple[PackageCache, ...]:
                     obj.get("Directory"), _join(item_path, "Directory"), required=False
                 ),
                 size_limit=_uint(obj.get("SizeLimit"), _join(item_path, "SizeLimit")),
+                keep_in_root=_bool(
+                    obj.get("KeepInRoot"), _join(item_path, "KeepInRoot"), default=False
+                ),
             )
         )
     return tuple(caches)

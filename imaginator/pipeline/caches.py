@@ -39,6 +39,7 @@ from imaginator.goformats.units import format_bytes
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.inroot import TreeCopyError, resolve_in_root
 from imaginator.runtime.sandbox import BindMount
+from imaginator.runtime.treecopy import copy_tree
 
 __all__ = ["PackageCaches", "bind_mounts_for", "trim_cache"]
 
@@ -105,11 +106,15 @@ class PackageCaches:
         return os.path.join(self._directory, name)
 
     @contextlib.asynccontextmanager
-    async def lease(self, root: str, log: BuildLog) -> AsyncIterator[tuple[BindMount, ...]]:
+    async def lease(
+        self, root: str, log: BuildLog, *, keep: bool = True
+    ) -> AsyncIterator[tuple[BindMount, ...]]:
         """The bind mounts of the caches this root can use, while they are this build's.
 
         Waits for builds using them to finish their turn (and says so in
-        ``log``); trims the caches and lets the next build in on the way out.
+        ``log``); after a turn that went well (and with ``keep``) copies the
+        ``KeepInRoot`` caches into the root; trims the caches and lets the
+        next build in on the way out.
         """
         usable = await self._in_thread(self._usable, root)
         for cache, _mount in usable:
@@ -121,6 +126,10 @@ class PackageCaches:
             for cache, _mount in usable:
                 log.line(f"Package cache {cache.mount_point}: shared")
             yield tuple(mount for _cache, mount in usable)
+            for cache, mount in usable:
+                if keep and cache.keep_in_root:
+                    await self._in_thread(_copy_into, mount, root)
+                    log.line(f"Package cache {cache.mount_point}: copied into the root")
         finally:
             try:
                 for cache, _mount in usable:
@@ -155,3 +164,14 @@ class PackageCaches:
             target = "/" if relative == "." else "/" + relative
             found.append((cache, BindMount(host, target, writable=True)))
         return sorted(found, key=lambda pair: pair[1].source)
+
+
+def _copy_into(mount: BindMount, root: str) -> None:
+    """What the cache holds now, copied into the root where it was mounted. Blocking."""
+    copy_tree(
+        mount.source, root, label=f"package cache {mount.target}", log=_quiet, dest=mount.target
+    )
+
+
+def _quiet(_line: str) -> None:
+    """``copy_tree``'s per-file lines are not worth a build log line each."""

@@ -259,7 +259,7 @@ class Freshness:
             )
             if self._caches is None:
                 return await self._update_and_list(env, root, packager, ())
-            async with self._caches.lease(root, env.log) as mounts:
+            async with self._caches.lease(root, env.log, keep=False) as mounts:
                 return await self._update_and_list(env, root, packager, mounts)
         except CommandError as exc:
             raise Unsure(f"{exc.step}: {exc}") from None

@@ -283,6 +283,10 @@ ERRORS = [
         'conf.json: FastPaths.PackageCaches[0].Directory: expected an absolute path, got "rel"',
     ),
     (
+        '{"FastPaths": {"PackageCaches": [{"MountPoint": "/a", "KeepInRoot": 1}]}}',
+        "conf.json: FastPaths.PackageCaches[0].KeepInRoot: expected true or false, got 1",
+    ),
+    (
         '{"FastPaths": {"PackageCaches": {"MountPoint": "/a"}}}',
         'conf.json: FastPaths.PackageCaches: expected a list of objects, got {"MountPoint": "/a"}',
     ),
@@ -309,7 +313,7 @@ def test_fast_paths_defaults_and_settings() -> None:
                 "SkipUnchangedBuilds": True,
                 "PackageCaches": [
                     {"MountPoint": "/var/cache/apt/archives", "SizeLimit": 1000},
-                    {"MountPoint": "/var/cache/x", "Directory": "/srv/x"},
+                    {"MountPoint": "/var/cache/x", "Directory": "/srv/x", "KeepInRoot": True},
                 ],
             },
             "PackagerTypes": {"deb": {"PendingUpgradesCommand": ["sh", "-c", "x"]}},
@@ -321,7 +325,7 @@ def test_fast_paths_defaults_and_settings() -> None:
         skip_unchanged_builds=True,
         package_caches=(
             PackageCache("/var/cache/apt/archives", "", 1000),
-            PackageCache("/var/cache/x", "/srv/x", 0),
+            PackageCache("/var/cache/x", "/srv/x", 0, keep_in_root=True),
         ),
     )
     assert config.packager_types["deb"].pending_upgrades_command == ("sh", "-c", "x")

@@ -111,3 +111,27 @@ def test_the_cache_is_trimmed_oldest_first_after_a_turn(tmp_path):
     assert sorted(os.listdir(host)) == ["middle", "new"]
     assert "removed 1 old files (1000 B)" in turn.log.getvalue().decode()
     assert trim_cache(str(host), 0) == []
+
+
+def test_a_kept_cache_is_copied_into_the_root_after_a_good_turn(tmp_path):
+    lists = PackageCache("/var/lib/apt/lists", keep_in_root=True)
+    caches = PackageCaches((lists,), str(tmp_path / "cache"), in_thread)
+    host = Path(caches.host_directory(lists))
+    host.mkdir(parents=True)
+    (host / "mirror_Packages").write_text("Package: less\n")
+    root = Path(root_with(tmp_path, "r", lists.mount_point))
+    turn = Turn(caches, str(root))
+    turn.finish()
+    fired(turn.done)
+    assert (root / "var/lib/apt/lists/mirror_Packages").read_text() == "Package: less\n"
+    assert "Package cache /var/lib/apt/lists: copied into the root" in turn.log.getvalue().decode()
+
+    # A look that is thrown away afterwards (the skip check's) does not copy.
+    other = Path(root_with(tmp_path, "o", lists.mount_point))
+
+    async def look() -> None:
+        async with caches.lease(str(other), BuildLog(), keep=False):
+            pass
+
+    fired(Deferred.fromCoroutine(look()))
+    assert os.listdir(other / "var/lib/apt/lists") == []
