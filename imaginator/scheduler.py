@@ -581,6 +581,7 @@ class Builder:
                 mtimes_filter=self._mtimes_filter,
                 tmpdir=self._settings.tmpdir,
                 keep_tree=kept.offer if self._reuse_trees() else None,
+                package_caches=self.package_caches,
             )
         return await self._pipeline.normal(env, self._normal_request(stream, config, options))
 

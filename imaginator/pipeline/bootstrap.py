@@ -19,6 +19,7 @@ from imaginator.config.main import BootstrapStream, PackagerType
 from imaginator.goformats.units import format_duration
 from imaginator.image.filter import Filter
 from imaginator.image.model import Image
+from imaginator.pipeline.caches import PackageCaches
 from imaginator.pipeline.pack import (
     PACKAGER,
     BuildEnv,
@@ -67,6 +68,7 @@ async def build_bootstrap(
     mtimes_filter: Filter | None,
     tmpdir: str | None = None,
     keep_tree: Callable[[str], bool] | None = None,
+    package_caches: PackageCaches | None = None,
 ) -> Image:
     """Build ``stream`` from scratch; returns the packed (not yet published) image.
 
@@ -77,6 +79,8 @@ async def build_bootstrap(
     removed, unless the build succeeded and ``keep_tree(root)`` took it over
     (to keep it as the image's source tree): it is offered only when the image
     has no tests, which run after the scan and could have changed it.
+    Before the tree is cleaned, it seeds the empty ``package_caches`` that
+    keep their content in roots (apt's lists, which debootstrap leaves).
     """
     scan_filter = compile_filter(stream.filter_lines, "FilterLines")
     root = await env.in_thread(make_work_dir, stream.name, "", tmpdir)
@@ -109,6 +113,8 @@ async def build_bootstrap(
         except CommandError as exc:
             raise BuildError(f"error clearing /etc/resolv.conf: {exc}") from None
         env.log.line(f"\nBuild time: {format_duration(time.monotonic() - started)}")
+        if package_caches is not None:
+            await package_caches.seed(root, env.log)
         await clean_packages(env, root)
         image = await pack(
             env,

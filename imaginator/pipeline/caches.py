@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -145,6 +146,24 @@ class PackageCaches:
                 for cache, _mount in reversed(usable):
                     self._locks[self.host_directory(cache)].release()
 
+    async def seed(self, root: str, log: BuildLog) -> None:
+        """Fill each empty ``KeepInRoot`` cache with what a bootstrap build left at
+        its mount point (``debootstrap`` leaves apt's lists: the first derived
+        build's update then fetches only what they lack). Called before the
+        bootstrap tree is cleaned, which removes those files from it."""
+        for cache, mount in await self._in_thread(self._usable, root):
+            if not cache.keep_in_root:
+                continue
+            lock = self._locks.setdefault(mount.source, DeferredLock())
+            await lock.acquire()
+            try:
+                inside = os.path.join(root, mount.target.lstrip("/"))
+                count = await self._in_thread(_seed, mount.source, inside)
+            finally:
+                lock.release()
+            if count:
+                log.line(f"Package cache {cache.mount_point}: {count} files from the new tree")
+
     def _usable(self, root: str) -> list[tuple[PackageCache, BindMount]]:
         """The caches whose mount point is a directory in the root (sorted by
         host directory, the order their locks are taken in), with their mounts."""
@@ -171,6 +190,28 @@ def _copy_into(mount: BindMount, root: str) -> None:
     copy_tree(
         mount.source, root, label=f"package cache {mount.target}", log=_quiet, dest=mount.target
     )
+
+
+def _seed(cache: str, tree_directory: str) -> int:
+    """Link (or copy) the regular files of ``tree_directory`` into ``cache`` if it
+    has none; returns how many. Blocking."""
+    with os.scandir(cache) as entries:
+        if any(e.is_file(follow_symlinks=False) and e.name != "lock" for e in entries):
+            return 0
+    count = 0
+    with os.scandir(tree_directory) as entries:
+        for entry in entries:
+            if entry.name == "lock" or not entry.is_file(follow_symlinks=False):
+                continue
+            target = os.path.join(cache, entry.name)
+            try:
+                os.link(entry.path, target, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except OSError:
+                shutil.copyfile(entry.path, target, follow_symlinks=False)
+            count += 1
+    return count
 
 
 def _quiet(_line: str) -> None:

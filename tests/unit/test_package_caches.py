@@ -135,3 +135,26 @@ def test_a_kept_cache_is_copied_into_the_root_after_a_good_turn(tmp_path):
 
     fired(Deferred.fromCoroutine(look()))
     assert os.listdir(other / "var/lib/apt/lists") == []
+
+
+def test_an_empty_kept_cache_is_seeded_from_a_bootstrap_tree(tmp_path):
+    lists = PackageCache("/var/lib/apt/lists", keep_in_root=True)
+    archives = PackageCache("/var/cache/apt/archives")
+    caches = PackageCaches((lists, archives), str(tmp_path / "cache"), in_thread)
+    tree = Path(root_with(tmp_path, "t", lists.mount_point + "/partial", archives.mount_point))
+    left = tree / "var/lib/apt/lists"
+    (left / "mirror_InRelease").write_text("release\n")
+    (left / "mirror_Packages").write_text("Package: dpkg\n")
+    (left / "lock").write_text("")
+    (tree / "var/cache/apt/archives/dpkg.deb").write_text("deb")
+    log = BuildLog()
+    fired(Deferred.fromCoroutine(caches.seed(str(tree), log)))
+    host = Path(caches.host_directory(lists))
+    assert sorted(os.listdir(host)) == ["mirror_InRelease", "mirror_Packages"]
+    assert (host / "mirror_Packages").stat().st_ino == (left / "mirror_Packages").stat().st_ino
+    assert "Package cache /var/lib/apt/lists: 2 files from the new tree" in log.getvalue().decode()
+    assert os.listdir(caches.host_directory(archives)) == []  # not a kept cache
+    # A cache with content already is left alone.
+    (left / "mirror_Translation").write_text("t\n")
+    fired(Deferred.fromCoroutine(caches.seed(str(tree), BuildLog())))
+    assert "mirror_Translation" not in os.listdir(host)
