@@ -453,7 +453,7 @@ class Builder:
                 )
                 if kept.path is not None and record is not None:
                     self._trees_in_flight.adopt(image_name, record, kept.take())
-            self._freshness.record(stream, image_name, digest)
+            self._freshness.record(stream, image_name, digest, kept.package_index)
         except NeedSourceImage as exc:
             error, need = str(exc), exc
         except BuildError as exc:
@@ -583,7 +583,9 @@ class Builder:
                 keep_tree=kept.offer if self._reuse_trees() else None,
                 package_caches=self.package_caches,
             )
-        return await self._pipeline.normal(env, self._normal_request(stream, config, options))
+        image = await self._pipeline.normal(env, self._normal_request(stream, config, options))
+        kept.package_index = env.package_index
+        return image
 
     def _normal_request(
         self, stream: str, config: StreamConfig, options: BuildOptions

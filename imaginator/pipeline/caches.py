@@ -28,8 +28,10 @@ oldest files first.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -146,6 +148,19 @@ class PackageCaches:
                 for cache, _mount in reversed(usable):
                     self._locks[self.host_directory(cache)].release()
 
+    async def index(self, mounts: tuple[BindMount, ...]) -> str | None:
+        """A digest of what the ``KeepInRoot`` caches among ``mounts`` hold (apt's
+        lists: the package index an update left), ``None`` if there are none.
+
+        Small files (an index's signed release file, which names the hashes of
+        the rest) count by content, big ones by size and modification time.
+        """
+        kept = {self.host_directory(c) for c in self._caches if c.keep_in_root}
+        directories = sorted(m.source for m in mounts if m.source in kept)
+        if not directories:
+            return None
+        return await self._in_thread(_index_digest, directories)
+
     async def seed(self, root: str, log: BuildLog) -> None:
         """Fill each empty ``KeepInRoot`` cache with what a bootstrap build left at
         its mount point (``debootstrap`` leaves apt's lists: the first derived
@@ -190,6 +205,29 @@ def _copy_into(mount: BindMount, root: str) -> None:
     copy_tree(
         mount.source, root, label=f"package cache {mount.target}", log=_quiet, dest=mount.target
     )
+
+
+_SMALL = 1 << 20
+
+
+def _index_digest(directories: list[str]) -> str:
+    """Blocking part of :meth:`PackageCaches.index`."""
+    digest = hashlib.sha256()
+    for directory in directories:
+        for base, dirs, names in os.walk(directory):
+            dirs.sort()
+            for name in sorted(names):
+                path = os.path.join(base, name)
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode) or name == "lock":
+                    continue
+                digest.update(f"{os.path.relpath(path, directory)}\0{st.st_size}\0".encode())
+                if st.st_size <= _SMALL:
+                    with open(path, "rb") as handle:
+                        digest.update(hashlib.sha256(handle.read()).digest())
+                else:
+                    digest.update(str(st.st_mtime_ns).encode())
+    return digest.hexdigest()
 
 
 def _seed(cache: str, tree_directory: str) -> int:

@@ -109,10 +109,18 @@ class Freshness:
         self._caches = caches
         self._tmpdir = tmpdir
         self._built: dict[str, _Built] = {}
+        #: Image → a package index with which it has nothing to upgrade.
+        self._indexes: dict[str, str] = {}
 
-    def record(self, stream: str, image_name: str, digest: str) -> None:
-        """A build with settings ``digest`` ended with ``image_name`` as the latest image."""
+    def record(
+        self, stream: str, image_name: str, digest: str, package_index: str | None = None
+    ) -> None:
+        """A build with settings ``digest`` ended with ``image_name`` as the latest
+        image; its package steps' update saw ``package_index``, with which it
+        upgraded everything."""
         self._built[stream] = _Built(image_name, digest)
+        if package_index is not None:
+            self._indexes[image_name] = package_index
 
     def forget(self, stream: str) -> None:
         self._built.pop(stream, None)
@@ -241,7 +249,7 @@ class Freshness:
             trees, tmpdir = self._trees, self._tmpdir
             if await overlay_root(env, trees, stream, tmpdir, name, image, root, mount) is None:
                 raise Unsure("its latest image's tree could not be mounted")
-            output = await self._run_check(env, root, packager)
+            output = await self._run_check(env, root, packager, name)
         finally:
             await release_root(env, root, mount)
             if not mount.mounted:
@@ -251,25 +259,31 @@ class Freshness:
             shown = "; ".join(lines[:_SHOWN_LINES]) + (" …" if len(lines) > _SHOWN_LINES else "")
             raise Unsure(f"{len(lines)} pending package upgrades: {shown}")
 
-    async def _run_check(self, env: BuildEnv, root: str, packager: PackagerType) -> str:
+    async def _run_check(self, env: BuildEnv, root: str, packager: PackagerType, name: str) -> str:
         resolv = await env.in_thread(read_host_resolv_conf)
         try:
             await env.run_in_root(
                 root, [PACKAGER, "copy-in", "/etc/resolv.conf"], step="copy-in", stdin=resolv
             )
             if self._caches is None:
-                return await self._update_and_list(env, root, packager, ())
+                return await self._update_and_list(env, root, packager, (), name)
             async with self._caches.lease(root, env.log, keep=False) as mounts:
-                return await self._update_and_list(env, root, packager, mounts)
+                return await self._update_and_list(env, root, packager, mounts, name)
         except CommandError as exc:
             raise Unsure(f"{exc.step}: {exc}") from None
         except BuildError as exc:
             raise Unsure(str(exc)) from None
 
     async def _update_and_list(
-        self, env: BuildEnv, root: str, packager: PackagerType, mounts: tuple
+        self, env: BuildEnv, root: str, packager: PackagerType, mounts: tuple, name: str
     ) -> str:
+        """The pending upgrades after an update; none without asking when the
+        update left the package index with which ``name`` was last upgraded."""
         await env.run_in_root(root, [PACKAGER, "update"], step="update", bind_mounts=mounts)
+        index = await self._caches.index(mounts) if self._caches is not None else None
+        if index is not None and self._indexes.get(name) == index:
+            env.log.line(f"The package index is the one {name} was upgraded with")
+            return ""
         result = await env.run_in_root(
             root,
             list(packager.pending_upgrades_command),
@@ -277,4 +291,7 @@ class Freshness:
             bind_mounts=mounts,
             capture_stdout=True,
         )
-        return result.stdout.decode("utf-8", errors="replace").strip()
+        output = result.stdout.decode("utf-8", errors="replace").strip()
+        if index is not None and not output:
+            self._indexes[name] = index
+        return output

@@ -466,6 +466,8 @@ class Steps:
                 await self.run([PACKAGER, command], command, cache_mounts)
             except CommandError as exc:
                 raise BuildError(f"error installing packages: error {command}ing: {exc}") from None
+            if command == "update" and self.package_caches is not None:
+                self.env.package_index = await self.package_caches.index(cache_mounts)
         log.line(f"Installing packages: {' '.join(packages)}")
         try:
             await self.run([PACKAGER, "install", *packages], "install", cache_mounts)

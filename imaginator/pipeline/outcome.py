@@ -147,10 +147,12 @@ async def publish(
 
 
 class KeptTree:
-    """A finished bootstrap tree the pipeline handed over instead of removing it."""
+    """A finished bootstrap tree the pipeline handed over instead of removing it,
+    and the package index the build's update saw (``BuildEnv.package_index``)."""
 
     def __init__(self) -> None:
         self.path: str | None = None
+        self.package_index: str | None = None
 
     def offer(self, path: str) -> bool:
         """The pipeline's ``keep_tree``: take the tree over (always)."""

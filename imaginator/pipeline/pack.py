@@ -71,6 +71,9 @@ class BuildEnv:
     deadline: float | None = None
     #: Build commands run with the sync calls turned into no-ops (``runtime.nosync``).
     nosync: bool = False
+    #: What the package steps' update left in the shared package caches that
+    #: roots keep (a digest; ``caches.PackageCaches.index``), for the skip check.
+    package_index: str | None = None
 
     def start_deadline(self) -> None:
         """Start the build deadline clock (after the manifest fetch, reference §5.1.4)."""

@@ -366,3 +366,58 @@ async def test_without_the_switch_a_cycle_builds_everything(tmp_path):
     finally:
         await harness.stop()
     assert all(result.identical and not result.skipped for result in again.values())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_package_index_a_build_upgraded_with_needs_no_second_look(tmp_path):
+    fast_paths = {
+        "SkipUnchangedBuilds": True,
+        "PackageCaches": [
+            {"MountPoint": "/var/cache/pkgs"},
+            {"MountPoint": "/var/lib/pkglists", "KeepInRoot": True},
+        ],
+    }
+    conf = cache_conf(fast_paths)
+    conf["BootstrapStreams"][BB]["BootstrapCommand"][2] += "; mkdir -p var/lib/pkglists"
+    packager = conf["PackagerTypes"]["bb"]
+    # The "mirror" is a file in the shared cache; an update copies its index.
+    packager["UpdateCommand"] = [
+        "/bin/sh",
+        "-c",
+        "cat /var/cache/pkgs/mirror > /var/lib/pkglists/index",
+    ]
+    packager["PendingUpgradesCommand"] = ["/bin/sh", "-c", "echo asked >> /var/cache/pkgs/asked"]
+    streams = skip_repo(tmp_path / "manifests")
+    del streams["Streams"]["apps/app"]
+    harness = await make_harness(tmp_path / "h", conf=conf, streams=streams, tree_cache=True)
+    shared = tmp_path / "h" / "package-cache" / "var_cache_pkgs"
+    shared.mkdir(parents=True)
+    (shared / "mirror").write_text("v1\n")
+
+    def asked() -> int:
+        path = shared / "asked"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    async def two() -> list:
+        results = [await harness.build(stream, auto=True) for stream in (BB, "apps/one")]
+        assert all(result.skipped for result in results), [r.log.decode() for r in results]
+        return results
+
+    try:
+        for stream in (BB, "apps/one"):
+            assert not (await harness.build(stream, auto=True)).error
+        _boot, one = await two()
+        after_first = asked()
+        (shared / "mirror").write_text("v2\n")
+        await two()
+        after_change = asked()
+        await two()
+    finally:
+        await harness.stop()
+    # apps/one was upgraded with index v1 by its build: no need to ask; the bootstrap
+    # stream's build ran no update, so it was asked.
+    assert after_first == 1
+    assert "The package index is the one apps/one/" in one.log.decode()
+    # A new index: both asked once, nothing pending; then neither is asked again.
+    assert after_change == 3
+    assert asked() == 3
