@@ -142,6 +142,8 @@ def parse_daemon_log(text: str) -> list[LogEvent]:
 
 
 _BUILT = re.compile(rf"^Built image: (\S+) in {_DURATION}$")
+# Ours, for a rebuild identical to the stream's latest image (nothing published).
+_IDENTICAL_LINE = re.compile(rf"^Identical to (\S+): no new image published \({_DURATION}\)$")
 _CYCLE = re.compile(rf"^Completed automatic image build cycle in {_DURATION}$")
 
 
@@ -155,9 +157,30 @@ def built_images(events: Iterable[LogEvent]) -> list[tuple[str, float]]:
     return found
 
 
+def finished_builds(events: Iterable[LogEvent]) -> list[tuple[str, float]]:
+    """``(image name, seconds)`` of every build that ended well: ``Built image: NAME
+    in X``, and ours' ``Identical to NAME: no new image published (X)`` (a rebuild
+    that kept the latest image, which it names)."""
+    found = []
+    for event in events:
+        match = _BUILT.match(event.message) or _IDENTICAL_LINE.match(event.message)
+        if match:
+            found.append((match.group(1), parse_go_duration(match.group(2))))
+    return found
+
+
+_SKIPPED = re.compile(r"^Skipped (\S+): nothing could change ")
+
+
+def skipped_builds(events: Iterable[LogEvent]) -> list[str]:
+    """The streams of ours' ``Skipped STREAM: nothing could change …`` lines."""
+    return [m.group(1) for e in events if (m := _SKIPPED.match(e.message))]
+
+
 def build_seconds(events: Iterable[LogEvent], image_name: str) -> float | None:
-    """How long the daemon says the build of ``image_name`` took (its last such line)."""
-    matches = [seconds for name, seconds in built_images(events) if name == image_name]
+    """How long the daemon says the build of ``image_name`` took (its last such line,
+    published or identical)."""
+    matches = [seconds for name, seconds in finished_builds(events) if name == image_name]
     return matches[-1] if matches else None
 
 

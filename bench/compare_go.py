@@ -51,6 +51,7 @@ from compare_figures import (
     parse_build_log,
     parse_daemon_log,
     render_table,
+    skipped_builds,
 )
 from compare_setup import REPO, SetupError, Workload, make_certificates, write_workload
 from compare_stacks import (
@@ -94,6 +95,7 @@ FIGURES = [
     ("cycle_wall", "  wall clock around the request", "s"),
     ("cycle_stored", "  objects stored", "n"),
     ("cycle_published", "  images published", "n"),
+    ("cycle_skipped", "  builds skipped (nothing could change)", "n"),
     ("cycle_fraction", "  of building the chain first", "%"),
     ("rss_daemon", "daemon peak RSS (VmHWM)", "MiB"),
     ("rss_total", "  with its imageserver", "MiB"),
@@ -236,6 +238,7 @@ def measure(runner: Runner, stack: Stack, workload: Workload) -> Figures:
         "cycle_wall": cycle_wall,
         "cycle_stored": count_objects(stack.objects) - before,
         "cycle_published": len(cycle_names - known),
+        "cycle_skipped": len(skipped_builds(cycle_events)),
         "cycle_fraction": (
             100 * cycle / chain_seconds if cycle is not None and chain_seconds else None
         ),
@@ -313,7 +316,9 @@ class Bench:
 
     def run(self) -> None:
         make_certificates(self.tmp / "pki")
-        workload = write_workload(self.tmp / "workload", quick=self.args.quick)
+        workload = write_workload(
+            self.tmp / "workload", quick=self.args.quick, fast_paths=self.args.fast_paths
+        )
         for daemon in DAEMONS:  # fail in seconds, not after a round of the other daemon
             root = self.tmp / f"preflight-{daemon}"
             self.finish(self.start(daemon, root, workload), root)
@@ -353,7 +358,7 @@ class Bench:
         mode = "quick (busybox bootstrap)" if self.args.quick else "Debian 12 minbase bootstrap"
         header = [
             f"Go imaginator ({self.args.peers}) vs ours ({_revision()}, "
-            f"{self.args.ours_backend} store): {mode}",
+            f"{self.args.ours_backend} store, fast paths {self.args.fast_paths}): {mode}",
             f"rounds completed: Go {done['Go']}, ours {done['ours']} of {self.rounds}; "
             f"{os.cpu_count()} cores, {self.load_at_start} at start, {_load()} at end",
             "lower is better in every row; ours/Go = median ours / median Go; other work on "
@@ -367,6 +372,7 @@ class Bench:
             "quick": self.args.quick,
             "rounds": self.rounds,
             "ours_backend": self.args.ours_backend,
+            "fast_paths": self.args.fast_paths,
             "revision": _revision(),
             "results": self.results,
         }
@@ -400,6 +406,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("embedded", "imageserver"),
         default="embedded",
         help="our daemon's store: embedded, or a Go imageserver of its own",
+    )
+    parser.add_argument(
+        "--fast-paths",
+        choices=("sample", "off"),
+        default="sample",
+        help="FastPaths of the configuration: the sample's, or all off (a 'before' run)",
     )
     parser.add_argument("--peers", type=Path, default=PEERS, help="the Go programs' directory")
     parser.add_argument(

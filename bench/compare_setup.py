@@ -39,6 +39,14 @@ APP_STREAM = "bench/app"
 #: The one package of the layered stream (not in a minbase root).
 DEBIAN_PACKAGE = "less"
 
+#: ``--fast-paths=off``: ours without any of its fast paths (README, "Fast paths").
+FAST_PATHS_OFF = {
+    "NoFsyncInBuilds": False,
+    "ReuseBootstrapTrees": False,
+    "SkipUnchangedBuilds": False,
+    "PackageCaches": [],
+}
+
 _GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
@@ -160,8 +168,12 @@ class Workload:
         return (self.bootstrap, self.base, self.app)
 
 
-def write_workload(root: Path, *, quick: bool) -> Workload:
-    """Write the manifests repository, the image streams and both conf.json files."""
+def write_workload(root: Path, *, quick: bool, fast_paths: str = "sample") -> Workload:
+    """Write the manifests repository, the image streams and both conf.json files.
+
+    Both get the sample's ``FastPaths`` (the Go imaginator ignores the key), or
+    with ``fast_paths="off"`` every fast path switched off.
+    """
     root.mkdir(parents=True, exist_ok=True)
     sample = load_sample()
     arch = go_arch()
@@ -195,6 +207,7 @@ def write_workload(root: Path, *, quick: bool) -> Workload:
         "PackagerTypes": packagers,
         "ImageStreamsUrl": streams.as_uri(),
         "ImageStreamsToAutoRebuild": [bootstrap_key, BASE_STREAM, APP_STREAM],
+        "FastPaths": sample.get("FastPaths", {}) if fast_paths == "sample" else FAST_PATHS_OFF,
     }
     ours_conf, go_conf = root / "conf-ours.json", root / "conf-go.json"
     ours_conf.write_text(json.dumps(conf, indent=4))

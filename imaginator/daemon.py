@@ -335,6 +335,7 @@ async def _assemble(
             arch=arch,
             ctime_resolution=resolution,
             tree_cache_dir=os.path.join(state_dir, "trees"),
+            package_cache_dir=os.path.join(state_dir, "package-cache"),
         ),
         runner=runner,
         image_server=image_server,

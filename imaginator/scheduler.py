@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
@@ -21,22 +22,22 @@ from imaginator.config.streams import StreamConfig, StreamsDocument
 from imaginator.config.streams import lookup as lookup_stream
 from imaginator.goformats.jsonc import ConfigError
 from imaginator.goformats.units import format_duration
-from imaginator.image.compare import provenance, same_build, same_content
 from imaginator.image.filter import Filter
 from imaginator.image.model import Image
 from imaginator.pipeline.bootstrap import build_bootstrap
+from imaginator.pipeline.caches import PackageCaches
+from imaginator.pipeline.freshness import Freshness, inputs_digest
 from imaginator.pipeline.manifest_build import NeedSourceImage, NormalBuild, build_normal
+from imaginator.pipeline.outcome import KeptTree, Publication, TreesInFlight, publish
 from imaginator.pipeline.pack import BuildEnv, BuildError
 from imaginator.pipeline.report import BuildReport, ManifestSnapshot
 from imaginator.pipeline.rootfs import SourceTrees
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.process import ProcessRunner
 from imaginator.runtime.stages import StageTime
-from imaginator.store.base import ImageExistsError, StoreError
+from imaginator.store.base import StoreError
 
 DAY = 24 * 3600.0
-#: Names tried for a new image when the one reserved turns out to be taken.
-_NAME_ATTEMPTS = 5
 _log = Logger()
 
 
@@ -66,6 +67,8 @@ class BuildResult:
     requestor: str = ""
     #: The build changed nothing: ``image_name`` is the stream's latest image, extended.
     identical: bool = False
+    #: Why the build was skipped as nothing could change (``identical`` is set too).
+    skipped: str = ""
     image: Image | None = None
     need_source_image: bool = False
     source_image: str = ""
@@ -131,6 +134,8 @@ class BuilderSettings:
     # as overlays over them (None: unpack every source image into its root).
     tree_cache_dir: str | None = None
     tree_cache_images: int = 4
+    # Where the shared package caches of FastPaths.PackageCaches live by default.
+    package_cache_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,14 @@ class Builder:
             if settings.tree_cache_dir
             else None
         )
+        self._trees_in_flight = TreesInFlight(self.source_trees, self._in_thread)
+        caches = config.fast_paths.package_caches
+        self.package_caches = (
+            PackageCaches(caches, settings.package_cache_dir, self._in_thread)
+            if caches and settings.package_cache_dir
+            else None
+        )
+        self._freshness = Freshness(config, self.source_trees, self.package_caches, settings.tmpdir)
 
     # -- state for pages and RPC -------------------------------------------------
 
@@ -436,11 +449,27 @@ class Builder:
         running = _Running(current, options)
         self._running[stream] = running
         image_name, error, image, need, identical = "", "", None, None, False
+        kept, skipped = KeptTree(), ""
         try:
-            image = await self._make_image_recursively(stream, options, log, chain)
-            image_name, identical = await self._publish(
-                stream, image, options, requestor, log, started_mono
-            )
+            digest = await self._inputs_digest(stream, options)
+            unchanged = await self._unchanged(stream, options, log, digest)
+            if unchanged is not None:
+                (image_name, skipped), identical = unchanged, True
+            else:
+                image = await self._make_image_recursively(stream, options, log, chain, kept)
+                current.report.begin("store")
+                now = self._reactor.seconds()
+                image_name, identical, record = await publish(
+                    self._store,
+                    self._in_thread,
+                    Publication(stream, now, options.expires_in, requestor, options.return_image),
+                    image,
+                    log,
+                    started_mono,
+                )
+                if kept.path is not None and record is not None:
+                    self._trees_in_flight.adopt(image_name, record, kept.take())
+            self._freshness.record(stream, image_name, digest, kept.package_index)
         except NeedSourceImage as exc:
             error, need = str(exc), exc
         except (BuildError, StoreError) as exc:
@@ -449,24 +478,24 @@ class Builder:
             _log.failure("Unexpected error building {stream}", stream=stream)
             error = f"internal error: {exc}"
         current.report.finish(failed=bool(error))
+        if kept.path is not None:
+            self._trees_in_flight.remove(kept.take())
         if error and self.shutting_down:
             error = f"daemon shutting down ({error})"
         if error:
+            self._freshness.forget(stream)
             log.line(f"Error building image: {stream}: {error}")
             error = self.redact(error)
             _log.info("Error building image: {stream}: {error}", stream=stream, error=error)
-        elif identical:
-            _log.info(
-                "Identical to {name}: no new image published ({duration})",
-                name=image_name,
-                duration=format_duration(self._reactor.seconds() - started),
-            )
         else:
-            _log.info(
-                "Built image: {name} in {duration}",
-                name=image_name,
-                duration=format_duration(self._reactor.seconds() - started),
-            )
+            duration = format_duration(self._reactor.seconds() - started)
+            if skipped:
+                text = "Skipped {stream}: nothing could change ({reason}): kept {name} ({duration})"
+            elif identical:
+                text = "Identical to {name}: no new image published ({duration})"
+            else:
+                text = "Built image: {name} in {duration}"
+            _log.info(text, stream=stream, reason=skipped, name=image_name, duration=duration)
         result = BuildResult(
             stream=stream,
             image_name=image_name,
@@ -476,6 +505,7 @@ class Builder:
             error=error,
             requestor=requestor,
             identical=identical,
+            skipped=skipped,
             image=image if options.return_image and not error else None,
             need_source_image=need is not None,
             source_image=need.source_image if need else "",
@@ -507,17 +537,23 @@ class Builder:
             deadline_seconds=build_deadline_seconds(
                 self._settings.maximum_build_duration, options.maximum_build_duration
             ),
+            nosync=self.config.fast_paths.no_fsync_in_builds,
             report=report,
         )
         env.start_deadline()
         return env
 
     async def _make_image_recursively(
-        self, stream: str, options: BuildOptions, log: BuildLog, chain: tuple[str, ...]
+        self,
+        stream: str,
+        options: BuildOptions,
+        log: BuildLog,
+        chain: tuple[str, ...],
+        kept: KeptTree,
     ) -> Image:
         """Build; on a missing or stale source image build the source first, then retry once."""
         try:
-            return await self._make_image(stream, options, log)
+            return await self._make_image(stream, options, log, kept)
         except NeedSourceImage as need:
             if options.disable_recursive_build:
                 raise
@@ -546,9 +582,11 @@ class Builder:
             if result.error:
                 raise BuildError(result.error) from None
             log.line(f"Built source image: {result.image_name}, building: {stream}")
-        return await self._make_image(stream, options, log)
+        return await self._make_image(stream, options, log, kept)
 
-    async def _make_image(self, stream: str, options: BuildOptions, log: BuildLog) -> Image:
+    async def _make_image(
+        self, stream: str, options: BuildOptions, log: BuildLog, kept: KeptTree
+    ) -> Image:
         config = await self.lookup(stream)
         env = self._env(log, options, self._report(stream))
         if isinstance(config, BootstrapStream):
@@ -563,22 +601,29 @@ class Builder:
                 variables=variables,
                 mtimes_filter=self._mtimes_filter,
                 tmpdir=self._settings.tmpdir,
+                keep_tree=kept.offer if self._reuse_trees() else None,
+                package_caches=self.package_caches,
             )
-        return await self._pipeline.normal(
-            env,
-            NormalBuild(
-                stream=stream,
-                config=config,
-                main=self.config,
-                arch=self._settings.arch,
-                git_branch=options.git_branch,
-                max_source_age=options.max_source_age,
-                request_variables=dict(options.variables),
-                secrets=self.variable_values(),
-                tmpdir=self._settings.tmpdir,
-                ctime_resolution=self._settings.ctime_resolution,
-                source_trees=self.source_trees,
-            ),
+        image = await self._pipeline.normal(env, self._normal_request(stream, config, options))
+        kept.package_index = env.package_index
+        return image
+
+    def _normal_request(
+        self, stream: str, config: StreamConfig, options: BuildOptions
+    ) -> NormalBuild:
+        return NormalBuild(
+            stream=stream,
+            config=config,
+            main=self.config,
+            arch=self._settings.arch,
+            git_branch=options.git_branch,
+            max_source_age=options.max_source_age,
+            request_variables=dict(options.variables),
+            secrets=self.variable_values(),
+            tmpdir=self._settings.tmpdir,
+            ctime_resolution=self._settings.ctime_resolution,
+            source_trees=self.source_trees,
+            package_caches=self.package_caches,
         )
 
     def _report(self, stream: str) -> BuildReport:
@@ -586,71 +631,43 @@ class Builder:
         running = self._running.get(stream)
         return running.current.report if running is not None else BuildReport()
 
-    async def _identical_latest(
-        self, stream: str, image: Image, expires_at: int, log: BuildLog
-    ) -> str | None:
-        """If the stream's latest image is the same build (content and
-        provenance), extend it and name it."""
-        latest_name = await self._store.find_latest_image(stream)
-        if latest_name is None:
-            return None
-        latest = await self._store.get_image(latest_name)
-        if latest is None:
-            return None
-        # One walk of the file-systems either way: provenance is compared first.
-        if provenance(image) != provenance(latest):
-            if await deferToThreadPool(
-                self._reactor, self._threadpool, same_content, image, latest
-            ):
-                log.line(f"Same content as {latest_name}, new provenance: publishing a new image")
-            return None
-        if not await deferToThreadPool(self._reactor, self._threadpool, same_build, image, latest):
-            return None
-        extended = await self._store.change_image_expiration(latest_name, expires_at)
-        log.line(
-            f"Identical to {latest_name}: no new image published"
-            + (", extended its expiration" if extended else "")
-        )
-        return latest_name
+    # -- skipping what cannot change ---------------------------------------------------
 
-    async def _publish(
-        self,
-        stream: str,
-        image: Image,
-        options: BuildOptions,
-        requestor: str,
-        log: BuildLog,
-        started_mono: float,
-    ) -> tuple[str, bool]:
-        """Publish ``image``; returns its name and whether it was the latest
-        image, extended instead (an identical build)."""
-        upload_started = time.monotonic()
-        self._report(stream).begin("store")
-        now = self._reactor.seconds()
-        expires_at = int((now + options.expires_in) * 1e9) if options.expires_in > 0 else 0
-        if not options.return_image:
-            identical = await self._identical_latest(stream, image, expires_at, log)
-            if identical is not None:
-                return identical, True
-        name = await self._store.reserve_image_name(stream, now)
-        image.created_for = requestor
-        image.expires_at = expires_at
-        if not options.return_image:
-            for attempt in range(_NAME_ATTEMPTS):
-                try:
-                    await self._store.add_image(name, image)
-                    break
-                except ImageExistsError as exc:
-                    # Taken meanwhile (on an imageserver: perhaps by an image
-                    # since deleted, whose name stays taken): the next free one.
-                    if attempt + 1 == _NAME_ATTEMPTS:
-                        raise BuildError(f"error adding image: {exc}") from None
-                    name = await self._store.reserve_image_name(stream, now)
-                except Exception as exc:
-                    raise BuildError(f"error adding image: {exc}") from None
-        finished = time.monotonic()
-        log.line(
-            f"Uploaded {name} in {format_duration(finished - upload_started)}, "
-            f"total build duration: {format_duration(finished - started_mono)}"
+    async def _inputs_digest(self, stream: str, options: BuildOptions) -> str:
+        config = await self.lookup(stream)
+        packager = None
+        if isinstance(config, BootstrapStream):
+            packager = self.config.packager_types.get(config.packager_type)
+        request = (options.git_branch, options.variables)
+        return inputs_digest(
+            config, self.config, packager=packager, secrets=self.variable_values(), request=request
         )
-        return name, False
+
+    async def _unchanged(
+        self, stream: str, options: BuildOptions, log: BuildLog, digest: str
+    ) -> tuple[str, str] | None:
+        """For a cycle's build with ``SkipUnchangedBuilds``: ``(latest image,
+        reason)`` when nothing could change (the image is extended), else ``None``."""
+        if not (options.auto and self.config.fast_paths.skip_unchanged_builds):
+            return None
+        config = await self.lookup(stream)
+        request = (
+            None
+            if isinstance(config, BootstrapStream)
+            else self._normal_request(stream, config, options)
+        )
+        expires_at = int((self._reactor.seconds() + options.expires_in) * 1e9)
+        env = self._env(log, options, self._report(stream))
+        return await self._freshness.skip(env, stream, digest, request, expires_at)
+
+    # -- the bootstrap tree as a source tree ----------------------------------------
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self._reactor, self._threadpool, fn, *args)
+
+    def _reuse_trees(self) -> bool:
+        return self.source_trees is not None and self.config.fast_paths.reuse_bootstrap_trees
+
+    async def settled(self) -> None:
+        """Wait until kept bootstrap trees are adopted (or removed) and durable."""
+        await self._trees_in_flight.settled()

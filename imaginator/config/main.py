@@ -30,9 +30,11 @@ __all__ = [
     "BootstrapStream",
     "CacheConfig",
     "ConfigError",
+    "FastPaths",
     "ListCommand",
     "MainConfig",
     "Owners",
+    "PackageCache",
     "PackagerType",
     "QuickLink",
     "load_main_config",
@@ -61,6 +63,10 @@ class PackagerType:
     update_command: tuple[str, ...] = ()
     upgrade_command: tuple[str, ...] = ()
     verbatim: tuple[str, ...] = ()
+    #: Ours (Go ignores it): run after ``UpdateCommand`` on a stream's latest image,
+    #: it prints what an upgrade would change; no output and exit status 0 means
+    #: nothing (see ``FastPaths.SkipUnchangedBuilds``).
+    pending_upgrades_command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,34 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class PackageCache:
+    """A host directory shared by all builds, mounted read-write at ``mount_point``
+    during the package steps (update, upgrade, install) of manifest builds
+    whose root has that directory; trimmed to ``size_limit`` bytes (0: no limit).
+    With ``keep_in_root`` the root gets a copy of it after those steps (apt's
+    lists, which later steps may need)."""
+
+    mount_point: str
+    directory: str = ""  # empty: <stateDir>/package-cache
+    size_limit: int = 0
+    keep_in_root: bool = False
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """Our shortcuts, each with its switch (``FastPaths`` in conf.json; Go ignores it)."""
+
+    #: Build commands run with fsync and friends turned into no-ops (seccomp).
+    no_fsync_in_builds: bool = True
+    #: A bootstrap build's own tree becomes its image's source-tree cache entry.
+    reuse_bootstrap_trees: bool = True
+    #: The rebuild cycle skips streams where nothing could change.
+    skip_unchanged_builds: bool = False
+    #: Shared package download caches (e.g. apt's archives).
+    package_caches: tuple[PackageCache, ...] = ()
+
+
+@dataclass(frozen=True)
 class QuickLink:
     """A link on the relationships page: ``url`` is appended to ``/showDirectedGraph``."""
 
@@ -127,6 +161,7 @@ class MainConfig:
     mtimes_copy_filter_lines: tuple[str, ...] = ()
     packager_types: Mapping[str, PackagerType] = field(default_factory=dict)
     relationships_quick_links: tuple[QuickLink, ...] = ()
+    fast_paths: FastPaths = field(default_factory=FastPaths)
 
 
 # ------------------------------------------------------------ value readers
@@ -191,6 +226,21 @@ def _uint(value: Any, path: str) -> int:
     return value
 
 
+def _bool(value: Any, path: str, default: bool) -> bool:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _Invalid(path, f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _absolute_path(value: Any, path: str, *, required: bool) -> str:
+    text = _string(value, path)
+    if (text or required) and not text.startswith("/"):
+        raise _Invalid(path, f"expected an absolute path, got {_show(value)}")
+    return text
+
+
 def _filter_lines(value: Any, path: str) -> tuple[str, ...]:
     """Path expressions, each compiled; empty lines are dropped as Go's filter.New does."""
     lines = _string_list(value, path)
@@ -225,6 +275,9 @@ def _packager_type(name: str, value: Any, path: str) -> PackagerType:
         update_command=_string_list(obj.get("UpdateCommand"), _join(path, "UpdateCommand")),
         upgrade_command=_string_list(obj.get("UpgradeCommand"), _join(path, "UpgradeCommand")),
         verbatim=_string_list(obj.get("Verbatim"), _join(path, "Verbatim")),
+        pending_upgrades_command=_string_list(
+            obj.get("PendingUpgradesCommand"), _join(path, "PendingUpgradesCommand")
+        ),
     )
 
 
@@ -297,6 +350,56 @@ def _cache(value: Any, path: str) -> CacheConfig | None:
     )
 
 
+def _package_caches(value: Any, path: str) -> tuple[PackageCache, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _Invalid(path, f"expected a list of objects, got {_show(value)}")
+    caches = []
+    for i, item in enumerate(value):
+        item_path = _join(path, i)
+        obj = _object(item, item_path)
+        mount_point = _absolute_path(
+            obj.get("MountPoint"), _join(item_path, "MountPoint"), required=True
+        )
+        if mount_point.rstrip("/") == "" or ".." in mount_point.split("/"):
+            raise _Invalid(_join(item_path, "MountPoint"), f"not usable: {_show(mount_point)}")
+        caches.append(
+            PackageCache(
+                mount_point=mount_point,
+                directory=_absolute_path(
+                    obj.get("Directory"), _join(item_path, "Directory"), required=False
+                ),
+                size_limit=_uint(obj.get("SizeLimit"), _join(item_path, "SizeLimit")),
+                keep_in_root=_bool(
+                    obj.get("KeepInRoot"), _join(item_path, "KeepInRoot"), default=False
+                ),
+            )
+        )
+    return tuple(caches)
+
+
+def _fast_paths(value: Any, path: str) -> FastPaths:
+    obj = _object(value, path)
+    default = FastPaths()
+    return FastPaths(
+        no_fsync_in_builds=_bool(
+            obj.get("NoFsyncInBuilds"), _join(path, "NoFsyncInBuilds"), default.no_fsync_in_builds
+        ),
+        reuse_bootstrap_trees=_bool(
+            obj.get("ReuseBootstrapTrees"),
+            _join(path, "ReuseBootstrapTrees"),
+            default.reuse_bootstrap_trees,
+        ),
+        skip_unchanged_builds=_bool(
+            obj.get("SkipUnchangedBuilds"),
+            _join(path, "SkipUnchangedBuilds"),
+            default.skip_unchanged_builds,
+        ),
+        package_caches=_package_caches(obj.get("PackageCaches"), _join(path, "PackageCaches")),
+    )
+
+
 def _quick_links(value: Any, path: str) -> tuple[QuickLink, ...]:
     if value is None:
         return ()
@@ -342,6 +445,7 @@ def _main_config(document: Any, source: str, arch: str) -> MainConfig:
         relationships_quick_links=_quick_links(
             top.get("RelationshipsQuickLinks"), "RelationshipsQuickLinks"
         ),
+        fast_paths=_fast_paths(top.get("FastPaths"), "FastPaths"),
     )
 
 

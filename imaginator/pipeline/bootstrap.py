@@ -12,13 +12,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from imaginator.config.expand import expand
 from imaginator.config.main import BootstrapStream, PackagerType
 from imaginator.goformats.units import format_duration
 from imaginator.image.filter import Filter
 from imaginator.image.model import Image
+from imaginator.pipeline.caches import PackageCaches
 from imaginator.pipeline.pack import (
     PACKAGER,
     BuildEnv,
@@ -26,10 +27,12 @@ from imaginator.pipeline.pack import (
     PackSpec,
     clean_packages,
     compile_filter,
+    find_tests,
     pack,
 )
 from imaginator.pipeline.packager import generic_packager_script
 from imaginator.runtime.inroot import write_file_in_root
+from imaginator.runtime.nosync import launcher_argv
 from imaginator.runtime.process import CommandError
 from imaginator.runtime.sandbox import base_environment, host_argv
 
@@ -64,6 +67,8 @@ async def build_bootstrap(
     variables: Mapping[str, str],
     mtimes_filter: Filter | None,
     tmpdir: str | None = None,
+    keep_tree: Callable[[str], bool] | None = None,
+    package_caches: PackageCaches | None = None,
 ) -> Image:
     """Build ``stream`` from scratch; returns the packed (not yet published) image.
 
@@ -71,11 +76,16 @@ async def build_bootstrap(
     ``Variables`` over the variables files (lowest); ``$dir`` is added here. The
     stream's ``Variables`` are also the command's environment (e.g.
     ``SOURCE_DATE_EPOCH`` for reproducible roots). The working directory is
-    always removed.
+    removed, unless the build succeeded and ``keep_tree(root)`` took it over
+    (to keep it as the image's source tree): it is offered only when the image
+    has no tests, which run after the scan and could have changed it.
+    Before the tree is cleaned, it seeds the empty ``package_caches`` that
+    keep their content in roots (apt's lists, which debootstrap leaves).
     """
     env.report.begin("bootstrap command")
     scan_filter = compile_filter(stream.filter_lines, "FilterLines")
     root = await env.in_thread(make_work_dir, stream.name, "", tmpdir)
+    kept = False
     try:
         env.log.line(f"Created image working directory: {root}")
         argv = expand_command(stream.bootstrap_command, {**variables, "dir": root})
@@ -83,13 +93,18 @@ async def build_bootstrap(
             raise BuildError(f"bootstrap stream {stream.name}: empty BootstrapCommand")
         env.log.line(describe_command(argv))
         started = time.monotonic()
+        command = host_argv(argv)
+        _fd, inputs = env.nosync_inputs()
+        if inputs:
+            command = launcher_argv(command)
         try:
             await env.runner.run(
-                host_argv(argv),
+                command,
                 log=env.log,
                 env=base_environment(stream.variables, tz=os.environ.get("TZ")),
                 deadline=env.deadline,
                 step="bootstrap",
+                inputs=inputs,
             )
         except CommandError as exc:
             raise BuildError(str(exc)) from None
@@ -99,8 +114,10 @@ async def build_bootstrap(
         except CommandError as exc:
             raise BuildError(f"error clearing /etc/resolv.conf: {exc}") from None
         env.log.line(f"\nBuild time: {format_duration(time.monotonic() - started)}")
+        if package_caches is not None:
+            await package_caches.seed(root, env.log)
         await clean_packages(env, root)
-        return await pack(
+        image = await pack(
             env,
             PackSpec(
                 stream=stream.name,
@@ -114,5 +131,10 @@ async def build_bootstrap(
                 variables=variables,
             ),
         )
+        if keep_tree is not None and image.file_system is not None:
+            if not await env.in_thread(find_tests, image.file_system):
+                kept = keep_tree(root)
+        return image
     finally:
-        await env.in_thread(shutil.rmtree, root, True)
+        if not kept:
+            await env.in_thread(shutil.rmtree, root, True)

@@ -54,6 +54,7 @@ from imaginator.image.scan import TreeCache
 from imaginator.image.unpack import UnpackError, materialise
 from imaginator.pipeline import rootfs
 from imaginator.pipeline.bootstrap import make_work_dir
+from imaginator.pipeline.caches import PackageCaches, bind_mounts_for, trim_cache
 from imaginator.pipeline.pack import (
     PACKAGER,
     BuildEnv,
@@ -111,6 +112,7 @@ class NormalBuild:
     tmpdir: str | None = None
     ctime_resolution: float = 0.0
     source_trees: rootfs.SourceTrees | None = None
+    package_caches: PackageCaches | None = None
 
 
 @dataclass
@@ -250,7 +252,9 @@ async def unpack_source(
     env.log.line(f"Downloaded {name} in {format_duration(time.monotonic() - started)}")
     cache = None
     if request.source_trees is not None and mount is not None:
-        cache = await _overlay_root(env, request, name, image, root, mount)
+        cache = await overlay_root(
+            env, request.source_trees, request.stream, request.tmpdir, name, image, root, mount
+        )
     if cache is None:
         cache = await _materialise_root(env, image, root)
     env.log.line(f"Source image: {name}")
@@ -281,13 +285,20 @@ async def _materialise_root(env: BuildEnv, image: Image, root: str) -> TreeCache
     return cache
 
 
-async def _overlay_root(
-    env: BuildEnv, request: NormalBuild, name: str, image: Image, root: str, mount: RootMount
+async def overlay_root(
+    env: BuildEnv,
+    trees: rootfs.SourceTrees,
+    stream: str,
+    tmpdir: str | None,
+    name: str,
+    image: Image,
+    root: str,
+    mount: RootMount,
 ) -> TreeCache | None:
-    """Mount an overlay of the image's cached tree at ``root``; ``None`` (and
-    one line in the log) when that cannot be done here."""
-    trees = request.source_trees
-    assert trees is not None
+    """Mount an overlay of the cached tree of image ``name`` at ``root`` (the
+    overlay's directories go in ``tmpdir``, named after ``stream``) and record
+    it in ``mount``; ``None`` (and one line in the log) when that cannot be
+    done here."""
     try:
         tree = await trees.acquire(name, image, os.path.dirname(root), env.log)
     except UnpackError as exc:
@@ -304,9 +315,7 @@ async def _overlay_root(
         env.log.line(f"Source tree cache: unpacked {name} in {format_duration(tree.duration)}")
     started = time.monotonic()
     try:
-        mount.overlay_dir = await env.in_thread(
-            make_work_dir, request.stream, ".overlay", request.tmpdir
-        )
+        mount.overlay_dir = await env.in_thread(make_work_dir, stream, ".overlay", tmpdir)
         upper, work = await env.in_thread(_make_layer_dirs, mount.overlay_dir)
         await env.in_thread(rootfs.mount_overlay, tree.path, upper, work, root)
     except (rootfs.TreeCacheUnavailable, OSError) as exc:
@@ -366,14 +375,17 @@ class Steps:
     manifest: Manifest
     variables: Mapping[str, str]
     bind_mounts: tuple[BindMount, ...]
+    package_caches: PackageCaches | None = None
 
-    async def run(self, argv: list[str], step: str, **kwargs) -> None:
+    async def run(
+        self, argv: list[str], step: str, extra_mounts: tuple[BindMount, ...] = (), **kwargs
+    ) -> None:
         await self.env.run_in_root(
             self.root,
             argv,
             step=step,
             variables=self.variables,
-            bind_mounts=self.bind_mounts,
+            bind_mounts=self.bind_mounts + extra_mounts,
             **kwargs,
         )
 
@@ -439,6 +451,14 @@ class Steps:
             log.line("No packages to install")
             return
         self.env.report.begin("packages")
+        if self.package_caches is None:
+            await self._packages(packages, ())
+            return
+        async with self.package_caches.lease(self.root, log) as cache_mounts:
+            await self._packages(packages, cache_mounts)
+
+    async def _packages(self, packages: list[str], cache_mounts: tuple[BindMount, ...]) -> None:
+        log = self.env.log
         for label, command in (
             ("Updating package database:", "update"),
             (
@@ -448,12 +468,14 @@ class Steps:
         ):
             log.line(label)
             try:
-                await self.run([PACKAGER, command], command)
+                await self.run([PACKAGER, command], command, cache_mounts)
             except CommandError as exc:
                 raise BuildError(f"error installing packages: error {command}ing: {exc}") from None
+            if command == "update" and self.package_caches is not None:
+                self.env.package_index = await self.package_caches.index(cache_mounts)
         log.line(f"Installing packages: {' '.join(packages)}")
         try:
-            await self.run([PACKAGER, "install", *packages], "install")
+            await self.run([PACKAGER, "install", *packages], "install", cache_mounts)
         except CommandError as exc:
             raise BuildError(f"error installing packages: error installing: {exc}") from None
 
@@ -468,7 +490,7 @@ async def process_manifest(
 ) -> None:
     """Reference §5.2 step 7, (a) to (p)."""
     log = env.log
-    resolv = await env.in_thread(_read_host_resolv_conf)
+    resolv = await env.in_thread(read_host_resolv_conf)
     created = await env.in_thread(
         treecopy.make_bind_mount_points,
         root,
@@ -476,7 +498,7 @@ async def process_manifest(
         env.thread_log,
     )
     bind_mounts = await env.in_thread(_resolve_mount_targets, root, bind_mounts)
-    steps = Steps(env, root, manifest, variables, bind_mounts)
+    steps = Steps(env, root, manifest, variables, bind_mounts, request.package_caches)
     try:
         try:
             await env.run_in_root(
@@ -523,45 +545,12 @@ def _resolve_mount_targets(root: str, mounts: tuple[BindMount, ...]) -> tuple[Bi
     return tuple(resolved)
 
 
-def _read_host_resolv_conf() -> bytes:
+def read_host_resolv_conf() -> bytes:
     with open("/etc/resolv.conf", "rb") as handle:
         return handle.read()
 
 
 # -- the build as a whole ------------------------------------------------------------
-
-
-def bind_mounts_for(main: MainConfig, stream: str) -> tuple[BindMount, ...]:
-    mounts = [BindMount(path, path) for path in main.bind_mounts if path]
-    cache = main.cache
-    if cache and cache.base_directory and cache.mount_point:
-        host = os.path.join(cache.base_directory, os.path.normpath(stream).lstrip("/"))
-        os.makedirs(host, mode=0o755, exist_ok=True)
-        mounts.append(BindMount(host, cache.mount_point, writable=True))
-    return tuple(mounts)
-
-
-def trim_cache(directory: str, size_limit: int) -> list[str]:
-    """Delete the oldest regular files until the cache is under ``size_limit`` bytes."""
-    if size_limit <= 0 or not os.path.isdir(directory):
-        return []
-    files = []
-    for base, _dirs, names in os.walk(directory):
-        for name in names:
-            path = os.path.join(base, name)
-            info = os.lstat(path)
-            if os.path.isfile(path) and not os.path.islink(path):
-                files.append((info.st_mtime, info.st_size, path))
-    files.sort()
-    total = sum(size for _mtime, size, _path in files)
-    deleted = []
-    for _mtime, size, path in files:
-        if total < size_limit:
-            break
-        os.unlink(path)
-        total -= size
-        deleted.append(path)
-    return deleted
 
 
 async def build_normal(env: BuildEnv, request: NormalBuild) -> Image:
@@ -639,7 +628,7 @@ async def build_normal(env: BuildEnv, request: NormalBuild) -> Image:
         cache = request.main.cache
         if cache and cache.base_directory and cache.mount_point and cache.size_limit > 0:
             host = os.path.join(cache.base_directory, os.path.normpath(request.stream))
-            for path in await env.in_thread(trim_cache, host, cache.size_limit):
+            for path, _size in await env.in_thread(trim_cache, host, cache.size_limit):
                 env.log.line(f"Deleted: {path}")
         return image
     finally:

@@ -2,8 +2,9 @@
 
 Shared by bootstrap builds and manifest builds: list the packages, clear
 ``/tmp``, scan the tree into a file-system (storing new objects), copy mtimes
-from the stream's previous image, store the build log and assemble the image
-record. Publishing (naming, expiry, ``add_image``) is the builder's job.
+from the stream's previous image and assemble the image record. Publishing
+(storing the build log with :func:`attach_build_log`, naming, expiry,
+``add_image``) is the builder's job.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThreadPool
@@ -34,14 +36,22 @@ from imaginator.image.scan import ScanError, scan_tree
 from imaginator.image.triggers import Trigger
 from imaginator.pipeline.report import BuildReport, read_manifest_snapshot
 from imaginator.runtime.buildlog import BuildLog
+from imaginator.runtime.nosync import PROGRAM_FD, nosync_program
 from imaginator.runtime.process import MAX_CAPTURED_OUTPUT, CommandError, ProcessRunner
 from imaginator.runtime.sandbox import base_environment, chroot_argv
 from imaginator.runtime.treedelete import delete_matching
 
 PACKAGER = "/bin/generic-packager"
+_NOSYNC_PROGRAM = nosync_program()
 TEST_TIMEOUT = 10.0
 TEST_OUTPUT_LIMIT = 4096
 """Bytes of a test's output shown in the build log; the rest is never kept in memory."""
+
+
+class LogObjectStore(Protocol):
+    """Where a build log is stored (``ImageStore.add_object``)."""
+
+    async def add_object(self, data: bytes) -> str: ...
 
 
 class BuildError(Exception):
@@ -61,6 +71,11 @@ class BuildEnv:
     deadline_seconds: float = 24 * 3600.0
     deadline: float | None = None
     report: BuildReport = field(default_factory=BuildReport)
+    #: Build commands run with the sync calls turned into no-ops (``runtime.nosync``).
+    nosync: bool = False
+    #: What the package steps' update left in the shared package caches that
+    #: roots keep (a digest; ``caches.PackageCaches.index``), for the skip check.
+    package_index: str | None = None
 
     def start_deadline(self) -> None:
         """Start the build deadline clock (after the manifest fetch, reference §5.1.4)."""
@@ -108,8 +123,9 @@ class BuildEnv:
         """
         if deadline is None or (self.deadline is not None and self.deadline < deadline):
             deadline = self.deadline
+        seccomp_fd, inputs = self.nosync_inputs()
         return await self.runner.run(
-            chroot_argv(root, argv, bind_mounts=bind_mounts),
+            chroot_argv(root, argv, bind_mounts=bind_mounts, seccomp_fd=seccomp_fd),
             log=self.log,
             env=base_environment(variables, tz=os.environ.get("TZ")),
             stdin=stdin,
@@ -119,7 +135,14 @@ class BuildEnv:
             capture_limit=capture_limit,
             truncate_capture=truncate_capture,
             step=step,
+            inputs=inputs,
         )
+
+    def nosync_inputs(self) -> tuple[int | None, dict[int, bytes] | None]:
+        """(the child's fd of the no-sync filter, the runner's ``inputs``), or Nones."""
+        if not self.nosync:
+            return None, None
+        return PROGRAM_FD, {PROGRAM_FD: _NOSYNC_PROGRAM}
 
 
 @dataclass
@@ -363,9 +386,7 @@ async def pack(env: BuildEnv, spec: PackSpec) -> Image:
     await copy_previous_mtimes(env, spec, fs)
     env.report.begin("tests")
     await run_tests(env, spec.root, fs)
-    log_hash = await env.store.add_object(env.log.getvalue())
     return Image(
-        build_log=Annotation(object=bytes.fromhex(log_hash), url=""),
         file_system=fs,
         filter=spec.image_filter,
         owner_groups=tuple(spec.owners.groups) or None,
@@ -375,6 +396,17 @@ async def pack(env: BuildEnv, spec: PackSpec) -> Image:
         source_image=spec.source_image,
         tags=expand_tags(spec.tags, spec.variables),
     )
+
+
+async def attach_build_log(store: LogObjectStore, log: BuildLog, image: Image) -> None:
+    """Store the build log as written so far and name it in ``image``.
+
+    Done by whoever publishes the image, right before adding it: a rebuild
+    found identical to the latest image publishes nothing and so stores no
+    object at all, not even its log.
+    """
+    log_hash = await store.add_object(log.getvalue())
+    image.build_log = Annotation(object=bytes.fromhex(log_hash), url="")
 
 
 def compile_filter(lines, what: str) -> Filter | None:

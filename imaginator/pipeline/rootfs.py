@@ -18,6 +18,11 @@ tree that looks complete. The ``used`` file names the image and its mtime
 says when the tree was last used: the cache keeps the most recently used
 trees, and drops trees of images the store no longer has first.
 
+A bootstrap build's own tree can become its image's entry without any
+unpacking (:meth:`SourceTrees.adopt`, ``FastPaths.ReuseBootstrapTrees``):
+conformed to the image (``treeconform``), it is renamed into a slot and
+completed like a materialised one.
+
 Mounts are made and removed with ``mount(2)``/``umount2(2)`` from pool threads
 in the daemon's own mount namespace; a busy mount is detached lazily. Every
 blocking call here runs in the thread pool.
@@ -46,6 +51,7 @@ from imaginator.goformats.units import format_bytes, format_duration
 from imaginator.image.model import Image
 from imaginator.image.scan import CacheEntry, TreeCache
 from imaginator.image.unpack import UnpackError, materialise
+from imaginator.pipeline.treeconform import TreeMismatch, conform_tree
 from imaginator.store.base import StoreError, Transferred
 
 TREE = "tree"
@@ -399,6 +405,45 @@ class SourceTrees:
         finally:
             lock.release()
 
+    async def adopt(self, name: str, image: Image, tree: str) -> bool:
+        """Make the finished build tree ``tree`` the cache entry of image
+        ``name`` (just published from it), so no build has to unpack it.
+
+        The tree is conformed to the image first (``treeconform``). Returns
+        whether it was taken; if not (the image has its entry already, the
+        cache cannot be used, the tree is on another file-system or does not
+        match), the tree, if still there, stays the caller's to remove.
+        """
+        slot = slot_name(name)
+        if not slot or slot.startswith("."):
+            return False
+        # The slot's lock first (taken at once when free, before anything
+        # waits): a build asking for this image from now on waits for the tree.
+        lock = self._locks.setdefault(slot, DeferredLock())
+        await lock.acquire()
+        try:
+            await self._prepare()
+            if self._unusable is not None or self._in_use.get(slot) or slot in self._known:
+                return False
+            if await self._in_thread(self._load, slot) is not None:
+                return False
+            await self._make_room(slot)
+            cache = await self._in_thread(self._adopt, slot, name, image, tree)
+        except (OSError, TreeCacheUnavailable, TreeMismatch) as exc:
+            _log.warn(
+                "Source tree cache: not keeping the build tree of {name}: {error}",
+                name=name,
+                error=describe(exc),
+            )
+            return False
+        else:
+            self._known[slot] = _Known(name, image.created_on, cache)
+            self._lease(slot)  # the durability job's
+            self._finish_in_background(slot, name, image, cache)
+            return True
+        finally:
+            lock.release()
+
     def release(self, tree: SourceTree) -> None:
         """End a lease (after the overlay using the tree is unmounted)."""
         self._unlease(tree.slot)
@@ -476,6 +521,25 @@ class SourceTrees:
         staging = tempfile.mkdtemp(prefix=f"{_STAGING}{slot}.", dir=self.directory)
         try:
             cache = materialise(image, self._store, os.path.join(staging, TREE))
+            with open(os.path.join(staging, USED_FILE), "w", encoding="utf-8") as handle:
+                handle.write(name + "\n")
+            os.chmod(staging, 0o755)
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return cache
+
+    def _adopt(self, slot: str, name: str, image: Image, tree: str) -> TreeCache:
+        if os.lstat(tree).st_dev != os.stat(self.directory).st_dev:
+            raise TreeCacheUnavailable(f"{tree} is not on the file-system of {self.directory}")
+        cache = conform_tree(image, tree)
+        final = os.path.join(self.directory, slot)
+        if os.path.lexists(final):  # an incomplete leftover
+            self._remove(slot)
+        staging = tempfile.mkdtemp(prefix=f"{_STAGING}{slot}.", dir=self.directory)
+        try:
+            os.rename(tree, os.path.join(staging, TREE))
             with open(os.path.join(staging, USED_FILE), "w", encoding="utf-8") as handle:
                 handle.write(name + "\n")
             os.chmod(staging, 0o755)

@@ -152,6 +152,32 @@ class CommandError(Exception):
         return self.reason
 
 
+_PIPE_ATOMIC = 4096  # POSIX PIPE_BUF on Linux: written at once into an empty pipe
+
+
+def _input_pipes(inputs: Mapping[int, bytes]) -> dict[int, int]:
+    """A pipe per input, already filled and closed for writing: child fd → read end.
+
+    The data fits the empty pipe's buffer, so writing never blocks the reactor.
+    """
+    pipes: dict[int, int] = {}
+    try:
+        for child_fd, data in inputs.items():
+            if child_fd < 3 or len(data) > _PIPE_ATOMIC:
+                raise ValueError(f"input for fd {child_fd}: fd under 3 or over {_PIPE_ATOMIC} B")
+            read_end, write_end = os.pipe()
+            pipes[child_fd] = read_end
+            try:
+                os.write(write_end, data)
+            finally:
+                os.close(write_end)
+    except BaseException:
+        for fd in pipes.values():
+            os.close(fd)
+        raise
+    return pipes
+
+
 def _wait_status(reason: Failure) -> int:
     """The raw wait status inside Twisted's ``ProcessDone``/``ProcessTerminated``."""
     value = reason.value
@@ -362,11 +388,14 @@ class ProcessRunner:
         capture_limit: int = MAX_CAPTURED_OUTPUT,
         truncate_capture: bool = False,
         step: str = "",
+        inputs: Mapping[int, bytes] | None = None,
     ) -> ProcessResult:
         """Run ``argv`` to completion; raise :class:`CommandError` unless it exits 0.
 
         ``env`` is the child's whole environment. ``stdin`` is written to the
         child and then closed (with ``None`` the child reads EOF at once).
+        ``inputs`` maps further file descriptors of the child (3 and up) to
+        small data (under 4 KiB) it can read there, e.g. ``bwrap --seccomp 3``.
         Output goes line by line to ``log`` (``None``: discarded), except a
         captured stream, which is returned in the result instead. A captured
         stream keeps at most ``capture_limit`` bytes: beyond that the child is
@@ -396,7 +425,9 @@ class ProcessRunner:
             1: _OutputStream(log, capture_stdout, capture_limit, overflowed("stdout")),
             2: _OutputStream(log, capture_stderr, capture_limit, overflowed("stderr")),
         }
-        job = self._start(tuple(argv), outputs, env=env, cwd=cwd, stdin=stdin, step=step)
+        job = self._start(
+            tuple(argv), outputs, env=env, cwd=cwd, stdin=stdin, step=step, inputs=inputs
+        )
         started.append(job)
         if deadline is not None:
             delay = deadline - self._reactor.seconds()
@@ -466,6 +497,7 @@ class ProcessRunner:
         cwd: str,
         stdin: bytes | None,
         step: str = "",
+        inputs: Mapping[int, bytes] | None = None,
     ) -> _Job:
         job = _Job(argv, step)
         # Cancelling the caller's Deferred kills the child rather than leaving it behind.
@@ -478,6 +510,10 @@ class ProcessRunner:
             on_ended=lambda status: self._ended(job, status),
         )
         self._jobs.add(job)
+        extra: dict[str, Any] = {}
+        pipes = _input_pipes(inputs or {})
+        if pipes:
+            extra["childFDs"] = {0: "w", 1: "r", 2: "r", **pipes}
         try:
             self._reactor.spawnProcess(
                 protocol,
@@ -485,10 +521,14 @@ class ProcessRunner:
                 [self._setsid, *self._prefix, *argv],
                 env=dict(env),
                 path=cwd,
+                **extra,
             )
         except BaseException:
             self._jobs.discard(job)
             raise
+        finally:
+            for fd in pipes.values():  # the child has its copies
+                os.close(fd)
         return job
 
     def _terminate(self, job: _Job, because: str) -> None:

@@ -48,13 +48,16 @@ def chroot_argv(
     *,
     bind_mounts: Iterable[BindMount] = (),
     with_proc_sys: bool = True,
+    seccomp_fd: int | None = None,
     bwrap: str = BWRAP,
 ) -> list[str]:
     """The ``bwrap`` command line that runs ``argv`` with ``root`` as ``/``.
 
     ``with_proc_sys=False`` leaves out ``/proc`` and ``/sys``. bwrap creates
     missing mount points (``/proc``, ``/dev``, a bind mount's target) in the
-    tree, as the Go daemon's mounts required them to exist.
+    tree, as the Go daemon's mounts required them to exist. ``seccomp_fd``:
+    bwrap loads a seccomp filter program from that descriptor of its own
+    (``runtime.nosync``) and applies it to ``argv``.
     """
     if not argv:
         raise ValueError("empty argv")
@@ -66,6 +69,8 @@ def chroot_argv(
         command += ["--ro-bind", "/sys", "/sys"]
     command += ["--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session"]
     command += ["--chdir", "/"]
+    if seccomp_fd is not None:
+        command += ["--seccomp", str(seccomp_fd)]
     for mount in bind_mounts:
         command += _bind_mount_args(mount)
     return [*command, "--", *argv]

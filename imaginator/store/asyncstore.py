@@ -68,8 +68,13 @@ class AsyncImageStore:
         return await self._call(self.local.read_object, hash_hex)
 
     async def add_object(self, data: bytes) -> str:
-        """See ``LocalImageStore.put_object_bytes``."""
-        return await self._call(self.local.put_object_bytes, data)
+        """See ``LocalImageStore.put_object_bytes``. Not fsynced on its own: like
+        the scanner's objects it is made durable by the one ``syncfs`` that
+        ``add_image`` does before writing a record that references it."""
+        return await self._call(self._put_unsynced, data)
+
+    def _put_unsynced(self, data: bytes) -> str:
+        return self.local.put_object_bytes(data, sync=False)
 
     async def has_object(self, hash_hex: str) -> bool:
         """See ``LocalImageStore.has_object``."""

@@ -49,7 +49,7 @@ from imaginator.pipeline.manifest_build import (
     process_manifest,
     unpack_source,
 )
-from imaginator.pipeline.pack import BuildEnv, BuildError, compile_filter
+from imaginator.pipeline.pack import BuildEnv, BuildError, attach_build_log, compile_filter
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.ctime import measure_ctime_resolution
 from imaginator.runtime.inroot import TreeCopyError
@@ -336,6 +336,7 @@ async def publish(
     now = env.reactor.seconds()
     image.expires_at = int((now + expires_in) * 1e9) if expires_in > 0 else 0
     try:
+        await attach_build_log(store, env.log, image)
         name = await store.reserve_image_name(stream, now)
         await store.add_image(name, image)
     except (StoreError, OSError) as exc:

@@ -403,6 +403,7 @@ class StatusPages:
                     last_failure = r.finished_at
             else:
                 row["image_name"] = r.image_name
+                row["skipped"] = r.skipped
                 row["link"] = self._image_link(r.image_name) if self._image_link else None
                 good.append(row)
         failed_last = None

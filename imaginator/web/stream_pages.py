@@ -338,6 +338,7 @@ class StreamPages:
                 "ok": not result.error and bool(result.image_name),
                 "error": result.error,
                 "image_name": result.image_name,
+                "skipped": result.skipped,
                 "finished": format_time(result.finished_at),
                 "ago": format_duration(max(0.0, now - result.finished_at)),
                 "duration": format_duration(max(0.0, result.finished_at - result.started_at)),

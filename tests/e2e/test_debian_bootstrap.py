@@ -214,6 +214,12 @@ async def run_the_demo(tmp_path, registry):
         assert f"commit={base.build_commit_id}" in release and len(base.build_commit_id) == 40
         assert base.tags == {"Layer": "base", "ManifestCommit": base.build_commit_id}
         assert base.build_branch == "main"
+        # The fast paths: base started on the bootstrap build's own tree (nothing
+        # unpacked) and shared apt's downloads.
+        base_log = store.read_object(base.build_log.object.hex()).decode()
+        assert f"Source tree cache: reusing {names[DEBIAN]}" in base_log
+        assert "Package cache /var/cache/apt/archives: shared" in base_log
+        assert list((state / "package-cache" / "var_cache_apt_archives").glob("procps_*.deb"))
 
         # hello: tests, computed files, filter, triggers, owners.
         hello = store.get_image(names[HELLO])
@@ -252,8 +258,10 @@ async def run_the_demo(tmp_path, registry):
 
     # A restart runs a cycle at once: it rebuilds all three from the same mirror and
     # commits, and nothing volatile (ldconfig's cache, apt and dpkg logs, apt lists)
-    # makes them differ from the first daemon's images.
-    daemon = Daemon(arguments).start()
+    # makes them differ from the first daemon's images. The next cycle skips them
+    # all: same commits and source images, and apt lists no pending upgrade.
+    restarted = [a for a in arguments if not a.startswith("-imageRebuildInterval")]
+    daemon = Daemon([*restarted, "-imageRebuildInterval=60s"]).start()
     try:
         for stream in (DEBIAN, BASE, HELLO):
             first, quoted = re.escape(names[stream]), re.escape(stream)
@@ -263,6 +271,18 @@ async def run_the_demo(tmp_path, registry):
                 timeout=900,
             )
             assert "Identical to" in line, daemon.output()
+        skipped = {}
+        for stream in (DEBIAN, BASE, HELLO):
+            quoted = re.escape(stream)
+            skipped[stream] = await daemon.wait_for(
+                rf"Skipped {quoted}: nothing could change|Error building image: {quoted}[/:]"
+                rf"|Built image: {quoted}/",
+                timeout=600,
+            )
+            assert f"kept {names[stream]} (" in skipped[stream], daemon.output()
+        assert "same configuration, no pending package upgrades" in skipped[DEBIAN]
+        assert "no pending package upgrades" in skipped[BASE]  # it installs packages
+        assert f"same source image {names[BASE]})" in skipped[HELLO]  # it does not
         assert not [line for line in daemon.stdout + daemon.stderr if "Publishing " in line]
 
         # A second base image, from a commit that drops one package.

@@ -571,6 +571,7 @@ async def test_same_content_from_a_new_commit_is_published_and_found_by_a_pinned
             assert not second.error, second.log.decode()
             after_second = harness.objects()
             again = await harness.build("apps/base")
+            after_again = harness.objects()
             manifest = {"SourceImage": "apps/base", "SourceImageGitCommitId": second_commit}
             (pinned / "manifest").write_text(json.dumps(manifest))
             on_pinned = await harness.build("apps/pinned", disable_recursive_build=True)
@@ -583,8 +584,9 @@ async def test_same_content_from_a_new_commit_is_published_and_found_by_a_pinned
     published = harness.store.get_image(second.image_name)
     assert published.build_commit_id == second_commit
     assert after_second - before == {published.build_log.object.hex()}
-    # The same commit again is identical: nothing published.
+    # The same commit again is identical: nothing published, no object stored (not even a log).
     assert again.identical and again.image_name == second.image_name
+    assert after_again == after_second
     # The stream pinned to the new commit finds that image as its source.
     assert not on_pinned.error, on_pinned.log.decode()
     assert harness.store.get_image(on_pinned.image_name).source_image == second.image_name

@@ -65,6 +65,21 @@ async def test_stdin_fed_and_closed() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_inputs_on_further_descriptors() -> None:
+    runner = ProcessRunner(reactor)
+    result = await runner.run(
+        [SH, "-c", "cat <&3; echo; cat <&4"],
+        log=None,
+        env={},
+        inputs={3: b"three", 4: b"four"},
+        capture_stdout=True,
+    )
+    assert result.stdout == b"three\nfour"
+    with pytest.raises(ValueError, match="fd 2"):
+        await runner.run([SH, "-c", "true"], log=None, env={}, inputs={2: b"x"})
+
+
+@pytest_twisted.ensureDeferred
 async def test_no_stdin_reads_eof() -> None:
     result = await ProcessRunner(reactor).run(["/bin/cat"], log=None, env={}, capture_stdout=True)
     assert result.stdout == b""

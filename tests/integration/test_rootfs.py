@@ -52,9 +52,15 @@ chmod 600 /data/chmodme
 """
 
 
-def _conf() -> dict:
+def _conf(fast_paths: dict | None = None, extra_script: str = "") -> dict:
     conf = vector_conf()
-    conf["BootstrapStreams"][BB]["BootstrapCommand"] = ["/bin/sh", "-c", _SOURCE_SCRIPT]
+    conf["BootstrapStreams"][BB]["BootstrapCommand"] = [
+        "/bin/sh",
+        "-c",
+        _SOURCE_SCRIPT + extra_script,
+    ]
+    if fast_paths is not None:
+        conf["FastPaths"] = fast_paths
     return conf
 
 
@@ -92,9 +98,19 @@ def _streams(tmp_path: Path) -> dict:
     }
 
 
-async def _harness(tmp_path: Path, **kwargs):
+#: Builds derived from a bootstrap image unpack it (its own build tree is not kept).
+UNPACK = {"ReuseBootstrapTrees": False}
+
+
+async def _harness(
+    tmp_path: Path, fast_paths: dict | None = None, extra_script: str = "", **kwargs
+):
     return await make_harness(
-        tmp_path / "h", conf=_conf(), streams=_streams(tmp_path), tree_cache=True, **kwargs
+        tmp_path / "h",
+        conf=_conf(fast_paths, extra_script),
+        streams=_streams(tmp_path),
+        tree_cache=True,
+        **kwargs,
     )
 
 
@@ -136,7 +152,7 @@ def _comparable(image, source) -> dict:
 
 @pytest_twisted.ensureDeferred
 async def test_overlay_root_builds_what_unpacking_builds_and_reuses_the_tree(tmp_path):
-    harness = await _harness(tmp_path)
+    harness = await _harness(tmp_path, UNPACK)
     trees = harness.builder.source_trees
     try:
         bb = await harness.build(BB)
@@ -233,7 +249,7 @@ async def test_a_failing_build_leaves_no_mount_and_the_tree_untouched(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_builds_from_one_source_unpack_it_once(tmp_path):
-    harness = await _harness(tmp_path)
+    harness = await _harness(tmp_path, UNPACK)
     try:
         bb = await harness.build(BB)
         assert not bb.error, bb.log.decode()
@@ -264,7 +280,7 @@ async def test_least_recently_used_and_orphaned_trees_are_dropped(tmp_path):
             assert not bb.error, bb.log.decode()
             over = await harness.build(OVER)
             assert not over.error, over.log.decode()
-            await harness.builder.source_trees.settled()
+            await harness.builder.settled()
             sources.append(bb.image_name)
             return bb.image_name
 
@@ -386,3 +402,71 @@ def test_tree_cache_round_trips():
     assert rootfs.slot_name("bootstrap/bb/2026-01-02:03:04:05") == (
         "bootstrap_bb_2026-01-02:03:04:05"
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bootstrap_build_tree_is_kept_so_the_first_derived_build_unpacks_nothing(
+    tmp_path,
+):
+    filtered = "; echo bbhost > etc/hostname; mkdir -p var/log; echo junk > var/log/junk"
+    harness = await _harness(tmp_path, extra_script=filtered)
+    try:
+        first_bb = await harness.build(BB)
+        assert not first_bb.error, first_bb.log.decode()
+        # A second bootstrap build: a new image (its stamp differs) whose unchanged
+        # files carry the first image's mtimes, older than those in its tree.
+        bb = await harness.build(BB)
+        assert not bb.error and bb.image_name != first_bb.image_name, bb.log.decode()
+        await harness.builder.settled()
+        source = harness.store.get_image(bb.image_name)
+        kept = await harness.build(OVER, return_image=True)
+        trees = harness.builder.source_trees
+        harness.builder.source_trees = None
+        unpacked = await harness.build(OVER, return_image=True)
+        harness.builder.source_trees = trees
+    finally:
+        harness.stop()
+    log = kept.log.decode()
+    assert not kept.error, log
+    assert f"Source tree cache: reusing {bb.image_name}" in log
+    assert "Copied " not in log.split("Source image:")[0]  # nothing was unpacked
+    # Files the manifest did not touch are exactly the source image's (mtimes too),
+    # and what the source image filtered out is not there.
+    source_files, kept_files = _files(source), _files(kept.image)
+    old_mtime = _files(harness.store.get_image(first_bb.image_name))["/bin/busybox"][
+        1
+    ].mtime_seconds
+    assert source_files["/bin/busybox"][1].mtime_seconds == old_mtime
+    for path in ("/bin/busybox", "/data/ul1", "/data/sub/file", "/dev/null", "/bin/sh"):
+        assert kept_files[path][1] == source_files[path][1], path
+    assert "/etc/hostname" not in kept_files and "/var/log/junk" not in kept_files
+    # The same image as a build on the unpacked source image.
+    assert _comparable(kept.image, source.file_system) == _comparable(
+        unpacked.image, source.file_system
+    )
+    tree = _tree(harness, bb.image_name)
+    saved = json.loads((tree.parent / rootfs.CACHE_FILE).read_bytes())
+    assert saved["Image"] == bb.image_name
+    for path, (ino, ctime_ns, size, _digest) in saved["Entries"].items():
+        st = os.lstat(f"{tree}{path}")
+        assert (st.st_ino, st.st_ctime_ns, st.st_size) == (ino, ctime_ns, size), path
+    assert not (tree / "etc" / "hostname").exists()
+    assert os.listdir(harness.tmp / "work") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_identical_bootstrap_rebuild_keeps_no_second_tree(tmp_path):
+    conf = _conf()
+    command = conf["BootstrapStreams"][BB]["BootstrapCommand"]
+    command[2] = command[2].replace("date +%s%N > etc/stamp", "echo fixed > etc/stamp")
+    harness = await make_harness(tmp_path / "h", conf=conf, tree_cache=True)
+    try:
+        first = await harness.build(BB)
+        again = await harness.build(BB)
+        await harness.builder.settled()
+    finally:
+        harness.stop()
+    assert not first.error and again.identical and again.image_name == first.image_name
+    slots = [n for n in os.listdir(harness.tmp / "trees") if not n.startswith(".")]
+    assert slots == [first.image_name.replace("/", "_")]
+    assert os.listdir(harness.tmp / "work") == []

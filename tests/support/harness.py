@@ -121,6 +121,7 @@ async def make_harness(
             ctime_resolution=0.01,
             tree_cache_dir=str(tmp / "trees") if tree_cache else None,
             tree_cache_images=tree_cache_images,
+            package_cache_dir=str(tmp / "package-cache"),
         ),
         runner=ProcessRunner(reactor),
         image_server=image_server,

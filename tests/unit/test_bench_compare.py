@@ -26,6 +26,7 @@ from bench.compare_figures import (
     parse_go_duration,
     ratio,
     render_table,
+    skipped_builds,
     span,
 )
 from bench.compare_setup import parse_variables
@@ -134,6 +135,30 @@ def test_our_daemon_log():
     # An identical rebuild names the image it equals: the last line is the rebuild's.
     assert build_seconds(events, "bench/base/2026-12-03:15:05:14") == pytest.approx(0.198)
     assert cycle_seconds(events) == pytest.approx(65.0)
+
+
+def test_our_identical_rebuild_has_a_duration():
+    events = parse_daemon_log(
+        "2026-12-05T23:45:37+0000 [imaginator.scheduler#info] Built image: "
+        "bench/base/2026-12-05:23:45:37 in 6.93s\n"
+        "2026-12-05T23:45:41+0000 [imaginator.scheduler#info] Identical to "
+        "bench/base/2026-12-05:23:45:37: no new image published (3.53s)\n"
+    )
+    # Only published images count as built (the cycle's "images published")...
+    assert built_images(events) == [("bench/base/2026-12-05:23:45:37", pytest.approx(6.93))]
+    # ...but the identical rebuild's own duration is what the rebuild took.
+    assert build_seconds(events, "bench/base/2026-12-05:23:45:37") == pytest.approx(3.53)
+
+
+def test_our_skipped_builds():
+    events = parse_daemon_log(
+        "2026-12-05T23:46:01+0000 [imaginator.scheduler#info] Skipped bench/app: nothing could"
+        " change (same manifest commit c, same source image bench/base/1): kept bench/app/1"
+        " (120ms)\n"
+        "2026-12-05T23:46:01+0000 [imaginator.scheduler#info] Built image: bench/x/1 in 1s\n"
+    )
+    assert skipped_builds(events) == ["bench/app"]
+    assert built_images(events) == [("bench/x/1", 1.0)]
 
 
 def test_cycle_from_timestamps_when_the_line_has_no_duration():

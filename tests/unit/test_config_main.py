@@ -14,8 +14,10 @@ from imaginator.config.main import (
     BootstrapStream,
     CacheConfig,
     ConfigError,
+    FastPaths,
     ListCommand,
     Owners,
+    PackageCache,
     QuickLink,
     load_main_config,
     parse_main_config,
@@ -259,7 +261,74 @@ ERRORS = [
         " z-a",
     ),
     ('{\n  "BindMounts": [1,]\n}', "conf.json: line 2 column 20: Expecting value"),
+    (
+        '{"FastPaths": {"NoFsyncInBuilds": "no"}}',
+        'conf.json: FastPaths.NoFsyncInBuilds: expected true or false, got "no"',
+    ),
+    (
+        '{"FastPaths": {"PackageCaches": [{"MountPoint": "var/cache"}]}}',
+        "conf.json: FastPaths.PackageCaches[0].MountPoint: expected an absolute path, got"
+        ' "var/cache"',
+    ),
+    (
+        '{"FastPaths": {"PackageCaches": [{"MountPoint": "/"}]}}',
+        'conf.json: FastPaths.PackageCaches[0].MountPoint: not usable: "/"',
+    ),
+    (
+        '{"FastPaths": {"PackageCaches": [{"MountPoint": "/a/../b"}]}}',
+        'conf.json: FastPaths.PackageCaches[0].MountPoint: not usable: "/a/../b"',
+    ),
+    (
+        '{"FastPaths": {"PackageCaches": [{"MountPoint": "/a", "Directory": "rel"}]}}',
+        'conf.json: FastPaths.PackageCaches[0].Directory: expected an absolute path, got "rel"',
+    ),
+    (
+        '{"FastPaths": {"PackageCaches": [{"MountPoint": "/a", "KeepInRoot": 1}]}}',
+        "conf.json: FastPaths.PackageCaches[0].KeepInRoot: expected true or false, got 1",
+    ),
+    (
+        '{"FastPaths": {"PackageCaches": {"MountPoint": "/a"}}}',
+        'conf.json: FastPaths.PackageCaches: expected a list of objects, got {"MountPoint": "/a"}',
+    ),
+    (
+        '{"PackagerTypes": {"deb": {"PendingUpgradesCommand": "apt-get"}}}',
+        "conf.json: PackagerTypes.deb.PendingUpgradesCommand: expected a list of strings, got"
+        ' "apt-get"',
+    ),
 ]
+
+
+def test_fast_paths_defaults_and_settings() -> None:
+    assert parse({}).fast_paths == FastPaths(
+        no_fsync_in_builds=True,
+        reuse_bootstrap_trees=True,
+        skip_unchanged_builds=False,
+        package_caches=(),
+    )
+    config = parse(
+        {
+            "FastPaths": {
+                "NoFsyncInBuilds": False,
+                "ReuseBootstrapTrees": False,
+                "SkipUnchangedBuilds": True,
+                "PackageCaches": [
+                    {"MountPoint": "/var/cache/apt/archives", "SizeLimit": 1000},
+                    {"MountPoint": "/var/cache/x", "Directory": "/srv/x", "KeepInRoot": True},
+                ],
+            },
+            "PackagerTypes": {"deb": {"PendingUpgradesCommand": ["sh", "-c", "x"]}},
+        }
+    )
+    assert config.fast_paths == FastPaths(
+        no_fsync_in_builds=False,
+        reuse_bootstrap_trees=False,
+        skip_unchanged_builds=True,
+        package_caches=(
+            PackageCache("/var/cache/apt/archives", "", 1000),
+            PackageCache("/var/cache/x", "/srv/x", 0, keep_in_root=True),
+        ),
+    )
+    assert config.packager_types["deb"].pending_upgrades_command == ("sh", "-c", "x")
 
 
 @pytest.mark.parametrize(("text", "message"), ERRORS)

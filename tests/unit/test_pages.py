@@ -854,3 +854,14 @@ def test_live_log_script_is_served() -> None:
     assert a.code == 200
     assert a.headers["content-type"] == "text/javascript; charset=utf-8"
     assert b'getElementById("live")' in a.body
+
+
+def test_status_page_says_a_build_was_skipped() -> None:
+    skipped = replace(
+        result("apps/hello", image="apps/hello/1"), identical=True, skipped="same manifest commit c"
+    )
+    source = FakeSource(results={"apps/hello": skipped}, streams=["apps/hello"])
+    body = get(make_pages(source), "/").text
+    assert rows(body, "Successful image builds:")[0][1] == (
+        "apps/hello/1 (skipped: nothing could change)"
+    )

@@ -47,6 +47,13 @@ def test_chroot_argv_without_proc_and_sys() -> None:
     ]  # fmt: skip
 
 
+def test_chroot_argv_with_a_seccomp_filter_from_a_descriptor() -> None:
+    argv = chroot_argv("/r", ["true"], seccomp_fd=3, bwrap="bwrap")
+    assert argv[argv.index("--seccomp") : argv.index("--seccomp") + 2] == ["--seccomp", "3"]
+    assert argv.index("--seccomp") < argv.index("--")
+    assert "--seccomp" not in chroot_argv("/r", ["true"], bwrap="bwrap")
+
+
 def test_chroot_argv_rejects_bad_input() -> None:
     with pytest.raises(ValueError):
         chroot_argv("/r", [])

@@ -115,6 +115,11 @@ class FakeStore:
         self.extended: list[str] = []
         self.taken: set[str] = set()  # names of deleted images (an imageserver keeps them)
         self.reserved: list[str] = []
+        self.objects: list[bytes] = []
+
+    async def add_object(self, data: bytes) -> str:
+        self.objects.append(data)
+        return f"{len(self.objects):0128x}"
 
     async def find_latest_image(self, stream: str) -> str | None:
         names = sorted(n for n in self.images if n.rpartition("/")[0] == stream)
@@ -233,9 +238,13 @@ def test_an_identical_result_extends_the_latest_image_instead():
     assert fired(first).image_name == "boot/0000"
     again = start(builder, "boot")
     fake.finish("boot", image(b"\x05", commit="c1"))
+    assert len(store.objects) == 1  # the first build's log
     result = fired(again)
     assert result.identical and result.image_name == "boot/0000"
     assert list(store.images) == ["boot/0000"] and store.extended == ["boot/0000"]
+    # Nothing published, nothing stored: not even the build log.
+    assert len(store.objects) == 1
+    assert store.images["boot/0000"].build_log.object == bytes.fromhex(f"{1:0128x}")
     # Same content from a new commit is a new record (its provenance differs).
     third = start(builder, "boot")
     fake.finish("boot", image(b"\x05", commit="c2"))

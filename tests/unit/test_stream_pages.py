@@ -866,3 +866,23 @@ def test_stream_json_of_a_bootstrap_stream_and_an_unknown_one():
     unknown = get(f"/showImageStream?{EVIL}&format=json")
     assert unknown.code == 404
     assert json.loads(unknown.body) == {"Error": f"unknown stream: {EVIL}"}
+
+
+def test_stream_page_says_why_the_last_build_was_skipped():
+    builder = FakeBuilder()
+    name = "bootstrap/bb/2027-01-15:08:00:00"
+    builder.results["bootstrap/bb"] = BuildResult(
+        "bootstrap/bb",
+        name,
+        NOW - 60,
+        NOW - 30,
+        b"log",
+        identical=True,
+        skipped=f"same configuration {EVIL}",
+    )
+    a = get("/showImageStream?bootstrap/bb", builder)
+    assert (
+        f'<a href="showImage?{name}">{name}</a> kept: skipped, nothing could change '
+        "(same configuration &lt;script&gt;"
+    ) in a.text
+    assert_no_raw_evil(a.text)
