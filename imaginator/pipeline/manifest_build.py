@@ -64,7 +64,7 @@ from imaginator.pipeline.pack import (
     compile_filter,
     pack,
 )
-from imaginator.runtime import treecopy
+from imaginator.runtime import mounts, treecopy
 from imaginator.runtime.inroot import resolve_in_root
 from imaginator.runtime.process import CommandError
 from imaginator.runtime.sandbox import BindMount
@@ -303,7 +303,7 @@ async def overlay_root(
         tree = await trees.acquire(name, image, os.path.dirname(root), env.log)
     except UnpackError as exc:
         raise BuildError(f"error unpacking image: {exc}") from None
-    except (rootfs.TreeCacheUnavailable, OSError) as exc:
+    except (mounts.TreeCacheUnavailable, OSError) as exc:
         reason = rootfs.describe(exc)
         env.log.line(f"Source tree cache not used ({reason}): unpacking into the root")
         return None
@@ -317,8 +317,8 @@ async def overlay_root(
     try:
         mount.overlay_dir = await env.in_thread(make_work_dir, stream, ".overlay", tmpdir)
         upper, work = await env.in_thread(_make_layer_dirs, mount.overlay_dir)
-        await env.in_thread(rootfs.mount_overlay, tree.path, upper, work, root)
-    except (rootfs.TreeCacheUnavailable, OSError) as exc:
+        await env.in_thread(mounts.mount_overlay, tree.path, upper, work, root)
+    except (mounts.TreeCacheUnavailable, OSError) as exc:
         reason = rootfs.describe(exc)
         env.log.line(f"Overlay root not mounted ({reason}): unpacking into the root")
         await release_root(env, root, mount)

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from imaginator.image.compare import canonical_file_system
 from imaginator.image.model import RegularInode
 from imaginator.pipeline import rootfs
+from imaginator.runtime import mounts
 from imaginator.scheduler import BuildOptions
 from tests.support.harness import make_harness, vector_conf
 
@@ -338,7 +339,7 @@ async def test_a_tree_cache_on_another_file_system_is_not_used(tmp_path):
         finally:
             harness.stop()
     finally:
-        rootfs.unmount(str(trees))
+        mounts.unmount(str(trees))
     log = result.log.decode()
     assert not result.error, log
     assert "on different file-systems): unpacking into the root" in log
@@ -362,7 +363,7 @@ def test_fresh_directory_unmounts_what_a_crashed_daemon_left(tmp_path):
     root = tmp / "apps_x.root123"
     root.mkdir(parents=True)
     (tmp / "apps_x.overlay123").mkdir()
-    rootfs.mount_overlay(str(parts["lower"]), str(parts["upper"]), str(parts["work"]), str(root))
+    mounts.mount_overlay(str(parts["lower"]), str(parts["upper"]), str(parts["work"]), str(root))
     busy = open(root / "file")  # a process still in the tree
     try:
         assert _mounts_mentioning(root)
@@ -384,7 +385,7 @@ def test_mountinfo_escapes_and_nesting(tmp_path):
         "42 41 0:41 / /state/tmp/a\\040b.root/proc rw - proc proc rw\n"
         "43 22 0:42 / /state/tmpfoo rw - tmpfs tmpfs rw\n"
     )
-    assert rootfs.mounts_under("/state/tmp", str(info)) == [
+    assert mounts.mounts_under("/state/tmp", str(info)) == [
         "/state/tmp/a b.root/proc",
         "/state/tmp/a b.root",
     ]

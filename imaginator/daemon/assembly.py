@@ -5,34 +5,26 @@ configuration may come from an http(s) URL, so it is asynchronous) and
 returns them as a :class:`Daemon`; every long-lived part is a named child of
 one ``lifecycle.DaemonServices``, which stops them in order, each step
 bounded. Dependencies go into constructors; nothing is patched in later.
-
-:class:`DaemonRunner` is the service twistd runs: it keeps the recent-log
-ring, installs the SIGINT and SIGTERM handlers, runs :func:`create_daemon`
-and turns a start-up failure into one line on standard error and a non-zero
-exit status.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger, globalLogPublisher
-from twisted.python.failure import Failure
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from imaginator import __version__
 from imaginator.autobuild import AutoBuilder
-from imaginator.config.main import ConfigError, MainConfig, load_main_config
+from imaginator.config.main import MainConfig, load_main_config
+from imaginator.daemon.pages import install_pages
 from imaginator.deps import DependencyGenerator, dependency_order
 from imaginator.goformats.units import format_bytes, format_duration, go_arch, image_datestamp
 from imaginator.lifecycle import (
@@ -51,7 +43,6 @@ from imaginator.lifecycle import (
     DaemonServices,
     ImageServerService,
     ListeningService,
-    StartupError,
     ThreadPoolService,
     check_flags,
     imageserver_tls_options,
@@ -59,18 +50,17 @@ from imaginator.lifecycle import (
     server_tls_options,
     tls_disabled_warning,
 )
-from imaginator.pipeline.rootfs import unmount_all_under
 from imaginator.publish.publisher import Publisher, PublishJob, target_lookup
 from imaginator.publish.push import PushOutcome, push_to_registry
 from imaginator.rpc.service import PUBLIC_METHODS, ExpirationLimits, ImaginatorService
 from imaginator.runtime.archive import BuildInfo, BuildLogArchive, archive_enabled, archive_name
 from imaginator.runtime.ctime import measure_ctime_resolution
 from imaginator.runtime.logbuffer import LogRing
+from imaginator.runtime.mounts import unmount_all_under
 from imaginator.runtime.poller import Poller, PollerService
 from imaginator.runtime.process import ProcessRunner
-from imaginator.runtime.threads import make_thread_pool
 from imaginator.scheduler import Builder, BuilderSettings
-from imaginator.sources.documents import FetchError, fetch_url
+from imaginator.sources.documents import fetch_url
 from imaginator.sources.streams import StreamsRegistry
 from imaginator.sources.variables import BuildVariables, VariablesFile
 from imaginator.srpc.identity import Authoriser
@@ -85,14 +75,8 @@ from imaginator.store.imageserver import (
     open_cache,
 )
 from imaginator.store.local import AsyncImageStore, LocalImageStore
-from imaginator.web.access import AccessLog, AccessLogError, PagesSite
-from imaginator.web.archive_pages import ArchivePages, quote_query
-from imaginator.web.diff_pages import DiffPages
-from imaginator.web.graph_pages import GraphPages, spawn_dot
-from imaginator.web.metrics import BuildCounters
+from imaginator.web.access import AccessLog, PagesSite
 from imaginator.web.pages import StatusPages
-from imaginator.web.stream_pages import StreamPages
-from imaginator.web.tarball import TarballPage
 
 THREADS = 4
 BUILD_NICENESS = 10
@@ -410,7 +394,7 @@ async def _assemble(
         streams_loaded=lambda: streams.loaded,
         per_user_limit=options["maximumConcurrentBuildsPerUser"],
     )
-    pages = _pages(core, deps, archive, publisher, runner, reactor, in_thread, log_ring)
+    pages = install_pages(core, deps, archive, publisher, runner, reactor, in_thread, log_ring)
     registry = MethodRegistry()
     rpc.register(registry)
     site = SrpcSite(
@@ -452,58 +436,6 @@ async def _assemble(
         port,
         publisher=publisher,
     )
-
-
-def _pages(
-    core: Core,
-    deps: DependencyGenerator,
-    archive: BuildLogArchive | None,
-    publisher: Publisher,
-    runner: ProcessRunner,
-    reactor: Any,
-    in_thread: Callable[..., Deferred[Any]],
-    log_ring: LogRing | None,
-) -> StatusPages:
-    """The status page with the stream, image, archive and graph pages installed."""
-    started_at = reactor.seconds()
-    arch = go_arch()
-    pages = StatusPages(
-        source=core.builder,
-        clock=reactor,
-        started_at=started_at,
-        hostname=socket.gethostname(),
-        version=__version__,
-        log_ring=log_ring,
-        image_link=lambda name: f"showImage?{quote_query(name)}",
-        archive_enabled=archive is not None,
-        redact=core.builder.redact,
-    )
-    counters = BuildCounters()
-    core.builder.add_listener(counters.record)
-    StreamPages(
-        core.builder,
-        core.store,
-        reactor,
-        arch,
-        __version__,
-        started_at=started_at,
-        counters=counters,
-        publishing=publisher,
-    ).install(pages.app)
-    if archive is not None:
-        ArchivePages(archive, in_thread, reactor).install(pages.app)
-
-    DiffPages(core.store, in_thread, reactor, __version__).install(pages.app)
-    TarballPage(core.store, core.local_store, in_thread, reactor).install(pages.app)
-    GraphPages(
-        deps,
-        reactor,
-        core.config.relationships_quick_links,
-        spawn_dot(reactor, runner=runner),
-        auto_rebuild=lambda: core.config.image_streams_to_auto_rebuild,
-        version=__version__,
-    ).install(pages.app)
-    return pages
 
 
 async def _start_archive(
@@ -551,110 +483,3 @@ async def _collect_garbage(core: Core) -> None:
             else "unreferenced objects",
             size=format_bytes(freed),
         )
-
-
-# ================================================================ the process
-
-
-def check_process_environment() -> None:
-    """Refuse to run unless root with umask 022 (builds create files owned by root)."""
-    if os.geteuid() != 0:
-        raise SystemExit("imaginator: Must run the Image Builder as root")
-    previous = os.umask(0o022)
-    os.umask(previous)
-    if previous != 0o022:
-        raise SystemExit(
-            f"imaginator: umask is {previous:03o}, must be 022 (the imaginator command sets it)"
-        )
-
-
-class DaemonRunner(Service):
-    """What twistd runs: the log ring, the signal handlers, start-up and its failure.
-
-    ``set_exit_status(code)`` records the status the process exits with
-    (1 after a start-up failure).
-    """
-
-    def __init__(
-        self,
-        options: Options,
-        reactor: Any,
-        *,
-        set_exit_status: Callable[[int], None],
-    ) -> None:
-        self.options = options
-        self.reactor = reactor
-        self._set_exit_status = set_exit_status
-        self.log_ring = LogRing(options["logbufLines"])
-        self.daemon: Daemon | None = None
-        self.ready: Deferred[Daemon] = Deferred()
-        self._starting: Deferred[Daemon] | None = None
-        self._stopping = False
-
-    def startService(self) -> None:
-        super().startService()
-        globalLogPublisher.addObserver(self.log_ring)
-        self.reactor.callWhenRunning(self.install_signal_handlers)
-        pool = make_thread_pool("imaginator", THREADS)
-        self._starting = Deferred.fromCoroutine(
-            create_daemon(self.options, self.reactor, pool, log_ring=self.log_ring)
-        )
-        self._starting.addCallbacks(self._started, self._fatal)
-
-    def install_signal_handlers(self) -> None:
-        """SIGINT and SIGTERM stop the daemon cleanly, whatever they were before
-        (a shell starting the daemon in the background leaves SIGINT ignored)."""
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, self._on_signal)
-
-    def _on_signal(self, number: int, _frame: Any) -> None:
-        # Called between two bytecodes of the main thread: only hand over.
-        self.reactor.callFromThread(self._stop_on_signal, signal.Signals(number).name)
-
-    def _stop_on_signal(self, name: str) -> None:
-        if self._stopping or not self.reactor.running:
-            _log.info("Received {signal}: already stopping", signal=name)
-            return
-        self._stopping = True
-        _log.info("Received {signal}: stopping", signal=name)
-        self.reactor.stop()
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        self._stopping = True
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self) -> None:
-        try:
-            starting = self._starting
-            if starting is not None and self.daemon is None:
-                # Stopped during start-up: cancelled, create_daemon stops what
-                # it started (each step bounded) before this fires.
-                starting.cancel()
-                await starting
-            elif self.daemon is not None:
-                await self.daemon.services.stopService()
-        finally:
-            globalLogPublisher.removeObserver(self.log_ring)
-
-    def _started(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.ready.callback(daemon)
-
-    def _fatal(self, failure: Failure) -> None:
-        if failure.check(CancelledError):
-            return
-        if failure.check(ConfigError, FetchError, StartupError, AccessLogError, SystemExit):
-            message = str(failure.value)
-        else:
-            message = f"start-up failed: {failure.getErrorMessage()}"
-            _log.failure("start-up failed", failure)
-        # twistd turns sys.stderr into a logger: write to the real standard error.
-        os.write(2, f"imaginator: {message}\n".encode("utf-8", errors="replace"))
-        self._set_exit_status(1)
-        self.ready.errback(failure)
-        self.ready.addErrback(lambda _failure: None)
-        if self.reactor.running:
-            self.reactor.stop()
-        else:
-            self.reactor.callWhenRunning(self.reactor.stop)
