@@ -2,11 +2,15 @@
 store, or on a Dominator imageserver (``-imageServerHostname``, see
 ``imaginator.tools.imagetool_remote``).
 
-Usage: ``imagetool [flags] <command> [flags] [arguments]``. Flags are written
-Go style (``-stateDir=/x``, ``-stateDir /x``, ``--stateDir=/x``, ``-json``),
-before the command or right after it. Exit status: 0 on success, 1 when the
-command fails (unknown image, I/O error, registry error), 2 for bad
-arguments. The export commands (``oci``, ``push``, ``sbom``, ``diff``) are in
+Usage: ``imagetool [flags...] command [flags...] [args...]``. ``FLAGS`` is the
+flag table; :mod:`imaginator.goformats.goflags` parses it by Go's rules, as
+for ``imaginator`` and ``builder-tool`` (``-stateDir=/x``, ``-stateDir /x``,
+``--stateDir=/x``, a bare ``-json``, which takes a value only as
+``-json=false``; ``--`` ends the flags; ``-h``), before the command and again
+right after it. Exit status: 0 on success, 1 when the command fails (unknown
+image, I/O error, registry error), 2 for a bad command line (one line naming
+the flag or command and what it wants, then ``see imagetool -h``). The export
+commands (``oci``, ``push``, ``sbom``, ``diff``) are in
 ``imaginator.tools.imagetool_export``.
 """
 
@@ -16,12 +20,21 @@ import contextlib
 import os
 import sys
 import tarfile
-from collections.abc import Callable, Sequence
-from typing import BinaryIO, TextIO
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, TextIO
 
 from imaginator.export.registry import RegistryError
 from imaginator.export.source import ExportError
 from imaginator.export.tarlayer import write_image_tar
+from imaginator.goformats.goflags import (
+    FlagError,
+    FlagSet,
+    FlagSpec,
+    HelpRequested,
+    ParsedArgs,
+    go_quote,
+)
 from imaginator.image.model import Image, dumps_image
 from imaginator.image.unpack import UnpackError, materialise
 from imaginator.store.base import StoreError
@@ -42,65 +55,90 @@ from imaginator.tools.imagetool_remote import run_remote
 from imaginator.tools.imagetool_summary import summary_lines
 
 PROGRAM = "imagetool"
-USAGE = f"""\
-Usage: {PROGRAM} [flags] <command> [flags] [arguments]
+SBOM_FORMATS = ("spdx", "cyclonedx")
 
-Commands:
-  list                 list the names of all images
-  show NAME            print the image record as JSON (-summary: one screen)
-  get NAME DIR         write the image's file tree into DIR (new or empty)
-  tar NAME FILE        write the image's file tree as a tar archive (FILE - = stdout)
-  list-packages NAME   list the image's packages: name version size
-  oci NAME DIR         write the image as an OCI image layout into DIR (new, empty
-                       or an OCI layout already); with its source images' layers
-                       and its SBOM
-  push NAME REF        push the image and its SBOM to an OCI registry
-                       (REF: host[:port]/repository[:tag], default tag latest)
-  sbom NAME            print the image's SBOM (SPDX 2.3 JSON, or -sbomFormat)
-  diff OLD NEW         print what changed from image OLD to image NEW
-
-Flags:
-  -stateDir DIR        the imaginator state directory (default {DEFAULT_STATE_DIR});
-                       the store is DIR/store
-  -imageServerHostname HOST
-                       read the images of this Dominator imageserver instead
-                       of the embedded store
-  -imageServerPortNum PORT
-                       its port (default {DEFAULT_IMAGE_SERVER_PORT})
-  -certDirectory DIR   the client certificate for the imageserver: the best
-                       NAME.cert/NAME.key pair of DIR (default {DEFAULT_CERT_DIRECTORY})
-  -CAfile FILE         the CA the imageserver's certificate must chain to
-                       (default {DEFAULT_CA_FILE})
-  -json                diff: print JSON
-  -summary             show: name, dates, source, commit, sizes, counts, packages,
-                       tags, filter, triggers and build log on one screen
-  -sbomFormat FORMAT   sbom: spdx (default) or cyclonedx
-  -registryCredentials FILE
-                       push: credentials (Docker's config.json, or a JSON object
-                       with username and password)
-  -registryCA FILE     push: the CA certificates that sign the registry's
-                       certificate (default: the system's)
-  -registryPlainHttp   push: use plain HTTP even for a registry that is not on
-                       a loopback address
-
-SOURCE_DATE_EPOCH (seconds) clamps every time written by tar, oci, push and sbom.
-"""
-_HELP_FLAGS = {"h", "help"}
-#: Flag name -> attribute of ``Arguments``.
-STRING_FLAGS = {
-    "stateDir": "state_dir",
-    "imageServerHostname": "image_server_hostname",
-    "imageServerPortNum": "image_server_port",
-    "certDirectory": "cert_directory",
-    "CAfile": "ca_file",
-    "sbomFormat": "sbom_format",
-    "registryCredentials": "registry_credentials",
-    "registryCA": "registry_ca",
+#: The flags, defaults as written on a command line. ``-certDirectory``'s
+#: ``~`` is expanded when it is used.
+FLAGS: tuple[FlagSpec, ...] = (
+    FlagSpec(
+        "CAfile",
+        "string",
+        DEFAULT_CA_FILE,
+        "Name of `file` containing the CA that signs the imageserver's certificate",
+    ),
+    FlagSpec(
+        "certDirectory",
+        "string",
+        DEFAULT_CERT_DIRECTORY,
+        "Name of `directory` containing user SSL certificates: its best NAME.cert and\n"
+        "NAME.key pair is presented to the imageserver",
+    ),
+    FlagSpec(
+        "imageServerHostname",
+        "string",
+        "",
+        "Hostname of image server to read images from (empty: the embedded store)",
+    ),
+    FlagSpec(
+        "imageServerPortNum", "uint", str(DEFAULT_IMAGE_SERVER_PORT), "Port number of image server"
+    ),
+    FlagSpec("json", "bool", "false", "If true, diff prints JSON"),
+    FlagSpec(
+        "registryCA",
+        "string",
+        "",
+        "push: name of `file` containing the CA certificates (PEM) that sign the\n"
+        "registry's certificate (empty: the system's)",
+    ),
+    FlagSpec(
+        "registryCredentials",
+        "string",
+        "",
+        "push: name of `file` containing the registry credentials: Docker's\n"
+        "config.json, or a JSON object with username and password (empty: none)",
+    ),
+    FlagSpec(
+        "registryPlainHttp",
+        "bool",
+        "false",
+        "If true, push uses plain HTTP even to a registry not on a loopback address",
+    ),
+    FlagSpec("sbomFormat", "string", "spdx", "sbom: the document's `format`, spdx or cyclonedx"),
+    FlagSpec(
+        "stateDir",
+        "string",
+        DEFAULT_STATE_DIR,
+        "Name of state `directory` (the embedded image store is directory/store)",
+    ),
+    FlagSpec(
+        "summary",
+        "bool",
+        "false",
+        "If true, show prints name, dates, source, commit, sizes, counts, packages, tags,\n"
+        "filter, triggers and build log on one screen",
+    ),
+)
+FLAG_SET = FlagSet(FLAGS)
+#: What a string flag given as empty is told it wants (empty is never meant:
+#: most likely an unset variable in a script).
+_NOT_EMPTY = {
+    "CAfile": "a file name",
+    "certDirectory": "a directory name",
+    "imageServerHostname": "a host name",
+    "registryCA": "a file name",
+    "registryCredentials": "a file name",
+    "stateDir": "a directory name",
 }
-__all__ = ["COMMANDS", "DEFAULT_STATE_DIR", "main", "parse_args", "write_tar"]
-BOOL_FLAGS = {"json": "json", "registryPlainHttp": "registry_plain_http", "summary": "summary"}
-_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+FOOTER = "SOURCE_DATE_EPOCH (seconds) clamps every time written by tar, oci, push and sbom.\n"
+__all__ = [
+    "COMMANDS",
+    "DEFAULT_STATE_DIR",
+    "FLAGS",
+    "main",
+    "parse_args",
+    "usage_text",
+    "write_tar",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,23 +146,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     the exit status."""
     try:
         arguments = parse_args(sys.argv[1:] if argv is None else list(argv))
-        if not arguments.help:
-            arguments.source_date_epoch = source_date_epoch(os.environ)
-    except UsageError as exc:
-        print(f"{PROGRAM}: {exc} (try {PROGRAM} -h)", file=sys.stderr)
-        return 2
-    if arguments.help:
-        sys.stdout.write(USAGE)
+        arguments.source_date_epoch = source_date_epoch(os.environ)
+    except HelpRequested:
+        sys.stdout.write(usage_text())
         return 0
+    except (FlagError, UsageError) as exc:
+        sys.stderr.write(error_line(str(exc)))
+        return 2
     try:
-        command = COMMANDS[arguments.command][1]
+        command = COMMANDS[arguments.command].run
         if arguments.image_server_hostname:
             run_remote(arguments, command)
         else:
             store = LocalImageStore(os.path.join(arguments.state_dir, "store"), create=False)
             command(store, arguments, *arguments.args)
     except UsageError as exc:
-        print(f"{PROGRAM}: {exc} (try {PROGRAM} -h)", file=sys.stderr)
+        sys.stderr.write(error_line(str(exc)))
         return 2
     except (
         CommandError,
@@ -147,7 +184,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def source_date_epoch(environ: dict[str, str] | os._Environ[str]) -> int | None:
+def error_line(message: str) -> str:
+    """The one line a bad command line gets: ``imagetool: <what>; see imagetool -h``."""
+    return f"{PROGRAM}: {message}; see {PROGRAM} -h\n"
+
+
+def usage_text() -> str:
+    """The usage: the flags as Go's ``flag.PrintDefaults`` writes them, then
+    the commands."""
+    lines = [
+        f"Usage: {PROGRAM} [flags...] command [flags...] [args...]",
+        "Common flags:",
+        FLAG_SET.usage().rstrip("\n"),
+        "Commands:",
+    ]
+    heads = {name: f"  {' '.join((name, *command.args))}" for name, command in COMMANDS.items()}
+    width = max(len(head) for head in heads.values()) + 2
+    for name, command in COMMANDS.items():
+        first, *more = command.help.split("\n")
+        lines.append(f"{heads[name]:<{width}}{first}")
+        lines.extend(" " * width + line for line in more)
+    return "\n".join(lines) + "\n" + FOOTER
+
+
+def source_date_epoch(environ: Mapping[str, str]) -> int | None:
     """``SOURCE_DATE_EPOCH`` as seconds, ``None`` when unset or empty."""
     value = environ.get("SOURCE_DATE_EPOCH", "")
     if not value:
@@ -157,68 +217,71 @@ def source_date_epoch(environ: dict[str, str] | os._Environ[str]) -> int | None:
     return int(value)
 
 
-def parse_args(argv: list[str]) -> Arguments:
-    """Parse Go-style flags, the command, its flags and its arguments."""
-    result = Arguments()
-    i = _parse_flags(argv, 0, result)
-    if result.help:
-        return Arguments(help=True)
-    rest = argv[i:]
-    if any(arg.lstrip("-") in _HELP_FLAGS and arg.startswith("-") for arg in rest):
-        return Arguments(help=True)
-    if not rest:
-        raise UsageError("missing command")
-    result.command = rest[0]
-    j = _parse_flags(rest, 1, result)
-    result.args = rest[j:]
-    _check_command(result.command, result.args)
-    if result.sbom_format not in ("spdx", "cyclonedx"):
-        raise UsageError(f"-sbomFormat: expected spdx or cyclonedx, got {result.sbom_format!r}")
-    return result
+def parse_args(argv: Sequence[str]) -> Arguments:
+    """Parse the flags, the command, the command's flags and its arguments.
+
+    Flags follow Go's rules (:mod:`imaginator.goformats.goflags`) before the
+    command and again right after it (``show -summary NAME``, ``diff -json
+    OLD NEW``); the first argument that is not a flag, or ``--``, ends each
+    run of flags. Raises ``HelpRequested`` for ``-h``/``-help`` and
+    ``FlagError``, naming the flag or command and what is wanted, for the rest.
+    """
+    values = FLAG_SET.defaults()
+    parsed = _parse_flags(argv, values)
+    if not parsed.args:
+        raise FlagError(f"missing command: want one of {', '.join(COMMANDS)}")
+    name = parsed.args[0]
+    command = COMMANDS.get(name)
+    if command is None:
+        hint = parsed.hint()
+        raise FlagError(
+            f"unknown command {go_quote(name)}: want one of {', '.join(COMMANDS)}"
+            + (f" ({hint})" if hint else "")
+        )
+    after = _parse_flags(parsed.args[1:], values)
+    if len(after.args) != len(command.args):
+        wanted = " ".join(command.args) or "no arguments"
+        got = " ".join(go_quote(arg) for arg in after.args) or "no arguments"
+        hint = after.hint()
+        raise FlagError(f"{name} wants {wanted}, got {got}" + (f" ({hint})" if hint else ""))
+    return Arguments(
+        state_dir=str(values["stateDir"]),
+        command=name,
+        args=after.args,
+        json=bool(values["json"]),
+        summary=bool(values["summary"]),
+        sbom_format=str(values["sbomFormat"]),
+        registry_credentials=str(values["registryCredentials"]),
+        registry_ca=str(values["registryCA"]),
+        registry_plain_http=bool(values["registryPlainHttp"]),
+        image_server_hostname=str(values["imageServerHostname"]),
+        image_server_port=int(values["imageServerPortNum"]),
+        cert_directory=str(values["certDirectory"]),
+        ca_file=str(values["CAfile"]),
+    )
 
 
-def _parse_flags(argv: list[str], i: int, result: Arguments) -> int:
-    """Parse flags from ``argv[i]`` up to the first argument that is not one;
-    returns its index."""
-    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
-        arg = argv[i]
-        i += 1
-        if arg == "--":
-            break
-        name, has_value, value = arg.lstrip("-").partition("=")
-        if name in _HELP_FLAGS:
-            result.help = True
-            return i
-        if name in BOOL_FLAGS:
-            if has_value and value not in _TRUE | _FALSE:
-                raise UsageError(f"invalid boolean value {value!r} for -{name}")
-            setattr(result, BOOL_FLAGS[name], not has_value or value in _TRUE)
-            continue
-        if name not in STRING_FLAGS:
-            raise UsageError(f"flag provided but not defined: -{name}")
-        if not has_value:
-            if i >= len(argv):
-                raise UsageError(f"flag needs an argument: -{name}")
-            value, i = argv[i], i + 1
-        if not value:
-            what = "directory" if name == "stateDir" else "file" if name.startswith("reg") else ""
-            raise UsageError(f"-{name}: empty {what or 'value'}{' name' if what else ''}")
-        if name == "imageServerPortNum":
-            if not value.isascii() or not value.isdigit() or not 0 < int(value) < 65536:
-                raise UsageError(f"-imageServerPortNum: expected a port number, got {value!r}")
-            setattr(result, STRING_FLAGS[name], int(value))
-            continue
-        setattr(result, STRING_FLAGS[name], value)
-    return i
+def _parse_flags(argv: Sequence[str], values: dict[str, Any]) -> ParsedArgs:
+    """One run of flags from ``argv`` into ``values``, each checked beyond its
+    type (a port number, an SBOM format, no empty names)."""
+    parsed = FLAG_SET.parse(argv)
+    for spec, text, value in parsed.flags:
+        wanted = _wanted(spec.name, value)
+        if wanted:
+            raise FlagError(f"invalid value {go_quote(text)} for flag -{spec.name}: {wanted}")
+    parsed.apply(values)
+    return parsed
 
 
-def _check_command(command: str, args: list[str]) -> None:
-    if command not in COMMANDS:
-        raise UsageError(f"unknown command: {command}")
-    expected = COMMANDS[command][0]
-    if len(args) != len(expected):
-        wanted = " ".join(expected) if expected else "no arguments"
-        raise UsageError(f"{command}: expected {wanted}")
+def _wanted(name: str, value: object) -> str:
+    """What flag ``name`` wants instead of ``value``; empty when it is fine."""
+    if name == "imageServerPortNum" and not (isinstance(value, int) and 0 < value < 65536):
+        return "want a port number from 1 to 65535"
+    if name == "sbomFormat" and value not in SBOM_FORMATS:
+        return f"want {' or '.join(SBOM_FORMATS)}"
+    if name in _NOT_EMPTY and value == "":
+        return f"want {_NOT_EMPTY[name]}"
+    return ""
 
 
 # ---------------------------------------------------------------------- commands
@@ -270,16 +333,43 @@ def _write_lines(out: TextIO, lines: list[str]) -> None:
     out.write("".join(printable(line) + "\n" for line in lines))
 
 
-COMMANDS: dict[str, tuple[tuple[str, ...], Callable[..., None]]] = {
-    "list": ((), cmd_list),
-    "show": (("NAME",), cmd_show),
-    "get": (("NAME", "DIR"), cmd_get),
-    "tar": (("NAME", "FILE"), cmd_tar),
-    "list-packages": (("NAME",), cmd_list_packages),
-    "oci": (("NAME", "DIR"), cmd_oci),
-    "push": (("NAME", "REF"), cmd_push),
-    "sbom": (("NAME",), cmd_sbom),
-    "diff": (("OLD", "NEW"), cmd_diff),
+@dataclass(frozen=True)
+class Command:
+    """One command: the arguments it wants, its line (or lines) of the usage
+    and the function that runs it (with the store, the parsed command line
+    and the arguments)."""
+
+    args: tuple[str, ...]
+    help: str
+    run: Callable[..., None]
+
+
+COMMANDS: dict[str, Command] = {
+    "list": Command((), "list the names of all images", cmd_list),
+    "show": Command(("NAME",), "print the image record as JSON (-summary: one screen)", cmd_show),
+    "get": Command(("NAME", "DIR"), "write the image's file tree into DIR (new or empty)", cmd_get),
+    "tar": Command(
+        ("NAME", "FILE"),
+        "write the image's file tree as a tar archive (FILE - = stdout)",
+        cmd_tar,
+    ),
+    "list-packages": Command(
+        ("NAME",), "list the image's packages: name version size", cmd_list_packages
+    ),
+    "oci": Command(
+        ("NAME", "DIR"),
+        "write the image as an OCI image layout into DIR (new, empty or an OCI\n"
+        "layout already); with its source images' layers and its SBOM",
+        cmd_oci,
+    ),
+    "push": Command(
+        ("NAME", "REF"),
+        "push the image and its SBOM to an OCI registry\n"
+        "(REF: host[:port]/repository[:tag], default tag latest)",
+        cmd_push,
+    ),
+    "sbom": Command(("NAME",), "print the image's SBOM (SPDX 2.3 JSON, or -sbomFormat)", cmd_sbom),
+    "diff": Command(("OLD", "NEW"), "print what changed from image OLD to image NEW", cmd_diff),
 }
 
 

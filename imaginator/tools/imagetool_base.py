@@ -15,7 +15,8 @@ DEFAULT_IMAGE_SERVER_PORT = 6971
 
 
 class UsageError(Exception):
-    """Bad command-line arguments (exit status 2)."""
+    """A bad argument found after parsing (a registry reference, the port,
+    ``SOURCE_DATE_EPOCH``): exit status 2, as for a bad flag."""
 
 
 class CommandError(Exception):
@@ -29,7 +30,6 @@ class Arguments:
     state_dir: str = DEFAULT_STATE_DIR
     command: str = ""
     args: list[str] = field(default_factory=list)
-    help: bool = False
     json: bool = False
     summary: bool = False
     sbom_format: str = "spdx"

@@ -13,6 +13,7 @@ import tarfile
 
 import pytest
 
+from imaginator.goformats.goflags import FlagSet
 from imaginator.image.model import (
     Annotation,
     ComputedRegularInode,
@@ -28,7 +29,15 @@ from imaginator.image.model import (
 from imaginator.image.triggers import Trigger
 from imaginator.store.local import LocalImageStore
 from imaginator.tools.certs import make_ca, make_user_cert
-from imaginator.tools.imagetool import DEFAULT_STATE_DIR, main, parse_args
+from imaginator.tools.imagetool import (
+    COMMANDS,
+    DEFAULT_STATE_DIR,
+    FLAGS,
+    main,
+    parse_args,
+    usage_text,
+)
+from imaginator.tools.imagetool_base import Arguments
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners, device nodes)")
 NAME = "apps/hello/2026-11-27:10:53:19"
@@ -200,41 +209,121 @@ def test_unknown_image(capsys, state_dir, command, tmp_path, monkeypatch):
     assert not (tmp_path / "F").exists() and not (tmp_path / "DIR").exists()
 
 
+COMMAND_LIST = "list, show, get, tar, list-packages, oci, push, sbom, diff"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], "missing command"),
-        (["frobnicate"], "unknown command: frobnicate"),
-        (["show"], "show: expected NAME"),
-        (["get", "x"], "get: expected NAME DIR"),
-        (["list", "extra"], "list: expected no arguments"),
+        ([], f"missing command: want one of {COMMAND_LIST}"),
+        (["-json"], f"missing command: want one of {COMMAND_LIST}"),
+        (["frobnicate"], f'unknown command "frobnicate": want one of {COMMAND_LIST}'),
+        (
+            ["-json", "false", "diff", "a", "b"],
+            f'unknown command "false": want one of {COMMAND_LIST}'
+            " (a boolean flag takes its value as -json=false)",
+        ),
+        (["show"], "show wants NAME, got no arguments"),
+        (["get", "x"], 'get wants NAME DIR, got "x"'),
+        (["list", "extra"], 'list wants no arguments, got "extra"'),
+        (["show", "a\tb", "c"], 'show wants NAME, got "a\\tb" "c"'),
+        # Flags end at the first argument, after the command as before it.
+        (["show", "n", "-summary"], 'show wants NAME, got "n" "-summary"'),
+        (
+            ["show", "-summary", "false", "n"],
+            'show wants NAME, got "false" "n" (a boolean flag takes its value as -summary=false)',
+        ),
         (["-nope", "list"], "flag provided but not defined: -nope"),
+        (["list", "-nope"], "flag provided but not defined: -nope"),
+        (["---stateDir=/x", "list"], "bad flag syntax: ---stateDir=/x"),
+        (["-=x", "list"], "bad flag syntax: -=x"),
         (["-stateDir"], "flag needs an argument: -stateDir"),
-        (["-stateDir=", "list"], "-stateDir: empty directory name"),
+        (["show", "-registryCA"], "flag needs an argument: -registryCA"),
+        (
+            ["-json=maybe", "diff", "a", "b"],
+            'invalid boolean value "maybe" for -json: want true or false',
+        ),
+        (["-summary=", "list"], 'invalid boolean value "" for -summary: want true or false'),
+        (["-stateDir=", "list"], 'invalid value "" for flag -stateDir: want a directory name'),
+        (
+            ["-certDirectory", "", "list"],
+            'invalid value "" for flag -certDirectory: want a directory name',
+        ),
+        (["-CAfile=", "list"], 'invalid value "" for flag -CAfile: want a file name'),
+        (
+            ["-imageServerHostname=", "list"],
+            'invalid value "" for flag -imageServerHostname: want a host name',
+        ),
         (
             ["-imageServerPortNum=x", "list"],
-            "-imageServerPortNum: expected a port number, got 'x'",
+            'invalid value "x" for flag -imageServerPortNum: want an integer',
+        ),
+        (
+            ["-imageServerPortNum=-1", "list"],
+            'invalid value "-1" for flag -imageServerPortNum: want a non-negative integer',
         ),
         (
             ["-imageServerPortNum=70000", "list"],
-            "-imageServerPortNum: expected a port number, got '70000'",
+            'invalid value "70000" for flag -imageServerPortNum: '
+            "want a port number from 1 to 65535",
+        ),
+        (
+            ["-imageServerPortNum=0", "list"],
+            'invalid value "0" for flag -imageServerPortNum: want a port number from 1 to 65535',
+        ),
+        (
+            ["sbom", "-sbomFormat", "swid", "n"],
+            'invalid value "swid" for flag -sbomFormat: want spdx or cyclonedx',
         ),
     ],
 )
-def test_bad_arguments(capsys, argv, message):
+def test_bad_command_lines_get_one_line_and_status_2(capsys, argv, message):
     status, out, err = run(capsys, *argv)
     assert (status, out) == (2, "")
-    assert err == f"imagetool: {message} (try imagetool -h)\n"
+    assert err == f"imagetool: {message}; see imagetool -h\n"
 
 
-@pytest.mark.parametrize("flag", ["-h", "-help", "--help", "--h"])
-def test_help(capsys, flag):
-    status, out, err = run(capsys, flag)
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-h"],
+        ["-help"],
+        ["--help"],
+        ["--h"],
+        ["-stateDir=/x", "-h", "list"],
+        ["show", "-h"],
+        ["diff", "-json", "--help", "a", "b"],
+    ],
+)
+def test_help(capsys, argv):
+    status, out, err = run(capsys, *argv)
     assert (status, err) == (0, "")
-    assert out.startswith("Usage: imagetool [flags] <command> [flags] [arguments]")
-    assert "-stateDir DIR" in out and "push NAME REF" in out
-    assert "list-packages NAME" in out
-    assert run(capsys, "show", flag)[0] == 0
+    assert out == usage_text()
+
+
+def test_help_after_an_argument_is_an_argument(capsys):
+    status, out, err = run(capsys, "show", "n", "-h")
+    assert (status, out) == (2, "")
+    assert err == 'imagetool: show wants NAME, got "n" "-h"; see imagetool -h\n'
+
+
+def test_usage_is_made_from_the_tables():
+    text = usage_text()
+    assert text.startswith(
+        "Usage: imagetool [flags...] command [flags...] [args...]\nCommon flags:\n"
+    )
+    assert FlagSet(FLAGS).usage() in text  # every flag, as Go's PrintDefaults writes it
+    assert "  -stateDir directory\n" in text
+    assert '(default "/var/lib/imaginator")' in text
+    assert "  -imageServerPortNum uint\n    \tPort number of image server (default 6971)\n" in text
+    assert "  -json\n    \tIf true, diff prints JSON\n" in text
+    commands = text.split("Commands:\n", 1)[1]
+    for name, command in COMMANDS.items():
+        assert f"\n  {' '.join((name, *command.args))} " in "\n" + commands
+    assert "  list-packages NAME  list the image's packages: name version size\n" in commands
+    assert text.endswith(
+        "SOURCE_DATE_EPOCH (seconds) clamps every time written by tar, oci, push and sbom.\n"
+    )
 
 
 def test_missing_store(capsys, tmp_path):
@@ -244,12 +333,63 @@ def test_missing_store(capsys, tmp_path):
     assert not (tmp_path / "none").exists()
 
 
-def test_flag_styles_and_default():
-    assert parse_args(["list"]).state_dir == DEFAULT_STATE_DIR == "/var/lib/imaginator"
-    for argv in (["-stateDir=/x"], ["-stateDir", "/x"], ["--stateDir=/x"], ["--stateDir", "/x"]):
-        parsed = parse_args([*argv, "show", "n"])
-        assert (parsed.state_dir, parsed.command, parsed.args) == ("/x", "show", ["n"])
-    assert parse_args(["--", "list"]).command == "list"
+def test_defaults_are_those_of_the_table_and_of_arguments():
+    assert parse_args(["list"]) == Arguments(command="list")
+    assert {flag.name: flag.default for flag in FLAGS} == {
+        "CAfile": "/etc/ssl/CA.pem",
+        "certDirectory": "~/.ssl",
+        "imageServerHostname": "",
+        "imageServerPortNum": "6971",
+        "json": "false",
+        "registryCA": "",
+        "registryCredentials": "",
+        "registryPlainHttp": "false",
+        "sbomFormat": "spdx",
+        "stateDir": DEFAULT_STATE_DIR,
+        "summary": "false",
+    }
+    assert DEFAULT_STATE_DIR == "/var/lib/imaginator"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # -name=value, -name value, --name=value and --name value are the same.
+        (["-stateDir=/x", "show", "n"], {"state_dir": "/x", "args": ["n"]}),
+        (["-stateDir", "/x", "show", "n"], {"state_dir": "/x", "args": ["n"]}),
+        (["--stateDir=/x", "show", "n"], {"state_dir": "/x", "args": ["n"]}),
+        (["--stateDir", "/x", "show", "n"], {"state_dir": "/x", "args": ["n"]}),
+        # A value may start with a dash or hold an equals sign.
+        (["-stateDir", "-x", "list"], {"state_dir": "-x"}),
+        (["-stateDir=a=b", "list"], {"state_dir": "a=b"}),
+        # Flags after the command, and the later of two wins.
+        (["show", "-summary", "n"], {"summary": True, "args": ["n"]}),
+        (["-stateDir=/a", "list", "-stateDir=/b"], {"state_dir": "/b"}),
+        (["-json", "diff", "-json=false", "a", "b"], {"json": False}),
+        # A bare boolean flag is true; a value only after =, in Go's spellings.
+        (["-registryPlainHttp", "list"], {"registry_plain_http": True}),
+        (["-registryPlainHttp=true", "list"], {"registry_plain_http": True}),
+        (["-registryPlainHttp=T", "list"], {"registry_plain_http": True}),
+        (["-registryPlainHttp=1", "list"], {"registry_plain_http": True}),
+        (["-registryPlainHttp=false", "list"], {"registry_plain_http": False}),
+        (["-registryPlainHttp=F", "list"], {"registry_plain_http": False}),
+        (["-registryPlainHttp=0", "list"], {"registry_plain_http": False}),
+        # Go's integer literals.
+        (["-imageServerPortNum=0x1B59", "list"], {"image_server_port": 7001}),
+        (["-imageServerPortNum", "7_001", "list"], {"image_server_port": 7001}),
+        (["-imageServerPortNum=65535", "list"], {"image_server_port": 65535}),
+        # -- ends the flags, before the command or after it; - is an argument.
+        (["--", "list"], {"command": "list"}),
+        (["-json", "--", "diff", "a", "b"], {"json": True, "args": ["a", "b"]}),
+        (["show", "--", "-summary"], {"summary": False, "args": ["-summary"]}),
+        (["tar", "n", "-"], {"args": ["n", "-"]}),
+        (["-sbomFormat=cyclonedx", "sbom", "n"], {"sbom_format": "cyclonedx"}),
+    ],
+)
+def test_flag_rules(argv, expected):
+    parsed = parse_args(argv)
+    for attribute, value in expected.items():
+        assert getattr(parsed, attribute) == value, attribute
 
 
 def test_main_reads_sys_argv(capsys, state_dir, monkeypatch):

@@ -106,17 +106,27 @@ def test_diff_of_an_unknown_image(capsys, state_dir):
     ("argv", "message"),
     [
         (["push", SOURCE, "Bad/Ref"], "Bad/Ref: bad repository name 'Bad/Ref'"),
-        (["-sbomFormat=swid", "sbom", SOURCE], "-sbomFormat: expected spdx or cyclonedx"),
-        (["-json=maybe", "diff", "a", "b"], "invalid boolean value 'maybe' for -json"),
-        (["-registryCredentials=", "push", "a", "b"], "-registryCredentials: empty file name"),
-        (["diff", "a"], "diff: expected OLD NEW"),
-        (["oci", "a"], "oci: expected NAME DIR"),
+        (
+            ["-sbomFormat=swid", "sbom", SOURCE],
+            'invalid value "swid" for flag -sbomFormat: want spdx or cyclonedx',
+        ),
+        (["-json=maybe", "diff", "a", "b"], 'invalid boolean value "maybe" for -json'),
+        (
+            ["-registryCredentials=", "push", "a", "b"],
+            'invalid value "" for flag -registryCredentials: want a file name',
+        ),
+        (
+            ["push", "-registryCA=", "a", "b"],
+            'invalid value "" for flag -registryCA: want a file name',
+        ),
+        (["diff", "a"], 'diff wants OLD NEW, got "a"'),
+        (["oci", "a"], 'oci wants NAME DIR, got "a"'),
     ],
 )
 def test_bad_arguments(capsys, state_dir, argv, message):
     status, out, err = run(capsys, "-stateDir", state_dir, *argv)
     assert (status, out) == (2, "")
-    assert err.startswith(f"imagetool: {message}") and err.endswith(" (try imagetool -h)\n")
+    assert err.startswith(f"imagetool: {message}") and err.endswith("; see imagetool -h\n")
 
 
 def test_push_fails_cleanly_with_a_bad_credentials_file(capsys, state_dir, tmp_path):
