@@ -36,9 +36,12 @@
     }
   }
   window.addEventListener("scroll", function () {
-    follow = atEnd();
+    var top = root().scrollTop;
+    // At the end, or back down to where the page last followed the log (the
+    // log may have grown before this event was handled): follow again.
+    follow = atEnd() || (lastTop >= 0 && top >= lastTop - SLACK);
     if (follow) {
-      lastTop = root().scrollTop;
+      lastTop = top;
     }
   }, { passive: true });
 
