@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from twisted.internet.defer import DeferredList
 from twisted.internet.threads import deferToThreadPool
@@ -60,11 +60,24 @@ class ObjectSink(Protocol):
     def put_object_fd(self, fd: int, *, sync: bool = True) -> tuple[str, int, bool]: ...
 
 
+@runtime_checkable
+class LinkingSink(ObjectSink, Protocol):
+    """A sink that can take a file by linking its inode in (``link_files``)."""
+
+    def link_object_fd(self, fd: int, hash_hex: str) -> bool: ...
+
+
 BLOCK_SIZE = 1 << 20
 # O_NOFOLLOW and O_NONBLOCK: a file swapped for a symlink or a FIFO after the
 # walk saw it must not be followed or block the scan (fstat catches the rest).
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NS_PER_SECOND = 10**9
+# Files with these mode bits are copied, never linked into the store: a
+# set-id program must not gain a second name that outlives its image.
+_NO_LINK_BITS = stat.S_ISUID | stat.S_ISGID
+# Why a link can fail where a copy works: another file-system, a store that
+# refuses links (protected_hardlinks), too many links, no /proc.
+_CANNOT_LINK = (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOENT)
 
 
 class ScanError(Exception):
@@ -137,8 +150,16 @@ class _Batches:
     everyone stop early.
     """
 
-    def __init__(self, workers: int, batch_bytes: int = 8 << 20, batch_files: int = 256) -> None:
+    def __init__(
+        self,
+        workers: int,
+        batch_bytes: int = 8 << 20,
+        batch_files: int = 256,
+        *,
+        link: bool = False,
+    ) -> None:
         self.workers = workers
+        self.link = link
         self.batch_bytes = batch_bytes
         self.batch_files = batch_files
         self.abort = threading.Event()
@@ -181,17 +202,23 @@ async def scan_tree(
     scan_filter: PathFilter | None = None,
     tree_cache: TreeCache | None = None,
     workers: int = 2,
+    link_files: bool = False,
 ) -> ScanResult:
     """Scan the tree at ``root`` into a ``FileSystem``, storing every object
     the store does not have yet (without fsync: ``store.add_image`` makes
     them durable). Raises ``ScanError``.
+
+    With ``link_files`` (a tree the daemon owns and that nothing writes to
+    again, like a finished bootstrap tree) new contents are linked into the
+    store (``store.link_object_fd``) instead of copied, where the store is on
+    the same file-system; set-id files are always copied.
 
     One thread walks the tree while ``workers`` threads hash and store the
     files it finds. The walk is submitted first, so a pool with fewer
     threads than ``workers + 1`` cannot deadlock (the queue is unbounded).
     """
     started = time.monotonic()
-    batches = _Batches(max(1, workers))
+    batches = _Batches(max(1, workers), link=link_files)
     walk_deferred = deferToThreadPool(
         reactor, threadpool, _walk_feeding, root, scan_filter, tree_cache, batches
     )
@@ -272,7 +299,7 @@ def _hash_batches(batches: _Batches, store: ObjectSink) -> _ChunkResult:
     try:
         for batch in batches:
             for item in batch:
-                _hash_one(item, batches.dev, store, buffer, result)
+                _hash_one(item, batches.dev, store, buffer, result, batches.link)
     except BaseException:
         batches.abort.set()
         raise
@@ -280,7 +307,12 @@ def _hash_batches(batches: _Batches, store: ObjectSink) -> _ChunkResult:
 
 
 def _hash_one(
-    item: _FileToHash, dev: int, store: ObjectSink, buffer: bytearray, result: _ChunkResult
+    item: _FileToHash,
+    dev: int,
+    store: ObjectSink,
+    buffer: bytearray,
+    result: _ChunkResult,
+    link: bool = False,
 ) -> None:
     try:
         fd = os.open(item.os_path, _OPEN_FLAGS)
@@ -294,7 +326,8 @@ def _hash_one(
         if not stat.S_ISREG(st.st_mode) or st.st_ino != item.inum or st.st_dev != dev:
             result.vanished.append(item.inum)  # replaced since the walk saw it
             return
-        digest, size, added = _hash_and_store(fd, st.st_size, store, buffer)
+        link = link and not st.st_mode & _NO_LINK_BITS
+        digest, size, added = _hash_and_store(fd, st.st_size, store, buffer, link)
     except OSError as exc:
         raise ScanError(f"{item.path}: {exc.strerror or exc}") from None
     finally:
@@ -306,17 +339,24 @@ def _hash_one(
 
 
 def _hash_and_store(
-    fd: int, size_hint: int, store: ObjectSink, buffer: bytearray
+    fd: int, size_hint: int, store: ObjectSink, buffer: bytearray, link: bool = False
 ) -> tuple[bytes, int, bool]:
-    """Hash the open file; store its content if the store lacks it. Small
-    files are stored from the bytes just hashed; big ones are copied again
-    (from the page cache), and if they changed in between, the copy wins."""
+    """Hash the open file; store its content if the store lacks it: linked
+    in with ``link`` where the store can, else small files from the bytes
+    just hashed and big ones copied again (from the page cache; if they
+    changed in between, the copy wins)."""
     digest, size, data = _read_and_hash(fd, size_hint, buffer)
     if size == 0:
         return ZERO_HASH, 0, False
     hash_hex = digest.hex()
     if store.has_object(hash_hex):
         return digest, size, False
+    if link and isinstance(store, LinkingSink):
+        try:
+            return digest, size, store.link_object_fd(fd, hash_hex)
+        except OSError as exc:
+            if exc.errno not in _CANNOT_LINK:
+                raise
     if data is not None:
         return digest, size, store.put_hashed_bytes(data, hash_hex, sync=False)
     stored_hex, stored_size, added = store.put_object_fd(fd, sync=False)

@@ -122,6 +122,9 @@ async def build_bootstrap(
             PackSpec(
                 stream=stream.name,
                 root=root,
+                # Image tests run in the tree after the scan and may write to
+                # it: then the store gets copies, else the files themselves.
+                link_files=not await env.in_thread(os.path.lexists, os.path.join(root, "tests")),
                 scan_filter=scan_filter,
                 image_filter=stream.image_filter,
                 owners=stream.owners,

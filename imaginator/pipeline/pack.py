@@ -161,6 +161,9 @@ class PackSpec:
     variables: Mapping[str, str] = field(default_factory=dict)
     computed_files: tuple = ()  # of imaginator.config.manifest.ComputedFile
     source_image: str = ""
+    #: The tree is the build's own and nothing writes to it again (a finished
+    #: bootstrap tree): new contents are linked into the store, not copied.
+    link_files: bool = False
 
 
 def parse_package_list(output: bytes, multiplier: int) -> list[Package]:
@@ -369,6 +372,7 @@ async def pack(env: BuildEnv, spec: PackSpec) -> Image:
             store=env.local_store,
             scan_filter=spec.scan_filter,
             tree_cache=spec.tree_cache,
+            link_files=spec.link_files,
         )
     except ScanError as exc:
         raise BuildError(f"error building file-system: {exc}") from None

@@ -92,6 +92,10 @@ class LocalImageStore:
         """See ``ObjectStore.put_object_fd``."""
         return self.objects.put_object_fd(fd, sync=sync)
 
+    def link_object_fd(self, fd: int, hash_hex: str) -> bool:
+        """See ``ObjectStore.link_object_fd``."""
+        return self.objects.link_object_fd(fd, hash_hex)
+
     def import_object_file(self, path: str, *, sync: bool = True) -> tuple[str, int, bool]:
         """See ``ObjectStore.import_object_file``."""
         return self.objects.import_object_file(path, sync=sync)

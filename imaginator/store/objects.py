@@ -115,6 +115,35 @@ class ObjectStore:
         finally:
             os.close(fd)
 
+    def link_object_fd(self, fd: int, hash_hex: str) -> bool:
+        """Make the open file ``fd``, whose content the caller has just hashed
+        to ``hash_hex``, object ``hash_hex`` by linking its inode in (no copy);
+        returns whether it was added. Durable after :meth:`flush`.
+
+        Only for files nothing will write again (a finished build tree): the
+        object *is* that file. ``OSError`` when it cannot be linked (another
+        file-system: ``EXDEV``); the caller copies instead.
+        """
+        final = self.object_path(hash_hex)
+        if os.path.exists(final):
+            return False
+        directory = os.path.dirname(final)
+        self._ensure_object_dir(directory)
+        try:
+            _link_fd(fd, final)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:  # the directory was removed meanwhile
+            self._known_dirs.discard(directory)
+            self._ensure_object_dir(directory)
+            try:
+                _link_fd(fd, final)
+            except FileExistsError:
+                return False
+        with self._sync_lock:
+            self._unsynced = True
+        return True
+
     def receive_object(self, hash_hex: str) -> IncomingObject:
         """Start writing object ``hash_hex`` whose content arrives in pieces
         (downloaded); see :class:`IncomingObject`."""
@@ -249,3 +278,13 @@ class IncomingObject:
         new, self._new = self._new, None
         if new is not None:
             self._temp.discard(new)
+
+
+def _link_fd(fd: int, path: str) -> None:
+    """Link the inode open as ``fd`` in as ``path`` (``linkat`` following the
+    descriptor's magic link: the very inode, whatever its path has become)."""
+    fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(str(fd), path, src_dir_fd=fds, follow_symlinks=True)
+    finally:
+        os.close(fds)

@@ -366,3 +366,56 @@ async def test_a_failing_worker_fails_the_scan(tmp_path, threadpool, store, monk
     with pytest.raises(ScanError, match=r"/f[0-9]+: No space left on device"):
         await scan(root, threadpool, store)
     assert stored_objects(store) == set()
+
+
+def _object_inode(store: LocalImageStore, digest: bytes) -> int:
+    return os.stat(store.objects.object_path(digest.hex())).st_ino
+
+
+@pytest_twisted.ensureDeferred
+async def test_linked_files_become_the_objects_themselves(tmp_path, threadpool, store):
+    root = tmp_path / "tree"
+    root.mkdir()
+    small, big, setuid = root / "small", root / "big", root / "setuid"
+    small.write_bytes(b"a small file\n")
+    big.write_bytes(os.urandom(3 << 20))  # read and hashed in blocks
+    setuid.write_bytes(b"#!/bin/sh\necho I run as root\n")
+    setuid.chmod(0o4755)
+    result = await scan(root, threadpool, store, link_files=True)
+    files = {path: inode for path, _inum, inode in result.file_system.walk()}
+    assert result.objects_added == 3
+    # The two plain files are their objects (one inode, two names)...
+    for path in (small, big):
+        assert _object_inode(store, files[f"/{path.name}"].hash) == path.stat().st_ino
+        assert path.stat().st_nlink == 2
+    # ...a set-id program is copied: it gets no second name in the store.
+    assert _object_inode(store, files["/setuid"].hash) != setuid.stat().st_ino
+    assert setuid.stat().st_nlink == 1
+    # The contents are right, and durable once flushed.
+    assert store.read_object(files["/big"].hash.hex()) == big.read_bytes()
+    store.objects.flush()
+
+    # Without link_files (any tree a build may still write to) contents are copied.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "plain").write_bytes(b"copied, not linked\n")
+    copied = await scan(other, threadpool, store)
+    (inode,) = [i for _p, _n, i in copied.file_system.walk() if isinstance(i, RegularInode)]
+    assert _object_inode(store, inode.hash) != (other / "plain").stat().st_ino
+
+
+@needs_root
+@pytest_twisted.ensureDeferred
+async def test_linking_across_file_systems_falls_back_to_copying(tmp_path, threadpool):
+    other_fs = tmp_path / "mnt"
+    other_fs.mkdir()
+    with mounted("-t", "tmpfs", "tmpfs", str(other_fs)):
+        store = LocalImageStore(str(other_fs / "store"))
+        root = tmp_path / "tree"
+        root.mkdir()
+        (root / "file").write_bytes(b"on another file-system than the store\n")
+        result = await scan(root, threadpool, store, link_files=True)
+        (inode,) = [i for _p, _n, i in result.file_system.walk() if isinstance(i, RegularInode)]
+        assert store.read_object(inode.hash.hex()) == (root / "file").read_bytes()
+    assert result.objects_added == 1
+    assert (root / "file").stat().st_nlink == 1

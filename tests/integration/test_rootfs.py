@@ -471,3 +471,40 @@ async def test_an_identical_bootstrap_rebuild_keeps_no_second_tree(tmp_path):
     slots = [n for n in os.listdir(harness.tmp / "trees") if not n.startswith(".")]
     assert slots == [first.image_name.replace("/", "_")]
     assert os.listdir(harness.tmp / "work") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bootstrap_tree_without_tests_gives_the_store_its_files_not_copies(tmp_path):
+    harness = await _harness(tmp_path)
+    try:
+        bb = await harness.build(BB)
+        await harness.builder.settled()
+    finally:
+        harness.stop()
+    assert not bb.error, bb.log.decode()
+    busybox = _files(harness.store.get_image(bb.image_name))["/bin/busybox"][1]
+    stored = os.stat(harness.store.objects.object_path(busybox.hash.hex()))
+    kept = os.stat(_tree(harness, bb.image_name) / "bin" / "busybox")
+    assert (stored.st_ino, stored.st_nlink) == (kept.st_ino, 2)  # one file, two names
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bootstrap_tree_with_tests_gives_the_store_copies(tmp_path):
+    # Tests run in the tree after the scan and could write to it. A second name
+    # outside the tree shows which inode the store got.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    script = (
+        "; mkdir -p tests/bb; printf '#!/bin/sh\\nexit 0\\n' > tests/bb/ok"
+        f"; chmod 755 tests/bb/ok; ln bin/busybox {outside}/busybox"
+    )
+    harness = await _harness(tmp_path, extra_script=script)
+    try:
+        bb = await harness.build(BB)
+    finally:
+        harness.stop()
+    assert not bb.error, bb.log.decode()
+    assert "/tests/bb/ok passed" in bb.log.decode()
+    busybox = _files(harness.store.get_image(bb.image_name))["/bin/busybox"][1]
+    stored = os.stat(harness.store.objects.object_path(busybox.hash.hex()))
+    assert stored.st_ino != (outside / "busybox").stat().st_ino
