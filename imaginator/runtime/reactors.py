@@ -2,10 +2,10 @@
 
 A part names the facets of the reactor it uses: ``IReactorTime`` for a clock,
 ``IReactorFromThreads`` to run jobs in the thread pool (``deferToThreadPool``),
-``IReactorTCP`` to dial, and :class:`ProcessReactor` (in ``process.py``) for
+``IReactorTCP`` to listen or dial, and :class:`ProcessReactor` (in ``process.py``) for
 children. Twisted's own functions take these interfaces, so a part that times
 things *and* runs jobs in the pool needs a type that is both; the type checker
-has no intersection types, hence the two make-believe interfaces below (as
+has no intersection types, hence the make-believe interfaces below (as
 Twisted's own ``twisted.internet._IReactorCommon``). Nothing declares that it
 provides them: the one real reactor is cast to :class:`IDaemonReactor` where a
 program takes it from ``twisted.internet`` (whose stub types it as
@@ -24,7 +24,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 
-__all__ = ["IDaemonReactor", "IReactorTimeAndThreads"]
+__all__ = ["IDaemonReactor", "IReactorTimeAndTCP", "IReactorTimeAndThreads"]
 
 
 class IReactorTimeAndThreads(IReactorTime, IReactorFromThreads):
@@ -32,8 +32,17 @@ class IReactorTimeAndThreads(IReactorTime, IReactorFromThreads):
     times things and runs its blocking work in the thread pool."""
 
 
+class IReactorTimeAndTCP(IReactorTime, IReactorTCP):
+    """A clock that dials: what a part needs that connects and times its
+    connections on the same reactor."""
+
+
 class IDaemonReactor(
-    IReactorTimeAndThreads, IReactorThreads, IReactorCore, IReactorTCP, IReactorProcess
+    IReactorTimeAndThreads,
+    IReactorTimeAndTCP,
+    IReactorThreads,
+    IReactorCore,
+    IReactorProcess,
 ):
     """Everything the daemon and its commands ask of the reactor (the real
     reactor has all of it): time, threads, start-up and shutdown, TCP,

@@ -23,7 +23,7 @@ a message (``GetObjects``) stay where the client reads them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 from imaginator.goformats.gob import Decoder, Encoder, GobError, GoType, TypeIds
 from imaginator.srpc.coder import INCOMPLETE
@@ -118,7 +118,9 @@ class GobDecoder:
             if kind is None:
                 return value
             try:
-                return kind.from_gob(value)  # type: ignore[attr-defined]
+                # A kind for this coder is a GobMessageType; one that is not
+                # fails here with an AttributeError, reported as a GobError.
+                return cast(GobMessageType, kind).from_gob(value)
             except (KeyError, TypeError, AttributeError) as exc:
                 raise GobError(f"{getattr(kind, '__name__', kind)}: {exc}") from None
 
