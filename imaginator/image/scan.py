@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.defer import DeferredList
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.image.model import (
     ZERO_HASH,
@@ -175,8 +177,8 @@ class _Batches:
 async def scan_tree(
     root: str,
     *,
-    reactor: Any,
-    threadpool: Any,
+    reactor: IReactorFromThreads,
+    threadpool: ThreadPool,
     store: ObjectSink,
     scan_filter: PathFilter | None = None,
     tree_cache: TreeCache | None = None,

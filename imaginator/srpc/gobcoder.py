@@ -23,7 +23,7 @@ a message (``GetObjects``) stay where the client reads them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol, cast
+from typing import Any, Protocol, cast
 
 from imaginator.goformats.gob import Decoder, Encoder, GobError, GoType, TypeIds
 from imaginator.srpc.coder import INCOMPLETE
@@ -33,7 +33,10 @@ from imaginator.srpc.framing import INSECURE_GOB_PATH, TLS_GOB_PATH, MessageTooL
 class GobMessage(Protocol):
     """A message the GOB coder can send: its Go type and its value."""
 
-    SCHEMA: ClassVar[GoType]
+    @property
+    def SCHEMA(self) -> GoType:
+        """The message's Go type (a class attribute, read-only here)."""
+        ...
 
     def to_gob(self) -> Mapping[str, Any]:
         """The value of ``SCHEMA`` (a dict of Go field names for a struct)."""

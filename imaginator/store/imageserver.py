@@ -45,7 +45,7 @@ from imaginator.image.model import Image
 from imaginator.runtime.reactors import IReactorTimeAndTCP, IReactorTimeAndThreads
 from imaginator.srpc.client import SrpcClient, connect
 from imaginator.srpc.framing import SrpcError, SrpcLimits
-from imaginator.srpc.gobcoder import GobCoder
+from imaginator.srpc.gobcoder import GobCoder, GobMessage
 from imaginator.srpc.pool import SrpcPool
 from imaginator.srpc.tls import ClientTlsOptions
 from imaginator.store import imageserver_messages as m
@@ -83,6 +83,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_Reply = TypeVar("_Reply")
 
 _log = Logger()
 
@@ -202,11 +203,13 @@ class ImageServerStore:
             kind = MissingObjectError if isinstance(exc, MissingObjectError) else ImageServerError
             raise self._error(name, text, kind) from None
 
-    async def _call(self, client: SrpcClient, method: str, request: Any, reply_kind: Any) -> Any:
+    async def _call(
+        self, client: SrpcClient, method: str, request: GobMessage, reply_kind: type[_Reply]
+    ) -> _Reply:
         return await client.call(method, request, reply_kind=reply_kind, timeout=self._call_timeout)
 
-    async def _simple(self, method: str, request: Any, reply_kind: Any) -> Any:
-        async def work(client: SrpcClient) -> Any:
+    async def _simple(self, method: str, request: GobMessage, reply_kind: type[_Reply]) -> _Reply:
+        async def work(client: SrpcClient) -> _Reply:
             return await self._call(client, method, request, reply_kind)
 
         return await self._run(method, work)
