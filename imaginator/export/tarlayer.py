@@ -281,8 +281,10 @@ def write_tar(
 ) -> None:
     """Write ``members`` as an uncompressed tar stream to ``out``; with
     ``root``, a ``.`` entry for the root directory first."""
-    with tarfile.open(
-        fileobj=out,  # type: ignore[arg-type]
+    # typeshed's overloads of tarfile.open leave out the TarFile arguments it
+    # passes on (copybufsize); a HashingWriter has the write() a stream needs.
+    with tarfile.open(  # type: ignore[call-overload]
+        fileobj=out,
         mode="w|",
         format=tarfile.PAX_FORMAT,
         copybufsize=_COPY_BUFFER,
