@@ -18,13 +18,19 @@ from __future__ import annotations
 from twisted.internet.interfaces import (
     IReactorCore,
     IReactorFromThreads,
+    IReactorPluggableNameResolver,
     IReactorProcess,
     IReactorTCP,
     IReactorThreads,
     IReactorTime,
 )
 
-__all__ = ["IDaemonReactor", "IReactorTimeAndTCP", "IReactorTimeAndThreads"]
+__all__ = [
+    "IDaemonReactor",
+    "IReactorTimeAndTCP",
+    "IReactorTimeAndThreads",
+    "IReactorTimeTCPAndThreads",
+]
 
 
 class IReactorTimeAndThreads(IReactorTime, IReactorFromThreads):
@@ -32,14 +38,18 @@ class IReactorTimeAndThreads(IReactorTime, IReactorFromThreads):
     times things and runs its blocking work in the thread pool."""
 
 
-class IReactorTimeAndTCP(IReactorTime, IReactorTCP):
-    """A clock that dials: what a part needs that connects and times its
-    connections on the same reactor."""
+class IReactorTimeAndTCP(IReactorTime, IReactorTCP, IReactorPluggableNameResolver):
+    """A clock that dials host names: what a part needs that connects and
+    times its connections on the same reactor (``HostnameEndpoint``, treq)."""
+
+
+class IReactorTimeTCPAndThreads(IReactorTimeAndThreads, IReactorTimeAndTCP):
+    """What fetching a document needs: files are read in the thread pool,
+    HTTP(S) goes out through treq on this reactor, with its timeouts."""
 
 
 class IDaemonReactor(
-    IReactorTimeAndThreads,
-    IReactorTimeAndTCP,
+    IReactorTimeTCPAndThreads,
     IReactorThreads,
     IReactorCore,
     IReactorProcess,
