@@ -233,7 +233,7 @@ async def unpack_source(
         dict(manifest.source_image_tags_to_match) or None,
     )
     image = await env.store.get_image(name) if name else None
-    if image is None or image.file_system is None:
+    if not name or image is None or image.file_system is None:
         raise need(
             f"no source image: {spec}",
             manifest.source_image,

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.config.main import Owners
 from imaginator.config.manifest import expand_tags
@@ -32,14 +33,19 @@ from imaginator.image.model import (
     RegularInode,
 )
 from imaginator.image.mtimes import copy_mtimes
-from imaginator.image.scan import ScanError, scan_tree
+from imaginator.image.scan import ObjectSink, ScanError, scan_tree
 from imaginator.image.triggers import Trigger
+from imaginator.image.unpack import ObjectFiles
 from imaginator.pipeline.report import BuildReport, read_manifest_snapshot
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.nosync import PROGRAM_FD, nosync_program
 from imaginator.runtime.process import MAX_CAPTURED_OUTPUT, CommandError, ProcessRunner
+from imaginator.runtime.reactors import IReactorTimeAndThreads
 from imaginator.runtime.sandbox import base_environment, chroot_argv
 from imaginator.runtime.treedelete import delete_matching
+from imaginator.store.base import ImageStore
+
+_T = TypeVar("_T")
 
 PACKAGER = "/bin/generic-packager"
 _NOSYNC_PROGRAM = nosync_program()
@@ -58,15 +64,20 @@ class BuildError(Exception):
     """A build failed; the message is what the operator sees as the build's error."""
 
 
+class LocalObjects(ObjectSink, ObjectFiles, Protocol):
+    """The local object store as a build's threads use it: the scanner puts
+    objects in, unpacking reads them as files (``LocalImageStore``)."""
+
+
 @dataclass
 class BuildEnv:
     """What one build needs from the daemon: the reactor, threads, processes, store, log."""
 
-    reactor: object
-    threadpool: object
+    reactor: IReactorTimeAndThreads
+    threadpool: ThreadPool
     runner: ProcessRunner
-    store: object  # AsyncImageStore
-    local_store: object  # LocalImageStore, used from threads by the scanner
+    store: ImageStore
+    local_store: LocalObjects
     log: BuildLog
     deadline_seconds: float = 24 * 3600.0
     deadline: float | None = None
@@ -81,7 +92,7 @@ class BuildEnv:
         """Start the build deadline clock (after the manifest fetch, reference §5.1.4)."""
         self.deadline = self.reactor.seconds() + self.deadline_seconds
 
-    async def in_thread(self, fn, *args, **kwargs):
+    async def in_thread(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         return await deferToThreadPool(self.reactor, self.threadpool, fn, *args, **kwargs)
 
     def fetching_manifest(self) -> None:
