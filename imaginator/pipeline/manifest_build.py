@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.task import deferLater
 
@@ -378,7 +379,11 @@ class Steps:
     package_caches: PackageCaches | None = None
 
     async def run(
-        self, argv: list[str], step: str, extra_mounts: tuple[BindMount, ...] = (), **kwargs
+        self,
+        argv: list[str],
+        step: str,
+        extra_mounts: tuple[BindMount, ...] = (),
+        **kwargs: Any,
     ) -> None:
         await self.env.run_in_root(
             self.root,

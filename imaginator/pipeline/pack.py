@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -21,7 +21,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from imaginator.config.main import Owners
-from imaginator.config.manifest import expand_tags
+from imaginator.config.manifest import ComputedFile, expand_tags
 from imaginator.goformats.units import format_bytes, format_duration
 from imaginator.image.filter import Filter, parse_filter_lines
 from imaginator.image.model import (
@@ -33,15 +33,20 @@ from imaginator.image.model import (
     RegularInode,
 )
 from imaginator.image.mtimes import copy_mtimes
-from imaginator.image.scan import ObjectSink, ScanError, scan_tree
+from imaginator.image.scan import ObjectSink, ScanError, TreeCache, scan_tree
 from imaginator.image.triggers import Trigger
 from imaginator.image.unpack import ObjectFiles
 from imaginator.pipeline.report import BuildReport, read_manifest_snapshot
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.nosync import PROGRAM_FD, nosync_program
-from imaginator.runtime.process import MAX_CAPTURED_OUTPUT, CommandError, ProcessRunner
+from imaginator.runtime.process import (
+    MAX_CAPTURED_OUTPUT,
+    CommandError,
+    ProcessResult,
+    ProcessRunner,
+)
 from imaginator.runtime.reactors import IReactorTimeAndThreads
-from imaginator.runtime.sandbox import base_environment, chroot_argv
+from imaginator.runtime.sandbox import BindMount, base_environment, chroot_argv
 from imaginator.runtime.treedelete import delete_matching
 from imaginator.store.base import ImageStore
 
@@ -124,9 +129,9 @@ class BuildEnv:
         capture_limit: int = MAX_CAPTURED_OUTPUT,
         truncate_capture: bool = False,
         stdin: bytes | None = None,
-        bind_mounts: tuple = (),
+        bind_mounts: tuple[BindMount, ...] = (),
         deadline: float | None = None,
-    ):
+    ) -> ProcessResult:
         """Run ``argv`` in the sandbox rooted at ``root`` under the build deadline.
 
         Captured output is bounded by ``capture_limit`` (see
@@ -163,14 +168,14 @@ class PackSpec:
     stream: str
     root: str
     scan_filter: Filter | None = None
-    tree_cache: dict | None = None
+    tree_cache: TreeCache | None = None
     image_filter: tuple[str, ...] | None = None
     owners: Owners = field(default_factory=Owners)
     tags: Mapping[str, str] = field(default_factory=dict)
     triggers: tuple[Trigger, ...] | None = None
     mtimes_filter: Filter | None = None
     variables: Mapping[str, str] = field(default_factory=dict)
-    computed_files: tuple = ()  # of imaginator.config.manifest.ComputedFile
+    computed_files: tuple[ComputedFile, ...] = ()
     source_image: str = ""
 
 
@@ -276,7 +281,7 @@ async def copy_previous_mtimes(env: BuildEnv, spec: PackSpec, fs: FileSystem) ->
     env.log.line(f"Copied mtimes in {format_duration(time.monotonic() - started)}")
 
 
-def splice_computed_files(fs: FileSystem, computed_files) -> None:
+def splice_computed_files(fs: FileSystem, computed_files: Sequence[ComputedFile]) -> None:
     """Turn each listed regular file into a computed inode (its content is dropped)."""
     if not computed_files:
         return
@@ -420,7 +425,7 @@ async def attach_build_log(store: LogObjectStore, log: BuildLog, image: Image) -
     image.build_log = Annotation(object=bytes.fromhex(log_hash), url="")
 
 
-def compile_filter(lines, what: str) -> Filter | None:
+def compile_filter(lines: Sequence[str] | None, what: str) -> Filter | None:
     if not lines:
         return None
     try:

@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.config.main import BootstrapStream, MainConfig
 from imaginator.config.streams import StreamConfig, StreamsDocument
@@ -28,24 +29,27 @@ from imaginator.pipeline.caches import PackageCaches
 from imaginator.pipeline.freshness import Freshness, inputs_digest
 from imaginator.pipeline.manifest_build import NeedSourceImage, NormalBuild
 from imaginator.pipeline.outcome import KeptTree, Publication, TreesInFlight, publish
-from imaginator.pipeline.pack import BuildEnv, BuildError
+from imaginator.pipeline.pack import BuildEnv, BuildError, LocalObjects
 from imaginator.pipeline.report import BuildReport
 from imaginator.pipeline.rootfs import SourceTrees
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.process import ProcessRunner
+from imaginator.runtime.reactors import IReactorTimeAndThreads
 from imaginator.scheduler.results import (
     DAY,
     REAL_PIPELINE,
     BuilderSettings,
     BuildOptions,
     BuildResult,
+    BuildSecrets,
     CurrentBuild,
     Pipeline,
+    StreamsSource,
     UnknownStream,
     build_deadline_seconds,
     observe,
 )
-from imaginator.store.base import StoreError
+from imaginator.store.base import ImageStore, StoreError
 
 _log = Logger()
 
@@ -63,7 +67,7 @@ class _NoStreams:
     def current(self) -> StreamsDocument:
         return StreamsDocument()
 
-    async def ensure_known(self, name, is_known) -> bool:
+    async def ensure_known(self, name: str, is_known: Callable[[StreamsDocument], bool]) -> bool:
         return is_known(self.current())
 
 
@@ -80,15 +84,15 @@ class Builder:
     def __init__(
         self,
         *,
-        reactor,
-        threadpool,
+        reactor: IReactorTimeAndThreads,
+        threadpool: ThreadPool,
         config: MainConfig,
-        store,
-        local_store,
+        store: ImageStore,
+        local_store: LocalObjects,
         runner: ProcessRunner,
         settings: BuilderSettings,
-        streams=None,
-        secrets=None,
+        streams: StreamsSource | None = None,
+        secrets: BuildSecrets | None = None,
         pipeline: Pipeline = REAL_PIPELINE,
     ) -> None:
         self._reactor = reactor

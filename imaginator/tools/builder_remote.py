@@ -261,7 +261,9 @@ def _decode_b64(value: Any, name: str) -> bytes:
         raise CommandFailed(f"illegal base64 data in {name}") from None
 
 
-def build_image_request(values: Mapping[str, Any], args: Sequence[str], variables) -> dict:
+def build_image_request(
+    values: Mapping[str, Any], args: Sequence[str], variables: Mapping[str, str] | None
+) -> dict[str, Any]:
     """``Imaginator.BuildImage``'s request, in Go's field order (reference §2.3)."""
     return {
         "DisableRecursiveBuild": False,
