@@ -59,7 +59,7 @@ from imaginator.runtime.logbuffer import LogRing
 from imaginator.runtime.mounts import unmount_all_under
 from imaginator.runtime.poller import Poller, PollerService
 from imaginator.runtime.process import ProcessRunner
-from imaginator.scheduler import Builder, BuilderSettings
+from imaginator.scheduler import Builder, BuilderSettings, BuildResult
 from imaginator.sources.documents import fetch_url
 from imaginator.sources.streams import StreamsRegistry
 from imaginator.sources.variables import BuildVariables, VariablesFile
@@ -448,7 +448,7 @@ async def _start_archive(
     archive = BuildLogArchive(top, quota)
     await deferToThreadPool(reactor, pool, archive.load)
 
-    def archive_result(result: Any) -> None:
+    def archive_result(result: BuildResult) -> None:
         name = archive_name(result, image_datestamp(result.finished_at))
         d = deferToThreadPool(
             reactor, pool, archive.add, name, BuildInfo.from_result(result), result.log

@@ -81,8 +81,9 @@ class BuildEnv:
     reactor: IReactorTimeAndThreads
     threadpool: ThreadPool
     runner: ProcessRunner
-    store: ImageStore
-    local_store: LocalObjects
+    #: None only for builder-tool's modes that store nothing (process-manifest).
+    store: ImageStore | None
+    local_store: LocalObjects | None
     log: BuildLog
     deadline_seconds: float = 24 * 3600.0
     deadline: float | None = None
@@ -92,6 +93,20 @@ class BuildEnv:
     #: What the package steps' update left in the shared package caches that
     #: roots keep (a digest; ``caches.PackageCaches.index``), for the skip check.
     package_index: str | None = None
+
+    @property
+    def images(self) -> ImageStore:
+        """The image store (``BuildError`` for a build without one)."""
+        if self.store is None:
+            raise BuildError("no image store")
+        return self.store
+
+    @property
+    def objects(self) -> LocalObjects:
+        """The local object store (``BuildError`` for a build without one)."""
+        if self.local_store is None:
+            raise BuildError("no image store")
+        return self.local_store
 
     def start_deadline(self) -> None:
         """Start the build deadline clock (after the manifest fetch, reference §5.1.4)."""
@@ -266,10 +281,10 @@ def _rate(nbytes: int, seconds: float) -> str:
 
 async def copy_previous_mtimes(env: BuildEnv, spec: PackSpec, fs: FileSystem) -> None:
     started = time.monotonic()
-    name = await env.store.find_latest_image(spec.stream)
+    name = await env.images.find_latest_image(spec.stream)
     if name is None:
         return
-    previous = await env.store.get_image(name)
+    previous = await env.images.get_image(name)
     if previous is None or previous.file_system is None:
         return
     env.log.line(
@@ -382,7 +397,7 @@ async def pack(env: BuildEnv, spec: PackSpec) -> Image:
             spec.root,
             reactor=env.reactor,
             threadpool=env.threadpool,
-            store=env.local_store,
+            store=env.objects,
             scan_filter=spec.scan_filter,
             tree_cache=spec.tree_cache,
         )

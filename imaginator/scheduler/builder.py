@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
@@ -52,6 +52,8 @@ from imaginator.scheduler.results import (
 from imaginator.store.base import ImageStore, StoreError
 
 _log = Logger()
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -187,7 +189,7 @@ class Builder:
     def running_count(self) -> int:
         return self._active
 
-    async def exclusive(self, work: Callable[[], Awaitable[object]]) -> object:
+    async def exclusive(self, work: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``work()`` while no build runs (new builds wait until it is done).
 
         Used for garbage collection: a running build's objects are not yet
