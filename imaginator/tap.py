@@ -24,6 +24,7 @@ def _coerce(flag: FlagSpec) -> Callable[[str], Any]:
         except FlagError as exc:
             raise ValueError(str(exc)) from None
 
+    # twisted.python.usage reads this attribute off a coercer (its doc text).
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
 

@@ -41,6 +41,7 @@ class ThreadedClock(Protocol):
 class DaemonThreadPool(ThreadPool):
     """A ``ThreadPool`` whose workers are daemon threads (see the module docstring)."""
 
+    # Twisted types threadFactory as the Thread class; ThreadPool only calls it.
     threadFactory = partial(threading.Thread, daemon=True)  # type: ignore[assignment]
 
 
