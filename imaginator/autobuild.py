@@ -19,9 +19,11 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from imaginator.goformats.units import format_duration, format_go_duration, format_time
+from imaginator.pipeline.outcome import LatestImages
 from imaginator.runtime.poller import Poller
 from imaginator.scheduler import BuildOptions, BuildResult
 
@@ -51,11 +53,11 @@ class AutoBuilder(Service):
     def __init__(
         self,
         *,
-        clock,
+        clock: IReactorTime,
         build: Callable[[str, BuildOptions], Awaitable[BuildResult]],
         streams: Callable[[], Sequence[str]],
         interval: float,
-        store=None,
+        store: LatestImages | None = None,
         order: Callable[[Sequence[str]], Sequence[str]] = list,
         source_of: Callable[[str], str | None] = lambda _stream: None,
         streams_loaded: Callable[[], Deferred] | None = None,

@@ -27,12 +27,14 @@ import tempfile
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.config.manifest import ManifestError, read_manifest_file
 from imaginator.config.streams import (
@@ -44,6 +46,7 @@ from imaginator.config.streams import (
 from imaginator.config.variables import make_redactor
 from imaginator.goformats.units import format_duration
 from imaginator.runtime.poller import Poller
+from imaginator.runtime.reactors import IReactorTimeAndThreads
 from imaginator.sources.git import fetch_manifest
 from imaginator.sources.giturls import public_url
 
@@ -352,6 +355,16 @@ def _inside(path: str, root: str) -> bool:
     return real == real_root or real.startswith(real_root.rstrip("/") + "/")
 
 
+class WatchedStreams(Protocol):
+    """The image streams document in force and its updates
+    (``sources.streams.ImageStreams``; its ``is_loaded``, if it has one, says
+    whether the first generation can start at once)."""
+
+    def current(self) -> StreamsDocument: ...
+
+    def subscribe(self, callback: Callable[[StreamsDocument], object]) -> Callable[[], None]: ...
+
+
 class DependencyGenerator(Service):
     """Keeps the stream dependency data fresh (reference §7.1, §7.2).
 
@@ -376,10 +389,10 @@ class DependencyGenerator(Service):
     def __init__(
         self,
         *,
-        reactor: Any,
-        clock: Any,
-        threadpool: Any,
-        streams: Any,
+        reactor: IReactorTimeAndThreads,
+        clock: IReactorTime,
+        threadpool: ThreadPool,
+        streams: WatchedStreams,
         bootstrap_streams: Collection[str],
         secrets: Callable[[], Mapping[str, str]],
         arch: str,

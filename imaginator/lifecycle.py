@@ -49,23 +49,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from imaginator.config.streams import StreamsDocument
 from imaginator.export.registry import RegistryError
 from imaginator.flags import FLAGS_BY_NAME
 from imaginator.publish.push import RegistrySettings, check_registry_file
 from imaginator.runtime.poller import Poller
-from imaginator.runtime.threads import stop_thread_pool
+from imaginator.runtime.threads import ThreadedClock, stop_thread_pool
 from imaginator.scheduler import Builder
 from imaginator.srpc.site import SrpcSite
 from imaginator.srpc.tls import ClientTlsOptions, make_client_tls_options, make_server_tls_options
@@ -263,7 +266,9 @@ PERIODIC = (AUTO, COLLECTOR, DEPS, STREAMS, VARIABLES, PLAIN_VARIABLES, PUBLISH)
 class ThreadPoolService(Service):
     """Starts the pool; stopping joins its threads off the reactor thread, bounded."""
 
-    def __init__(self, pool: ThreadPool, reactor: Any, timeout: float = STOP_TIMEOUT) -> None:
+    def __init__(
+        self, pool: ThreadPool, reactor: ThreadedClock, timeout: float = STOP_TIMEOUT
+    ) -> None:
         self.pool = pool
         self._reactor = reactor
         self._timeout = timeout
@@ -300,18 +305,20 @@ class ListeningService(Service):
     open connections and closes the access log."""
 
     def __init__(
-        self, reactor: Any, port_number: int, site: SrpcSite, access_log: AccessLog | None
+        self, reactor: IReactorTCP, port_number: int, site: SrpcSite, access_log: AccessLog | None
     ) -> None:
         self._reactor = reactor
         self._port_number = port_number
         self.site = site
         self.access_log = access_log
-        self.port: Any = None
+        self.port: IListeningPort | None = None
 
     async def listen(self) -> int:
         endpoint = endpoints.TCP4ServerEndpoint(self._reactor, self._port_number)
-        self.port = await endpoint.listen(self.site)
-        return self.port.getHost().port
+        self.port = port = await endpoint.listen(self.site)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)  # a TCP4ServerEndpoint's port
+        return address.port
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -320,7 +327,9 @@ class ListeningService(Service):
     async def _stop(self) -> None:
         port, self.port = self.port, None
         if port is not None:
-            await port.stopListening()
+            stopped = port.stopListening()
+            if stopped is not None:
+                await stopped
         self.site.abort_connections()
         if self.access_log is not None:
             await self.access_log.close()
@@ -336,8 +345,8 @@ class ImageServerService(Service):
         self,
         store: ImageServerStore,
         stream_names: Callable[[], Iterable[str]],
-        subscribe: Callable[[Callable[[Any], object]], Callable[[], None]],
-        clock: Any,
+        subscribe: Callable[[Callable[[StreamsDocument], object]], Callable[[], None]],
+        clock: IReactorTime,
     ) -> None:
         self.store = store
         self._stream_names = stream_names
@@ -373,7 +382,7 @@ class ImageServerService(Service):
 class DaemonServices(MultiService):
     """The parent of every long-lived part; stops them in the documented order."""
 
-    def __init__(self, clock: Any, stop_timeout: float = STOP_TIMEOUT) -> None:
+    def __init__(self, clock: IReactorTime, stop_timeout: float = STOP_TIMEOUT) -> None:
         super().__init__()
         self._clock = clock
         self.stop_timeout = stop_timeout
@@ -382,10 +391,11 @@ class DaemonServices(MultiService):
         Service.stopService(self)
         return Deferred.fromCoroutine(self._stop())
 
-    def _child(self, name: str) -> Any:
-        return self.namedServices.get(name)
+    def _builds(self) -> BuildsService | None:
+        # A BuildsService (unit tests put a stand-in with its methods there).
+        return cast("BuildsService | None", self.namedServices.get(BUILDS))
 
-    def _stopping(self, service: Any) -> Deferred[None]:
+    def _stopping(self, service: IService) -> Deferred[None]:
         """``service.stopService()``, bounded; never fails (a failure is logged)."""
         name = service.name or type(service).__name__
         done: Deferred[None] = Deferred()
@@ -414,7 +424,7 @@ class DaemonServices(MultiService):
         return done
 
     async def _stop(self) -> None:
-        builds = self._child(BUILDS)
+        builds = self._builds()
         if builds is not None:
             builds.refuse_new_builds()  # 1
         periodic = [self._stopping(s) for s in self._children(PERIODIC)]  # 2
@@ -427,5 +437,5 @@ class DaemonServices(MultiService):
         for service in [*self._children((WEB,)), *others, *self._children((POOL,))]:
             await self._stopping(service)  # 5, 6
 
-    def _children(self, names: tuple[str, ...]) -> list[Any]:
+    def _children(self, names: tuple[str, ...]) -> list[IService]:
         return [self.namedServices[n] for n in names if n in self.namedServices]

@@ -7,13 +7,14 @@ flags table into twistd options and hands them over, with the reactor.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.python import usage
 
 from imaginator.daemon import DaemonRunner, check_process_environment
 from imaginator.flags import FLAGS, FlagError
 from imaginator.goformats.goflags import FlagSpec
+from imaginator.runtime.reactors import IDaemonReactor
 
 
 def _coerce(flag: FlagSpec) -> Callable[[str], Any]:
@@ -23,6 +24,7 @@ def _coerce(flag: FlagSpec) -> Callable[[str], Any]:
         except FlagError as exc:
             raise ValueError(str(exc)) from None
 
+    # twisted.python.usage reads this attribute off a coercer (its doc text).
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
 
@@ -52,4 +54,6 @@ def makeService(options: Options) -> DaemonRunner:
     def set_exit_status(code: int) -> None:
         options.exit_status = code
 
-    return DaemonRunner(options, reactor, set_exit_status=set_exit_status)
+    # Twisted types its global reactor as _IReactorCommon, without the thread
+    # interfaces the real one has: the daemon's reactor is all of IDaemonReactor.
+    return DaemonRunner(options, cast(IDaemonReactor, reactor), set_exit_status=set_exit_status)

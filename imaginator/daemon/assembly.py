@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -59,7 +60,8 @@ from imaginator.runtime.logbuffer import LogRing
 from imaginator.runtime.mounts import unmount_all_under
 from imaginator.runtime.poller import Poller, PollerService
 from imaginator.runtime.process import ProcessRunner
-from imaginator.scheduler import Builder, BuilderSettings
+from imaginator.runtime.reactors import IDaemonReactor
+from imaginator.scheduler import Builder, BuilderSettings, BuildResult
 from imaginator.sources.documents import fetch_url
 from imaginator.sources.streams import StreamsRegistry
 from imaginator.sources.variables import BuildVariables, VariablesFile
@@ -140,7 +142,7 @@ class Daemon:
         return self.core.builder
 
 
-def start_services(reactor: Any, pool: ThreadPool) -> DaemonServices:
+def start_services(reactor: IDaemonReactor, pool: ThreadPool) -> DaemonServices:
     """A running :class:`DaemonServices` holding (and starting) ``pool``."""
     services = DaemonServices(reactor)
     pool_service = ThreadPoolService(pool, reactor)
@@ -160,7 +162,7 @@ async def assemble_core(
     services: DaemonServices,
     *,
     config: MainConfig,
-    reactor: Any,
+    reactor: IDaemonReactor,
     pool: ThreadPool,
     state_dir: str,
     variables_file: str,
@@ -246,7 +248,7 @@ def fresh_directory(path: str) -> list[str]:
 
 
 async def create_daemon(
-    options: Options, reactor: Any, pool: ThreadPool, *, log_ring: LogRing | None = None
+    options: Options, reactor: IDaemonReactor, pool: ThreadPool, *, log_ring: LogRing | None = None
 ) -> Daemon:
     """Assemble and start the whole daemon from its flags.
 
@@ -266,7 +268,7 @@ async def create_daemon(
 async def _assemble(
     services: DaemonServices,
     options: Options,
-    reactor: Any,
+    reactor: IDaemonReactor,
     pool: ThreadPool,
     log_ring: LogRing | None,
 ) -> Daemon:
@@ -439,7 +441,7 @@ async def _assemble(
 
 
 async def _start_archive(
-    options: Options, builder: Builder, reactor: Any, pool: ThreadPool
+    options: Options, builder: Builder, reactor: IReactorFromThreads, pool: ThreadPool
 ) -> BuildLogArchive | None:
     """The build log archive (``-buildLogDir``), fed by every finished build."""
     top, quota = options["buildLogDir"], options["buildLogQuota"]
@@ -448,7 +450,7 @@ async def _start_archive(
     archive = BuildLogArchive(top, quota)
     await deferToThreadPool(reactor, pool, archive.load)
 
-    def archive_result(result: Any) -> None:
+    def archive_result(result: BuildResult) -> None:
         name = archive_name(result, image_datestamp(result.finished_at))
         d = deferToThreadPool(
             reactor, pool, archive.add, name, BuildInfo.from_result(result), result.log

@@ -15,6 +15,7 @@ from imaginator.publish.publisher import Publisher
 from imaginator.runtime.archive import BuildLogArchive
 from imaginator.runtime.logbuffer import LogRing
 from imaginator.runtime.process import ProcessRunner
+from imaginator.runtime.reactors import IDaemonReactor
 from imaginator.web.archive_pages import ArchivePages, quote_query
 from imaginator.web.diff_pages import DiffPages
 from imaginator.web.graph_pages import GraphPages, spawn_dot
@@ -33,7 +34,7 @@ def install_pages(
     archive: BuildLogArchive | None,
     publisher: Publisher,
     runner: ProcessRunner,
-    reactor: Any,
+    reactor: IDaemonReactor,
     in_thread: Callable[..., Deferred[Any]],
     log_ring: LogRing | None,
 ) -> StatusPages:

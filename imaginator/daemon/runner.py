@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
+from types import FrameType
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
@@ -23,6 +23,7 @@ from imaginator.lifecycle import (
     StartupError,
 )
 from imaginator.runtime.logbuffer import LogRing
+from imaginator.runtime.reactors import IDaemonReactor
 from imaginator.runtime.threads import make_thread_pool
 from imaginator.sources.documents import FetchError
 from imaginator.web.access import AccessLogError
@@ -55,7 +56,7 @@ class DaemonRunner(Service):
     def __init__(
         self,
         options: Options,
-        reactor: Any,
+        reactor: IDaemonReactor,
         *,
         set_exit_status: Callable[[int], None],
     ) -> None:
@@ -84,7 +85,7 @@ class DaemonRunner(Service):
         for number in (signal.SIGINT, signal.SIGTERM):
             signal.signal(number, self._on_signal)
 
-    def _on_signal(self, number: int, _frame: Any) -> None:
+    def _on_signal(self, number: int, _frame: FrameType | None) -> None:
         # Called between two bytecodes of the main thread: only hand over.
         self.reactor.callFromThread(self._stop_on_signal, signal.Signals(number).name)
 

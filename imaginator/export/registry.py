@@ -170,12 +170,12 @@ def _entry_credentials(entry: object, where: str) -> Credentials:
         if not sep or not username:
             raise RegistryError(f"{where}.auth: not base64 of user:password")
         return Credentials(username, password)
-    username, password = entry.get("username"), entry.get("password")
-    for key, item in (("username", username), ("password", password)):
+    user, secret = entry.get("username"), entry.get("password")
+    for key, item in (("username", user), ("password", secret)):
         if not isinstance(item, str) or (key == "username" and not item):
             raise RegistryError(f"{where}.{key}: expected a non-empty string")
-    assert isinstance(username, str) and isinstance(password, str)
-    return Credentials(username, password)
+    assert isinstance(user, str) and isinstance(secret, str)
+    return Credentials(user, secret)
 
 
 # ---------------------------------------------------------------------- client
@@ -217,6 +217,11 @@ def is_loopback(host: str) -> bool:
 
 
 Body = bytes | Callable[[], BinaryIO | _Region] | None
+
+
+def _body_of(region: _Region) -> Callable[[], _Region]:
+    """A body that is ``region`` (a function of its own, so each chunk keeps its region)."""
+    return lambda: region
 
 
 class RegistryClient:
@@ -290,7 +295,7 @@ class RegistryClient:
                             "Content-Range": f"{offset}-{offset + length - 1}",
                             "Content-Length": str(length),
                         },
-                        body=lambda region=region: region,
+                        body=_body_of(region),
                         expect=(202,),
                         replayable=False,
                     )
@@ -436,7 +441,7 @@ class RegistryClient:
         try:
             payload = body() if callable(body) else body
             try:
-                conn.request(method, path, body=payload, headers=headers)  # type: ignore[arg-type]
+                conn.request(method, path, body=payload, headers=headers)
                 reply = conn.getresponse()
                 data = b"" if method == "HEAD" else reply.read(_MAX_RESPONSE + 1)
             finally:
@@ -495,8 +500,8 @@ class RegistryClient:
         path = _path(parts) + (("&" if parts.query else "?") + extra if extra else "")
         headers = {}
         if self._credentials is not None:
-            token = f"{self._credentials.username}:{self._credentials.password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
+            pair = f"{self._credentials.username}:{self._credentials.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
         self.requests[("GET", "token")] += 1
         answer = self._exchange("GET", parts.scheme, parts.netloc, path, headers, None)
         if answer.status != 200:

@@ -35,7 +35,7 @@ import stat
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from imaginator.export.source import ExportError, ImageReader
 from imaginator.image.model import (
@@ -248,6 +248,13 @@ def _check_layer_name(path: str) -> None:
 # ---------------------------------------------------------------------- writing
 
 
+class TarOutput(Protocol):
+    """Where a tar stream goes: only ``write`` is called (a file, a
+    :class:`HashingWriter`, the pieces ``/imageTarball`` hands a client)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
 class HashingWriter:
     """A write-only stream passing data on to ``out`` while taking its
     SHA-256 and length."""
@@ -274,15 +281,18 @@ class HashingWriter:
 def write_tar(
     members: Iterable[Member],
     reader: ImageReader,
-    out: BinaryIO | HashingWriter,
+    out: TarOutput,
     times: TimePolicy,
     *,
     root: DirectoryInode | None = None,
 ) -> None:
     """Write ``members`` as an uncompressed tar stream to ``out``; with
     ``root``, a ``.`` entry for the root directory first."""
-    with tarfile.open(
-        fileobj=out,  # type: ignore[arg-type]
+    # typeshed's overloads of tarfile.open leave out the TarFile arguments it
+    # passes on (copybufsize), and want a whole file where a stream ("w|")
+    # only writes.
+    with tarfile.open(  # type: ignore[call-overload]
+        fileobj=out,
         mode="w|",
         format=tarfile.PAX_FORMAT,
         copybufsize=_COPY_BUFFER,
@@ -294,7 +304,7 @@ def write_tar(
 
 
 def write_image_tar(
-    image: Image, reader: ImageReader, out: BinaryIO, source_date_epoch: int | None = None
+    image: Image, reader: ImageReader, out: TarOutput, source_date_epoch: int | None = None
 ) -> None:
     """The whole image as ``imagetool tar`` writes it (and ``/imageTarball`` sends
     it): a ``.`` entry for the root, computed files as empty files, times by

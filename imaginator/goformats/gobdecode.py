@@ -17,8 +17,10 @@ nesting (including recursive types) is bounded.
 
 from __future__ import annotations
 
+import builtins
 import struct
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from imaginator.goformats.gobtypes import (
@@ -116,7 +118,8 @@ class _Cursor:
         value = self.uint()
         return ~(value >> 1) if value & 1 else value >> 1
 
-    def length(self, what: str, *, spanning: bool = False) -> int:
+    # ``int`` below this point is the method above: the builtin is spelled out.
+    def length(self, what: str, *, spanning: bool = False) -> builtins.int:
         """A count of items that each take at least one byte of this message;
         with ``spanning`` (the elements of a map or slice), of the decoder's
         limit instead: elements holding interface values go on in the next
@@ -133,7 +136,7 @@ class _Cursor:
             raise GobError(f"{what} length {count} exceeds the {self.end - self.pos} bytes left")
         return count
 
-    def take(self, count: int) -> bytes:
+    def take(self, count: builtins.int) -> bytes:
         data = bytes(self.data[self.pos : self.pos + count])
         self.pos += count
         return data
@@ -152,6 +155,10 @@ def _opaque_bytes(value: Any) -> bytes:
     if not isinstance(value, Opaque):
         raise GobError(f"expected Opaque, got {type(value).__name__}")
     return value.data
+
+
+def _never_zero(_value: Any) -> bool:
+    return False
 
 
 def _float(bits: int) -> float:
@@ -332,8 +339,8 @@ class Decoder:
             schema = Marshaled(
                 wire.name,
                 _opaque_bytes,
-                lambda data, name=wire.name: Opaque(name, data),
-                lambda _: False,
+                partial(Opaque, wire.name),
+                _never_zero,
                 kind=wire.kind,
             )
         self._schemas[type_id] = schema

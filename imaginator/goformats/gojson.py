@@ -45,7 +45,7 @@ _HTML_ESCAPES = {
     0x2029: "\\u2029",
 }
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_quote_string: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_quote_string: Callable[[str], str] = json.encoder.encode_basestring
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from imaginator.image.model import FileSystem, RegularInode, SpecialInode
+from imaginator.image.model import FileSystem, Inode, RegularInode, SpecialInode
+from imaginator.image.scan import PathFilter
 
 
 def _paths_by_inode(fs: FileSystem) -> dict[int, list[str]]:
@@ -21,30 +22,33 @@ def _paths_by_inode(fs: FileSystem) -> dict[int, list[str]]:
     return result
 
 
-def _inode_by_path(fs: FileSystem) -> dict[str, object]:
+def _inode_by_path(fs: FileSystem) -> dict[str, Inode]:
     return {path: inode for path, _inum, inode in fs.walk()}
 
 
-def _same_but_mtime(old: object, new: object) -> bool:
+def _twin(old: Inode, new: RegularInode | SpecialInode) -> RegularInode | SpecialInode | None:
+    """``old`` if it agrees with ``new`` on everything but the mtime, else None."""
     if isinstance(old, RegularInode) and isinstance(new, RegularInode):
-        return (
+        same = (
             old.mode == new.mode
             and old.uid == new.uid
             and old.gid == new.gid
             and old.size == new.size
             and (new.size == 0 or old.hash == new.hash)
         )
+        return old if same else None
     if isinstance(old, SpecialInode) and isinstance(new, SpecialInode):
-        return (
+        same = (
             old.mode == new.mode
             and old.uid == new.uid
             and old.gid == new.gid
             and old.rdev == new.rdev
         )
-    return False
+        return old if same else None
+    return None
 
 
-def copy_mtimes(old: FileSystem, new: FileSystem, mtimes_filter=None) -> int:
+def copy_mtimes(old: FileSystem, new: FileSystem, mtimes_filter: PathFilter | None = None) -> int:
     """Give inodes of ``new`` the mtimes of their unchanged twins in ``old``.
 
     ``mtimes_filter`` is any object with ``match(path) -> bool`` (paths it
@@ -59,10 +63,11 @@ def copy_mtimes(old: FileSystem, new: FileSystem, mtimes_filter=None) -> int:
         for path in paths:
             if mtimes_filter is not None and mtimes_filter.match(path):
                 continue
-            old_inode = old_by_path.get(path)
-            if old_inode is None:
+            old_path_inode = old_by_path.get(path)
+            if old_path_inode is None:
                 continue
-            if _same_but_mtime(old_inode, inode) and (
+            old_inode = _twin(old_path_inode, inode)
+            if old_inode is not None and (
                 old_inode.mtime_seconds != inode.mtime_seconds
                 or old_inode.mtime_nanoseconds != inode.mtime_nanoseconds
             ):

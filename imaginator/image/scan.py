@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from twisted.internet.defer import DeferredList
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.image.model import (
     ZERO_HASH,
@@ -196,8 +198,8 @@ class _Batches:
 async def scan_tree(
     root: str,
     *,
-    reactor: Any,
-    threadpool: Any,
+    reactor: IReactorFromThreads,
+    threadpool: ThreadPool,
     store: ObjectSink,
     scan_filter: PathFilter | None = None,
     tree_cache: TreeCache | None = None,

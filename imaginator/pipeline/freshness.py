@@ -145,7 +145,7 @@ class Freshness:
         except Exception as exc:  # the check must never stand in the way of a build
             log.line(f"Building, as it cannot be told whether anything changed: {exc}")
             return None
-        extended = await env.store.change_image_expiration(name, expires_at)
+        extended = await env.images.change_image_expiration(name, expires_at)
         log.line(
             f"Skipped: nothing could change ({reason}): kept {name}"
             + (", extended its expiration" if extended else "")
@@ -163,10 +163,10 @@ class Freshness:
             raise Unsure("not built by this daemon since it started")
         if built.digest != digest:
             raise Unsure("its settings changed since its last build")
-        latest_name = await env.store.find_latest_image(stream)
+        latest_name = await env.images.find_latest_image(stream)
         if latest_name != built.image_name:
             raise Unsure(f"its latest image is not {built.image_name}, its last build")
-        latest = await env.store.get_image(latest_name)
+        latest = await env.images.get_image(latest_name)
         if latest is None or latest.file_system is None:
             raise Unsure(f"cannot read {latest_name}")
         if request is None:
@@ -201,7 +201,7 @@ class Freshness:
                 raise Unsure(str(exc)) from None
         finally:
             await env.in_thread(shutil.rmtree, directory, True)
-        source = await env.store.find_latest_image(
+        source = await env.images.find_latest_image(
             manifest.source_image,
             manifest.source_image_git_commit_id,
             dict(manifest.source_image_tags_to_match) or None,
@@ -219,7 +219,7 @@ class Freshness:
             bootstrap = self._main.bootstrap_streams.get(stream)
             if bootstrap is not None:
                 return self._main.packager_types.get(bootstrap.packager_type)
-            source = await env.store.get_image(name) if name else None
+            source = await env.images.get_image(name) if name else None
             if source is None or not source.source_image:
                 break
             name = source.source_image

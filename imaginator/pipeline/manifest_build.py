@@ -18,6 +18,7 @@ import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.internet.task import deferLater
 
@@ -227,13 +228,13 @@ async def unpack_source(
         raise BuildError("error reading manifest file: no SourceImage")
     spec = source_spec(manifest)
     started = time.monotonic()
-    name = await env.store.find_latest_image(
+    name = await env.images.find_latest_image(
         manifest.source_image,
         manifest.source_image_git_commit_id,
         dict(manifest.source_image_tags_to_match) or None,
     )
-    image = await env.store.get_image(name) if name else None
-    if image is None or image.file_system is None:
+    image = await env.images.get_image(name) if name else None
+    if not name or image is None or image.file_system is None:
         raise need(
             f"no source image: {spec}",
             manifest.source_image,
@@ -274,9 +275,9 @@ def _log_copied(env: BuildEnv, image: Image, took: float) -> None:
 
 async def _materialise_root(env: BuildEnv, image: Image, root: str) -> TreeCache:
     try:
-        await rootfs.fetch_source_objects(env.store, image, env.log)
+        await rootfs.fetch_source_objects(env.images, image, env.log)
         started = time.monotonic()
-        cache = await env.in_thread(materialise, image, env.local_store, root)
+        cache = await env.in_thread(materialise, image, env.objects, root)
     except (UnpackError, OSError) as exc:
         raise BuildError(f"error unpacking image: {exc}") from None
     took = time.monotonic() - started
@@ -378,7 +379,11 @@ class Steps:
     package_caches: PackageCaches | None = None
 
     async def run(
-        self, argv: list[str], step: str, extra_mounts: tuple[BindMount, ...] = (), **kwargs
+        self,
+        argv: list[str],
+        step: str,
+        extra_mounts: tuple[BindMount, ...] = (),
+        **kwargs: Any,
     ) -> None:
         await self.env.run_in_root(
             self.root,

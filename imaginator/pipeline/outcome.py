@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from imaginator.goformats.units import format_duration
 from imaginator.image.compare import provenance, same_build, same_content
@@ -203,7 +204,12 @@ class TreesInFlight:
         running = Deferred.fromCoroutine(work)
         if not running.called:
             self._running.add(running)
-            running.addBoth(lambda result: self._running.discard(running) or result)
+
+            def forget(result: Failure | None) -> Failure | None:
+                self._running.discard(running)
+                return result
+
+            running.addBoth(forget)
 
     async def _adopt(self, name: str, image: Image, tree: str) -> None:
         try:

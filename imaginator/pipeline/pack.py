@@ -12,15 +12,16 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.config.main import Owners
-from imaginator.config.manifest import expand_tags
+from imaginator.config.manifest import ComputedFile, expand_tags
 from imaginator.goformats.units import format_bytes, format_duration
 from imaginator.image.filter import Filter, parse_filter_lines
 from imaginator.image.model import (
@@ -32,14 +33,24 @@ from imaginator.image.model import (
     RegularInode,
 )
 from imaginator.image.mtimes import copy_mtimes
-from imaginator.image.scan import ScanError, scan_tree
+from imaginator.image.scan import ObjectSink, ScanError, TreeCache, scan_tree
 from imaginator.image.triggers import Trigger
+from imaginator.image.unpack import ObjectFiles
 from imaginator.pipeline.report import BuildReport, read_manifest_snapshot
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.nosync import PROGRAM_FD, nosync_program
-from imaginator.runtime.process import MAX_CAPTURED_OUTPUT, CommandError, ProcessRunner
-from imaginator.runtime.sandbox import base_environment, chroot_argv
+from imaginator.runtime.process import (
+    MAX_CAPTURED_OUTPUT,
+    CommandError,
+    ProcessResult,
+    ProcessRunner,
+)
+from imaginator.runtime.reactors import IReactorTimeAndThreads
+from imaginator.runtime.sandbox import BindMount, base_environment, chroot_argv
 from imaginator.runtime.treedelete import delete_matching
+from imaginator.store.base import ImageStore
+
+_T = TypeVar("_T")
 
 PACKAGER = "/bin/generic-packager"
 _NOSYNC_PROGRAM = nosync_program()
@@ -58,15 +69,21 @@ class BuildError(Exception):
     """A build failed; the message is what the operator sees as the build's error."""
 
 
+class LocalObjects(ObjectSink, ObjectFiles, Protocol):
+    """The local object store as a build's threads use it: the scanner puts
+    objects in, unpacking reads them as files (``LocalImageStore``)."""
+
+
 @dataclass
 class BuildEnv:
     """What one build needs from the daemon: the reactor, threads, processes, store, log."""
 
-    reactor: object
-    threadpool: object
+    reactor: IReactorTimeAndThreads
+    threadpool: ThreadPool
     runner: ProcessRunner
-    store: object  # AsyncImageStore
-    local_store: object  # LocalImageStore, used from threads by the scanner
+    #: None only for builder-tool's modes that store nothing (process-manifest).
+    store: ImageStore | None
+    local_store: LocalObjects | None
     log: BuildLog
     deadline_seconds: float = 24 * 3600.0
     deadline: float | None = None
@@ -77,11 +94,25 @@ class BuildEnv:
     #: roots keep (a digest; ``caches.PackageCaches.index``), for the skip check.
     package_index: str | None = None
 
+    @property
+    def images(self) -> ImageStore:
+        """The image store (``BuildError`` for a build without one)."""
+        if self.store is None:
+            raise BuildError("no image store")
+        return self.store
+
+    @property
+    def objects(self) -> LocalObjects:
+        """The local object store (``BuildError`` for a build without one)."""
+        if self.local_store is None:
+            raise BuildError("no image store")
+        return self.local_store
+
     def start_deadline(self) -> None:
         """Start the build deadline clock (after the manifest fetch, reference §5.1.4)."""
         self.deadline = self.reactor.seconds() + self.deadline_seconds
 
-    async def in_thread(self, fn, *args, **kwargs):
+    async def in_thread(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         return await deferToThreadPool(self.reactor, self.threadpool, fn, *args, **kwargs)
 
     def fetching_manifest(self) -> None:
@@ -113,9 +144,9 @@ class BuildEnv:
         capture_limit: int = MAX_CAPTURED_OUTPUT,
         truncate_capture: bool = False,
         stdin: bytes | None = None,
-        bind_mounts: tuple = (),
+        bind_mounts: tuple[BindMount, ...] = (),
         deadline: float | None = None,
-    ):
+    ) -> ProcessResult:
         """Run ``argv`` in the sandbox rooted at ``root`` under the build deadline.
 
         Captured output is bounded by ``capture_limit`` (see
@@ -152,14 +183,14 @@ class PackSpec:
     stream: str
     root: str
     scan_filter: Filter | None = None
-    tree_cache: dict | None = None
+    tree_cache: TreeCache | None = None
     image_filter: tuple[str, ...] | None = None
     owners: Owners = field(default_factory=Owners)
     tags: Mapping[str, str] = field(default_factory=dict)
     triggers: tuple[Trigger, ...] | None = None
     mtimes_filter: Filter | None = None
     variables: Mapping[str, str] = field(default_factory=dict)
-    computed_files: tuple = ()  # of imaginator.config.manifest.ComputedFile
+    computed_files: tuple[ComputedFile, ...] = ()
     source_image: str = ""
     #: The tree is the build's own and nothing writes to it again (a finished
     #: bootstrap tree): new contents are linked into the store, not copied.
@@ -253,10 +284,10 @@ def _rate(nbytes: int, seconds: float) -> str:
 
 async def copy_previous_mtimes(env: BuildEnv, spec: PackSpec, fs: FileSystem) -> None:
     started = time.monotonic()
-    name = await env.store.find_latest_image(spec.stream)
+    name = await env.images.find_latest_image(spec.stream)
     if name is None:
         return
-    previous = await env.store.get_image(name)
+    previous = await env.images.get_image(name)
     if previous is None or previous.file_system is None:
         return
     env.log.line(
@@ -268,7 +299,7 @@ async def copy_previous_mtimes(env: BuildEnv, spec: PackSpec, fs: FileSystem) ->
     env.log.line(f"Copied mtimes in {format_duration(time.monotonic() - started)}")
 
 
-def splice_computed_files(fs: FileSystem, computed_files) -> None:
+def splice_computed_files(fs: FileSystem, computed_files: Sequence[ComputedFile]) -> None:
     """Turn each listed regular file into a computed inode (its content is dropped)."""
     if not computed_files:
         return
@@ -369,7 +400,7 @@ async def pack(env: BuildEnv, spec: PackSpec) -> Image:
             spec.root,
             reactor=env.reactor,
             threadpool=env.threadpool,
-            store=env.local_store,
+            store=env.objects,
             scan_filter=spec.scan_filter,
             tree_cache=spec.tree_cache,
             link_files=spec.link_files,
@@ -413,7 +444,7 @@ async def attach_build_log(store: LogObjectStore, log: BuildLog, image: Image) -
     image.build_log = Annotation(object=bytes.fromhex(log_hash), url="")
 
 
-def compile_filter(lines, what: str) -> Filter | None:
+def compile_filter(lines: Sequence[str] | None, what: str) -> Filter | None:
     if not lines:
         return None
     try:

@@ -36,18 +36,20 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.goformats.units import format_bytes, format_duration
 from imaginator.image.model import Image
 from imaginator.image.scan import CacheEntry, TreeCache
-from imaginator.image.unpack import UnpackError, materialise
+from imaginator.image.unpack import ObjectFiles, UnpackError, materialise
 from imaginator.pipeline.treeconform import TreeMismatch, conform_tree
 from imaginator.runtime.mounts import (
     TreeCacheUnavailable,
@@ -57,6 +59,8 @@ from imaginator.runtime.mounts import (
     unmount_all_under,
 )
 from imaginator.store.base import StoreError, Transferred
+
+_T = TypeVar("_T")
 
 TREE = "tree"
 CACHE_FILE = "tree-cache.json"
@@ -180,16 +184,16 @@ class SourceTrees:
         directory: str,
         *,
         keep: int = 4,
-        reactor: Any,
-        threadpool: Any,
-        store: Any,
+        reactor: IReactorFromThreads,
+        threadpool: ThreadPool,
+        store: ObjectFiles,
         images: SourceImages,
     ) -> None:
         self.directory = os.path.abspath(directory)
         self.keep = max(1, keep)
         self._reactor = reactor
         self._threadpool = threadpool
-        self._store = store  # LocalImageStore, used from threads
+        self._store = store  # the local object store, read from threads
         self._images = images
         self._locks: dict[str, DeferredLock] = {}
         self._in_use: dict[str, int] = {}
@@ -200,7 +204,7 @@ class SourceTrees:
         self._pending = 0  # durability jobs still running
         self._settled_waiters: list[Deferred] = []
 
-    async def _in_thread(self, fn, *args, **kwargs):
+    async def _in_thread(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         return await deferToThreadPool(self._reactor, self._threadpool, fn, *args, **kwargs)
 
     # -- leases --------------------------------------------------------------------

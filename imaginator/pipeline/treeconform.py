@@ -23,6 +23,7 @@ from imaginator.image.model import (
     ComputedRegularInode,
     DirectoryInode,
     Image,
+    Inode,
     RegularInode,
     SpecialInode,
     SymlinkInode,
@@ -74,7 +75,7 @@ def _kind(mode: int) -> int:
     return mode & 0o170000
 
 
-def _kind_of(inode: object) -> int:
+def _kind_of(inode: Inode) -> int:
     if isinstance(inode, DirectoryInode):
         return 0o040000
     if isinstance(inode, SymlinkInode):

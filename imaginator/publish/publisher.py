@@ -265,7 +265,7 @@ class Publisher(Service):
             if isinstance(outcome, PushOutcome):
                 self._succeeded(lane, job, outcome, now)
                 return
-            retry = attempt < self._attempts and lane.pending is None and self.running
+            retry = attempt < self._attempts and lane.pending is None and bool(self.running)
             delay = self._retry_delay * 2 ** (attempt - 1)
             failure = PushFailure(
                 job.image_name,

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from imaginator.autobuild import AutoBuilder, AutoBuildError
 from imaginator.config.main import BootstrapStream
-from imaginator.deps import DependencyGenerator, graphviz_dot
+from imaginator.deps import DependencyData, DependencyGenerator, graphviz_dot
 from imaginator.goformats.gojson import JsonDecodeError
 from imaginator.goformats.units import format_duration, format_time
 from imaginator.image.model import format_go_time, image_to_json
@@ -130,25 +131,25 @@ def _go_time(epoch: float | None) -> str:
 
 def build_response(
     *,
-    image: Any = None,
+    image: dict[str, Any] | None = None,
     image_name: str = "",
     build_log: bytes | None = None,
     error: str = "",
     result: BuildResult | None = None,
 ) -> dict[str, Any]:
     """A ``BuildImageResponse`` with Go's field order."""
-    need = result is not None and result.need_source_image
+    need = result if result is not None and result.need_source_image else None
     return {
         "Image": image,
         "ImageName": image_name,
         "BuildLog": _b64(build_log),
         "ErrorString": error,
-        "NeedSourceImage": need,
-        "SourceImage": result.source_image if need else "",
+        "NeedSourceImage": need is not None,
+        "SourceImage": need.source_image if need else "",
         "SourceImageBuildVariables": (
-            dict(result.source_image_build_variables) or None if need else None
+            dict(need.source_image_build_variables) or None if need else None
         ),
-        "SourceImageGitCommitId": result.source_image_git_commit_id if need else "",
+        "SourceImageGitCommitId": need.source_image_git_commit_id if need else "",
     }
 
 
@@ -192,7 +193,7 @@ class ImaginatorService:
         builder: Builder,
         auto: AutoBuilder | None,
         deps: DependencyGenerator | None,
-        clock,
+        clock: IReactorTime,
         limits: ExpirationLimits,
         streams_loaded: Callable[[], Deferred] | None = None,
         per_user_limit: int = 1,
@@ -221,7 +222,7 @@ class ImaginatorService:
 
     # -- BuildImage ------------------------------------------------------------------
 
-    def admit_build(self, auth: CallAuth):
+    def admit_build(self, auth: CallAuth) -> tuple[str | None, Callable[[], None] | None]:
         """The per-user limit on concurrent ``BuildImage`` calls (not for method powers)."""
         user = auth.username
         if auth.have_method_access or self.per_user_limit <= 0:
@@ -383,7 +384,7 @@ class ImaginatorService:
         )
         return {"Error": "no SlaveDriver configured"}
 
-    async def _dependencies(self, max_age_ns: int):
+    async def _dependencies(self, max_age_ns: int) -> DependencyData | None:
         if self.deps is None:
             return None
         return await self.deps.get(max_age_ns / NS)
@@ -431,6 +432,7 @@ class ImaginatorService:
             }
         dot = None
         if data.has_data:
+            assert self.deps is not None  # the data came from it
             dot = graphviz_dot(
                 data,
                 request["Excludes"],

@@ -154,7 +154,12 @@ class BuildLog:
             callback()
             return lambda: None
         self._close_callbacks.append(callback)
-        return lambda: callback in self._close_callbacks and self._close_callbacks.remove(callback)
+
+        def cancel() -> None:
+            if callback in self._close_callbacks:
+                self._close_callbacks.remove(callback)
+
+        return cancel
 
     def close(self) -> None:
         """The build is over: no more writes are expected; tell the followers."""

@@ -86,11 +86,11 @@ def nosync_program() -> bytes:
         if op != _JEQ_K:
             out.append(_insn(op, k))
             continue
-        block = max(i for i, start in enumerate(starts) if start <= index)
+        block_index = max(i for i, start in enumerate(starts) if start <= index)
         if target == "errno":
             jt, jf = errno_at - index - 1, 0
         else:  # the architecture test: on a mismatch, go to the next block's test
-            following = starts[block + 1] if block + 1 < len(starts) else allow_at
+            following = starts[block_index + 1] if block_index + 1 < len(starts) else allow_at
             jt, jf = 0, following - index - 1
         out.append(_insn(op, k, jt, jf))
     return b"".join(out)

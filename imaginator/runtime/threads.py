@@ -33,14 +33,15 @@ class DelayedCall(Protocol):
 class ThreadedClock(Protocol):
     """What stopping a pool needs of the reactor."""
 
-    def callLater(self, delay: float, f: Callable[..., Any], *args: Any) -> DelayedCall: ...
+    def callLater(self, delay: float, f: Callable[..., Any], /, *args: Any) -> DelayedCall: ...
 
-    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None: ...
+    def callFromThread(self, f: Callable[..., Any], /, *args: Any) -> None: ...
 
 
 class DaemonThreadPool(ThreadPool):
     """A ``ThreadPool`` whose workers are daemon threads (see the module docstring)."""
 
+    # Twisted types threadFactory as the Thread class; ThreadPool only calls it.
     threadFactory = partial(threading.Thread, daemon=True)  # type: ignore[assignment]
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.config.main import BootstrapStream, MainConfig
 from imaginator.config.streams import StreamConfig, StreamsDocument
@@ -28,26 +29,31 @@ from imaginator.pipeline.caches import PackageCaches
 from imaginator.pipeline.freshness import Freshness, inputs_digest
 from imaginator.pipeline.manifest_build import NeedSourceImage, NormalBuild
 from imaginator.pipeline.outcome import KeptTree, Publication, TreesInFlight, publish
-from imaginator.pipeline.pack import BuildEnv, BuildError
+from imaginator.pipeline.pack import BuildEnv, BuildError, LocalObjects
 from imaginator.pipeline.report import BuildReport
 from imaginator.pipeline.rootfs import SourceTrees
 from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.process import ProcessRunner
+from imaginator.runtime.reactors import IReactorTimeAndThreads
 from imaginator.scheduler.results import (
     DAY,
     REAL_PIPELINE,
     BuilderSettings,
     BuildOptions,
     BuildResult,
+    BuildSecrets,
     CurrentBuild,
     Pipeline,
+    StreamsSource,
     UnknownStream,
     build_deadline_seconds,
     observe,
 )
-from imaginator.store.base import StoreError
+from imaginator.store.base import ImageStore, StoreError
 
 _log = Logger()
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -63,7 +69,7 @@ class _NoStreams:
     def current(self) -> StreamsDocument:
         return StreamsDocument()
 
-    async def ensure_known(self, name, is_known) -> bool:
+    async def ensure_known(self, name: str, is_known: Callable[[StreamsDocument], bool]) -> bool:
         return is_known(self.current())
 
 
@@ -80,15 +86,15 @@ class Builder:
     def __init__(
         self,
         *,
-        reactor,
-        threadpool,
+        reactor: IReactorTimeAndThreads,
+        threadpool: ThreadPool,
         config: MainConfig,
-        store,
-        local_store,
+        store: ImageStore,
+        local_store: LocalObjects,
         runner: ProcessRunner,
         settings: BuilderSettings,
-        streams=None,
-        secrets=None,
+        streams: StreamsSource | None = None,
+        secrets: BuildSecrets | None = None,
         pipeline: Pipeline = REAL_PIPELINE,
     ) -> None:
         self._reactor = reactor
@@ -183,7 +189,7 @@ class Builder:
     def running_count(self) -> int:
         return self._active
 
-    async def exclusive(self, work: Callable[[], Awaitable[object]]) -> object:
+    async def exclusive(self, work: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``work()`` while no build runs (new builds wait until it is done).
 
         Used for garbage collection: a running build's objects are not yet

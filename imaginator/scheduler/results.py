@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
+from imaginator.config.streams import StreamsDocument
 from imaginator.image.model import Image
 from imaginator.pipeline.bootstrap import build_bootstrap
 from imaginator.pipeline.manifest_build import NormalBuild, build_normal
@@ -17,6 +19,33 @@ from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.stages import StageTime
 
 DAY = 24 * 3600.0
+
+
+class StreamsSource(Protocol):
+    """The image streams document in force, as the builder reads it
+    (``sources.streams.ImageStreams``)."""
+
+    def current(self) -> StreamsDocument: ...
+
+    async def ensure_known(
+        self, name: str, is_known: Callable[[StreamsDocument], bool]
+    ) -> bool: ...
+
+
+class BuildSecrets(Protocol):
+    """The variables files as builds use them (``sources.variables.BuildVariables``)."""
+
+    def values(self) -> Mapping[str, str]:
+        """Every variable, for expansion."""
+        ...
+
+    def secret_values(self) -> Mapping[str, str]:
+        """The values that must never be shown."""
+        ...
+
+    def redact(self, text: str) -> str:
+        """``text`` with the secret values taken out."""
+        ...
 
 
 @dataclass
@@ -71,7 +100,7 @@ class BuildOptions:
     auto: bool = False
 
     @classmethod
-    def make(cls, variables: Mapping[str, str] | None = None, **kwargs) -> BuildOptions:
+    def make(cls, variables: Mapping[str, str] | None = None, **kwargs: Any) -> BuildOptions:
         return cls(variables=tuple(sorted((variables or {}).items())), **kwargs)
 
 
@@ -80,11 +109,11 @@ class UnknownStream(BuildError):
         super().__init__(f"unknown stream: {stream}")
 
 
-def observe(d: Deferred) -> Deferred:
+def observe(d: Deferred[Any]) -> Deferred[None]:
     """A Deferred firing (with None) when ``d`` fires, leaving ``d``'s result alone."""
-    observer: Deferred = Deferred()
+    observer: Deferred[None] = Deferred()
 
-    def fire(result):
+    def fire(result: object) -> object:
         observer.callback(None)
         return result
 

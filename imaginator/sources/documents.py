@@ -11,21 +11,39 @@ is an error naming the URL, and no more of it than that is ever held.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import treq
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from twisted.web.http import RESPONSES
-from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from imaginator.config.urls import redact_url
 from imaginator.goformats.units import format_bytes
+from imaginator.runtime.reactors import IReactorTimeAndTCP, IReactorTimeTCPAndThreads
 
 DEFAULT_HTTP_TIMEOUT = 60.0
 
 MAX_DOCUMENT_SIZE = 16 << 20
 """The largest configuration document fetched (16 MiB)."""
+
+
+class HttpClient(Protocol):
+    """What fetching asks of an HTTP client: the ``treq`` module itself or a
+    ``treq.client.HTTPClient`` (tests pass one on a fake agent)."""
+
+    def get(
+        self,
+        url: str,
+        /,
+        *,
+        timeout: float | None = ...,
+        reactor: Any = ...,  # treq types it by a private interface of its own
+        auth: tuple[str, str] | None = ...,
+    ) -> Awaitable[IResponse]: ...
 
 
 class FetchError(Exception):
@@ -80,7 +98,7 @@ def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     return bare, (unquote(parts.username), unquote(parts.password or ""))
 
 
-async def _read_body(response: Any, limit: int) -> bytes:
+async def _read_body(response: IResponse, limit: int) -> bytes:
     """The body of ``response``; past ``limit`` bytes the connection is closed."""
     parts: list[bytes] = []
     received = 0
@@ -98,10 +116,14 @@ async def _read_body(response: Any, limit: int) -> bytes:
 
 
 async def _fetch_http(
-    url: str, reactor: Any, http_client: Any, timeout: float, limit: int
+    url: str,
+    reactor: IReactorTimeAndTCP,
+    http_client: HttpClient | None,
+    timeout: float,
+    limit: int,
 ) -> bytes:
     bare, auth = _split_credentials(url)
-    client = http_client if http_client is not None else treq
+    client: HttpClient = http_client if http_client is not None else treq
     kwargs: dict[str, Any] = {"timeout": timeout, "reactor": reactor}
     if auth is not None:
         kwargs["auth"] = auth
@@ -124,9 +146,9 @@ async def _fetch_http(
 async def fetch_url(
     url: str,
     *,
-    reactor: Any,
-    threadpool: Any,
-    http_client: Any = None,
+    reactor: IReactorTimeTCPAndThreads,
+    threadpool: ThreadPool,
+    http_client: HttpClient | None = None,
     timeout: float = DEFAULT_HTTP_TIMEOUT,
     max_size: int = MAX_DOCUMENT_SIZE,
 ) -> bytes:

@@ -16,11 +16,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from dulwich.client import GitClient
 from dulwich.errors import GitProtocolError
 from dulwich.objects import Commit, ShaFile, Tag
 from dulwich.repo import Repo
+
+if TYPE_CHECKING:
+    from dulwich.objects import ObjectID
 
 from imaginator.sources.giturls import GitFetchError
 
@@ -182,6 +186,8 @@ class Fetcher:
         result = self.client.fetch(
             self.path,
             self.repo,
+            # Recent dulwich types refs and ids as NewTypes of bytes (which
+            # older releases lack); they are bytes at run time.
             determine_wants=determine_wants,  # type: ignore[arg-type]
             progress=self.progress,
             depth=depth,
@@ -193,7 +199,9 @@ class Fetcher:
         return [self.target.want] if self.target.want is not None else []
 
     def _has(self, object_id: bytes) -> bool:
-        return object_id in self.repo.object_store
+        # dulwich names object ids by a NewType of bytes (ObjectID, which its
+        # older releases lack): a hex id read from the refs is one.
+        return cast("ObjectID", object_id) in self.repo.object_store
 
     def _full_fetch(self) -> None:
         self._fetch(all_ref_wants, None)

@@ -206,13 +206,15 @@ def _pool_manager(clean_url: str, watch: FetchWatch) -> PoolManager:
     class WatchedPoolManager(PoolManager):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.pool_classes_by_scheme = pools  # type: ignore[assignment]
+            self.pool_classes_by_scheme = pools
 
     class WatchedProxyManager(ProxyManager):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.pool_classes_by_scheme = pools  # type: ignore[assignment]
+            self.pool_classes_by_scheme = pools
 
+    # dulwich's stub adds its AuthCallbackPoolManager to the union, returned
+    # only when an auth callback is given (never here).
     return default_urllib3_manager(  # type: ignore[return-value]
         None,
         pool_manager_cls=WatchedPoolManager,
@@ -274,6 +276,8 @@ class _WatchedSSHVendor(SubprocessSSHVendor):
     def __init__(self, watch: FetchWatch) -> None:
         self._watch = watch
 
+    # dulwich types the result as its SubprocessWrapper but uses only the
+    # pipe parts (read, write, can_read, close, stderr, proc), which _WatchedPipes has.
     def run_command(  # type: ignore[override]
         self,
         host: str,

@@ -12,26 +12,28 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.config.expand import expand
 from imaginator.config.streams import StreamsDocument, parse_streams
 from imaginator.config.variables import make_redactor
 from imaginator.goformats.jsonc import ConfigError
-from imaginator.sources.documents import redact_url
+from imaginator.runtime.reactors import IReactorTimeTCPAndThreads
+from imaginator.sources.documents import HttpClient, redact_url
 from imaginator.sources.watch import (
     DEFAULT_LOCAL_POLL,
     DocumentSource,
     Event,
     Fetch,
     InodeOf,
-    describe_error,
+    describe_failure,
 )
 
 __all__ = ["CACHE_FILENAME", "DEFAULT_CACHE_GRACE", "StreamsRegistry"]
@@ -94,9 +96,9 @@ class StreamsRegistry(Service):
         source_url: str,
         state_dir: str,
         arch: str,
-        reactor: Any,
-        clock: Any,
-        threadpool: Any,
+        reactor: IReactorTimeTCPAndThreads,
+        clock: IReactorTime,
+        threadpool: ThreadPool,
         check_interval: float,
         secrets: Callable[[], Mapping[str, str]],
         redact_values: Callable[[], Mapping[str, str]] | None = None,
@@ -104,7 +106,7 @@ class StreamsRegistry(Service):
         local_poll: float = DEFAULT_LOCAL_POLL,
         fetch: Fetch | None = None,
         inode_of: InodeOf | None = None,
-        http_client: Any = None,
+        http_client: HttpClient | None = None,
     ) -> None:
         self.arch = arch
         self.cache_path = os.path.join(state_dir, CACHE_FILENAME)
@@ -123,7 +125,7 @@ class StreamsRegistry(Service):
         self._subscribers: list[Callable[[StreamsDocument], object]] = []
         self._loaded = Event()
         self._cache_lock = DeferredLock()
-        self._grace_timer: Any = None
+        self._grace_timer: IDelayedCall | None = None
         expanded = expand(source_url, secrets().get) if source_url else ""
         self.source: DocumentSource | None = None
         if not expanded:
@@ -278,7 +280,7 @@ class StreamsRegistry(Service):
         _log.error(
             "Error writing image streams cache {file}: {error}",
             file=self.cache_path,
-            error=describe_error(failure.value),
+            error=describe_failure(failure),
         )
 
     def _apply(self, document: StreamsDocument, digest: bytes, *, from_cache: bool) -> None:
@@ -329,5 +331,5 @@ class StreamsRegistry(Service):
         _log.error(
             "Error reading image streams cache {file}: {error}",
             file=self.cache_path,
-            error=describe_error(failure.value),
+            error=describe_failure(failure),
         )

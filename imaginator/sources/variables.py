@@ -9,14 +9,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.config.variables import make_redactor, parse_variables
 from imaginator.goformats.jsonc import ConfigError
+from imaginator.runtime.reactors import IReactorTimeTCPAndThreads
 from imaginator.sources.documents import redact_url
 from imaginator.sources.watch import (
     DEFAULT_LOCAL_POLL,
@@ -47,9 +49,9 @@ class VariablesFile(Service):
         path: str,
         *,
         secret: bool = True,
-        reactor: Any,
-        clock: Any,
-        threadpool: Any,
+        reactor: IReactorTimeTCPAndThreads,
+        clock: IReactorTime,
+        threadpool: ThreadPool,
         local_poll: float = DEFAULT_LOCAL_POLL,
         fetch: Fetch | None = None,
         inode_of: InodeOf | None = None,

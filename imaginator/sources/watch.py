@@ -25,17 +25,21 @@ import stat
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.goformats.jsonc import ConfigError
 from imaginator.runtime.poller import Poller
-from imaginator.sources.documents import fetch_url, redact_url
+from imaginator.runtime.reactors import IReactorTimeTCPAndThreads
+from imaginator.sources.documents import HttpClient, fetch_url, redact_url
 from imaginator.sources.git import fetch_manifest
 from imaginator.sources.giturls import is_repo_url, public_url, split_repo_url
 
@@ -47,6 +51,7 @@ __all__ = [
     "Fetch",
     "InodeOf",
     "describe_error",
+    "describe_failure",
     "locate_document",
     "read_git_document",
 ]
@@ -178,6 +183,12 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def describe_failure(failure: Failure) -> str:
+    """:func:`describe_error` of a failure's exception (which Twisted types as optional)."""
+    exc = failure.value
+    return describe_error(exc) if exc is not None else failure.getErrorMessage()
+
+
 class Event:
     """Something that happens once; any number of parties can wait for it.
 
@@ -238,9 +249,9 @@ class DocumentSource(Service):
         self,
         url: str,
         *,
-        reactor: Any,
-        clock: Any,
-        threadpool: Any,
+        reactor: IReactorTimeTCPAndThreads,
+        clock: IReactorTime,
+        threadpool: ThreadPool,
         check_interval: float,
         on_document: Callable[[bytes], None],
         on_error: Callable[[str], None],
@@ -249,7 +260,7 @@ class DocumentSource(Service):
         shown_url: str | None = None,
         fetch: Fetch | None = None,
         inode_of: InodeOf | None = None,
-        http_client: Any = None,
+        http_client: HttpClient | None = None,
     ) -> None:
         self.location = locate_document(url)
         self.url = self.location.target if self.location.kind == "local" else url

@@ -26,18 +26,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.defer import Deferred, DeferredLock, fail
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.error import ConnectError, ConnectionDone, DNSLookupError
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+    ITLSTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from imaginator.runtime.reactors import IReactorTimeAndTCP
+from imaginator.runtime.transports import stream_transport
 from imaginator.srpc.coder import INCOMPLETE, JSON_CODER, Coder, MessageDecoder
 from imaginator.srpc.framing import (
     DEFAULT_LIMITS,
@@ -119,7 +126,7 @@ class _ClientProtocol(Protocol):
             self._wake()
         elif len(self.buffer) > READ_HIGH_WATER and not self._reading_paused:
             self._reading_paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+            stream_transport(self).pauseProducing()
 
     def handshakeCompleted(self) -> None:
         if not self.handshake.called:
@@ -155,18 +162,19 @@ class _ClientProtocol(Protocol):
         if self._lost is None and self._failure is None:
             self._failure = error
             if self.transport is not None:
-                self.transport.abortConnection()  # type: ignore[attr-defined]
+                stream_transport(self).abortConnection()
 
     def start_tls(self, options: ClientTlsOptions) -> Deferred[None]:
         """Run the TLS client handshake; the Deferred fires when it is done."""
         self._tls_started = True
-        self.transport.startTLS(options)  # type: ignore[union-attr]
+        # The connection runs on a TCP transport, which can start TLS.
+        cast(ITLSTransport, stream_transport(self)).startTLS(options)
         return self.handshake
 
     def start_flow_control(self) -> None:
         """Have the transport say when its write buffer is full (after set-up)."""
         self._gate = _WriteGate(self)
-        self.transport.registerProducer(self._gate, True)  # type: ignore[union-attr]
+        stream_transport(self).registerProducer(self._gate, True)
 
     def close(self) -> None:
         """Close after the pending output (a TLS layer waits for no producer)."""
@@ -175,7 +183,7 @@ class _ClientProtocol(Protocol):
         self.closed_locally = True
         if self._gate is not None:
             self._gate = None
-            self.transport.unregisterProducer()
+            stream_transport(self).unregisterProducer()
         self.transport.loseConnection()
 
     # ----------------------------------------------------------- waiting
@@ -197,14 +205,14 @@ class _ClientProtocol(Protocol):
             return fail(RuntimeError("two readers on one SRPC connection"))
         if self._reading_paused:
             self._reading_paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+            stream_transport(self).resumeProducing()
         self._waiter = Deferred()
         return self._waiter
 
     def _consumed(self) -> None:
         if self._reading_paused and len(self.buffer) < READ_LOW_WATER and self.usable:
             self._reading_paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+            stream_transport(self).resumeProducing()
 
     # ----------------------------------------------------------- output
 
@@ -212,7 +220,7 @@ class _ClientProtocol(Protocol):
         """Write now (raises the connection's error once it is unusable)."""
         if not self.usable:
             raise self.error()
-        self.transport.write(data)  # type: ignore[union-attr]
+        stream_transport(self).write(data)
 
     async def send(self, data: bytes) -> None:
         """Write ``data`` as a write of its own, then wait while the transport is full."""
@@ -538,7 +546,7 @@ async def connect(
     host: str,
     port: int,
     *,
-    reactor: IReactorTCP,
+    reactor: IReactorTimeAndTCP,
     cert_file: str | Path | None = None,
     key_file: str | Path | None = None,
     ca_file: str | Path | None = None,
@@ -566,7 +574,7 @@ async def connect(
     many connections passes ``tls_options`` from
     :func:`~imaginator.srpc.tls.make_client_tls_options` instead.
     """
-    timers: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
+    timers: IReactorTime = clock if clock is not None else reactor
     options = None
     if tls:
         options = tls_options or make_client_tls_options(

@@ -23,7 +23,7 @@ a message (``GetObjects``) stay where the client reads them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol, cast
 
 from imaginator.goformats.gob import Decoder, Encoder, GobError, GoType, TypeIds
 from imaginator.srpc.coder import INCOMPLETE
@@ -33,7 +33,10 @@ from imaginator.srpc.framing import INSECURE_GOB_PATH, TLS_GOB_PATH, MessageTooL
 class GobMessage(Protocol):
     """A message the GOB coder can send: its Go type and its value."""
 
-    SCHEMA: ClassVar[GoType]
+    @property
+    def SCHEMA(self) -> GoType:
+        """The message's Go type (a class attribute, read-only here)."""
+        ...
 
     def to_gob(self) -> Mapping[str, Any]:
         """The value of ``SCHEMA`` (a dict of Go field names for a struct)."""
@@ -118,7 +121,9 @@ class GobDecoder:
             if kind is None:
                 return value
             try:
-                return kind.from_gob(value)  # type: ignore[attr-defined]
+                # A kind for this coder is a GobMessageType; one that is not
+                # fails here with an AttributeError, reported as a GobError.
+                return cast(GobMessageType, kind).from_gob(value)
             except (KeyError, TypeError, AttributeError) as exc:
                 raise GobError(f"{getattr(kind, '__name__', kind)}: {exc}") from None
 

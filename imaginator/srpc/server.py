@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from imaginator.goformats.gojson import JsonDecodeError, decode_json, marshal
+from imaginator.runtime.transports import stream_transport, tls_transport
 from imaginator.srpc.framing import (
     ACCESS_DENIED,
     CONNECTED,
@@ -298,7 +299,7 @@ class CallChannel(Protocol):
 
     def handshakeCompleted(self) -> None:
         """Take the caller's identity from the verified certificate chain."""
-        handle = self.transport.getHandle()  # type: ignore[union-attr]
+        handle = tls_transport(self).getHandle()
         chain = handle.get_verified_chain(as_cryptography=True)
         try:
             if not chain:
@@ -561,7 +562,7 @@ class CallChannel(Protocol):
     def _abort(self) -> None:
         self._closing = True
         if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+            stream_transport(self).abortConnection()
 
 
 _INCOMPLETE = object()

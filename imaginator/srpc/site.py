@@ -10,13 +10,20 @@ port. An accepted SRPC connection becomes a call channel
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from imaginator.runtime.transports import stream_transport
 from imaginator.srpc.framing import (
     CONNECTED,
     DEFAULT_LIMITS,
@@ -46,15 +53,13 @@ class _Sniffer(Protocol):
         self._site = site
         self._config = site.config
         self._buffer = bytearray()
-        self._downstream: Protocol | None = None
+        self._downstream: IProtocol | None = None
         self._timeout: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         self._site._opened(self)
         limits = self._config.limits
-        self._timeout = self._config.reactor.callLater(  # type: ignore[attr-defined]
-            limits.handshake_timeout, self._timed_out
-        )
+        self._timeout = self._config.reactor.callLater(limits.handshake_timeout, self._timed_out)
 
     def dataReceived(self, data: bytes) -> None:
         if self._downstream is not None:
@@ -126,7 +131,7 @@ class _Sniffer(Protocol):
 
     def _accept(self, route: str, request: ConnectRequest, rest: bytes) -> None:
         self._keep_alive()
-        self.transport.write(CONNECTED)  # type: ignore[union-attr]
+        stream_transport(self).write(CONNECTED)
         if route == "insecure":
             channel = CallChannel(
                 self._config,
@@ -148,7 +153,7 @@ class _Sniffer(Protocol):
 
     def _start_tls_first(self) -> None:
         if self._config.tls_factory is None:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            stream_transport(self).loseConnection()
             return
         self._keep_alive()
         channel = CallChannel(
@@ -167,30 +172,31 @@ class _Sniffer(Protocol):
         assert factory is not None
         self._switch(factory.protocol(factory, channel), data)
 
-    def _switch(self, protocol: Protocol, data: bytes) -> None:
+    def _switch(self, protocol: IProtocol, data: bytes) -> None:
         self._downstream = protocol
+        assert self.transport is not None  # the sniffer switches only once connected
         protocol.makeConnection(self.transport)
         if data:
             protocol.dataReceived(data)
 
     def _to_http(self) -> None:
         self._cancel_timeout()
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        peer = stream_transport(self).getPeer()
         protocol = self._site.http_factory.buildProtocol(peer)
         if protocol is None:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            stream_transport(self).loseConnection()
             return
         data = bytes(self._buffer)
         self._buffer.clear()
-        self._switch(protocol, data)  # type: ignore[arg-type]
+        self._switch(protocol, data)
 
     # ----------------------------------------------------------- helpers
 
     def _refuse(self, status: int, version: str) -> None:
         self._buffer.clear()
         now = self._config.reactor.seconds()
-        self.transport.write(http_error_response(status, now, version))  # type: ignore[union-attr]
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        stream_transport(self).write(http_error_response(status, now, version))
+        stream_transport(self).loseConnection()
         self._downstream = Protocol()  # ignore anything that still arrives
 
     def _keep_alive(self) -> None:
@@ -201,7 +207,7 @@ class _Sniffer(Protocol):
     def _timed_out(self) -> None:
         self._timeout = None
         _log.info("SRPC connection set-up timed out")
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        stream_transport(self).abortConnection()
 
     def _cancel_timeout(self) -> None:
         timeout, self._timeout = self._timeout, None
@@ -251,9 +257,9 @@ class SrpcSite(ServerFactory):
         """Drop every open connection at once (at shutdown)."""
         for connection in list(self._connections):
             if connection.transport is not None:
-                connection.transport.abortConnection()  # type: ignore[attr-defined]
+                stream_transport(connection).abortConnection()
 
-    def buildProtocol(self, addr: IAddress) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         protocol = _Sniffer(self)
         protocol.factory = self
         return protocol

@@ -10,7 +10,9 @@ import os
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.image.model import Image
 from imaginator.store.base import InvalidNameError, TagsToMatch, Transferred
@@ -25,7 +27,9 @@ class AsyncImageStore:
     """The ``ImageStore`` interface over a ``LocalImageStore``: every call
     runs in the thread pool, so the reactor never blocks on the disk."""
 
-    def __init__(self, local: LocalImageStore, reactor: Any, threadpool: Any) -> None:
+    def __init__(
+        self, local: LocalImageStore, reactor: IReactorFromThreads, threadpool: ThreadPool
+    ) -> None:
         self.local = local
         self._reactor = reactor
         self._threadpool = threadpool

@@ -106,8 +106,10 @@ class ImageStore(Protocol):
         was taken by an image since deleted)."""
         ...
 
-    async def change_image_expiration(self, name: str, expires_at_ns: int) -> None:
-        """Set the expiry time (nanoseconds since the epoch; 0 = never)."""
+    async def change_image_expiration(self, name: str, expires_at_ns: int) -> bool:
+        """Lengthen the image's life to ``expires_at_ns`` (nanoseconds since the
+        epoch; 0 = never); an expiry is only ever lengthened. Returns whether
+        the expiry changed."""
         ...
 
     async def list_images(self) -> list[str]:

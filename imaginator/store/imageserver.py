@@ -35,15 +35,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorFromThreads, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from imaginator.goformats.units import format_bytes
 from imaginator.image.model import Image
+from imaginator.runtime.reactors import IReactorTimeAndTCP, IReactorTimeAndThreads
 from imaginator.srpc.client import SrpcClient, connect
 from imaginator.srpc.framing import SrpcError, SrpcLimits
-from imaginator.srpc.gobcoder import GobCoder
+from imaginator.srpc.gobcoder import GobCoder, GobMessage
 from imaginator.srpc.pool import SrpcPool
 from imaginator.srpc.tls import ClientTlsOptions
 from imaginator.store import imageserver_messages as m
@@ -81,6 +83,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_Reply = TypeVar("_Reply")
 
 _log = Logger()
 
@@ -116,7 +119,7 @@ def make_dial(
     address: ImageServerAddress,
     tls_options: ClientTlsOptions,
     *,
-    reactor: IReactorTCP,
+    reactor: IReactorTimeAndTCP,
     connect_timeout: float = 15.0,
 ) -> Callable[[], Awaitable[SrpcClient]]:
     """A function that opens one GOB connection over TLS to the imageserver
@@ -151,8 +154,8 @@ class ImageServerStore:
         pool: SrpcPool,
         cache: LocalImageStore,
         *,
-        reactor: IReactorFromThreads,
-        threadpool: Any,
+        reactor: IReactorTimeAndThreads,
+        threadpool: ThreadPool,
         clock: IReactorTime | None = None,
         call_timeout: float = 120.0,
         idle_timeout: float = 120.0,
@@ -163,7 +166,7 @@ class ImageServerStore:
         self._reactor = reactor
         self._threadpool = threadpool
         self._call_timeout = call_timeout
-        timers: IReactorTime = clock if clock is not None else reactor  # type: ignore[assignment]
+        timers: IReactorTime = clock if clock is not None else reactor
         self._transfers = Transfers(cache, self._in_thread, timers, idle_timeout)
         self._reserved: dict[str, float] = {}
         #: Objects (and bytes) uploaded and downloaded since the start.
@@ -200,11 +203,13 @@ class ImageServerStore:
             kind = MissingObjectError if isinstance(exc, MissingObjectError) else ImageServerError
             raise self._error(name, text, kind) from None
 
-    async def _call(self, client: SrpcClient, method: str, request: Any, reply_kind: Any) -> Any:
+    async def _call(
+        self, client: SrpcClient, method: str, request: GobMessage, reply_kind: type[_Reply]
+    ) -> _Reply:
         return await client.call(method, request, reply_kind=reply_kind, timeout=self._call_timeout)
 
-    async def _simple(self, method: str, request: Any, reply_kind: Any) -> Any:
-        async def work(client: SrpcClient) -> Any:
+    async def _simple(self, method: str, request: GobMessage, reply_kind: type[_Reply]) -> _Reply:
+        async def work(client: SrpcClient) -> _Reply:
             return await self._call(client, method, request, reply_kind)
 
         return await self._run(method, work)

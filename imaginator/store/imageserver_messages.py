@@ -15,6 +15,7 @@ business, not this module's.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Self
@@ -46,6 +47,8 @@ class _Message:
 
     SCHEMA: ClassVar[Struct]
     _TIMES: ClassVar[frozenset[str]] = frozenset()
+    # Every message is a dataclass: this says so to the type checker (``fields``).
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
     def to_gob(self) -> dict[str, Any]:
         value = {}

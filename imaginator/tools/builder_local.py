@@ -54,6 +54,7 @@ from imaginator.runtime.buildlog import BuildLog
 from imaginator.runtime.ctime import measure_ctime_resolution
 from imaginator.runtime.inroot import TreeCopyError
 from imaginator.runtime.process import CommandError, ProcessRunner
+from imaginator.runtime.reactors import IDaemonReactor, IReactorTimeAndThreads
 from imaginator.runtime.sandbox import BindMount
 from imaginator.runtime.treedelete import delete_matching
 from imaginator.store.base import StoreError
@@ -89,8 +90,8 @@ class LocalResources:
     """The reactor, a started thread pool, a process runner and (for the modes
     that need one) the embedded store."""
 
-    reactor: object
-    threadpool: object
+    reactor: IReactorTimeAndThreads
+    threadpool: ThreadPool
     runner: ProcessRunner
     local_store: LocalImageStore | None = None
 
@@ -399,7 +400,7 @@ def read_mtimes_filter(filename: str) -> tuple[str, ...]:
 
 
 async def run_local(
-    reactor: Any, command: Command, values: Mapping[str, Any], args: list[str], io: Io
+    reactor: IDaemonReactor, command: Command, values: Mapping[str, Any], args: list[str], io: Io
 ) -> int:
     """Run a local mode: the log goes to ``./build.log`` (or, with
     ``-alwaysShowBuildLog``, to standard error between the banners); on failure

@@ -21,7 +21,7 @@ import datetime
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -45,6 +45,10 @@ from imaginator.tools.builder_common import (
     read_variables,
     write_file,
 )
+
+if TYPE_CHECKING:  # Twisted and the SRPC client are imported when a command dials
+    from imaginator.runtime.reactors import IReactorTimeAndTCP
+    from imaginator.srpc.client import SrpcClient
 
 CLOSE_TIMEOUT = 5.0
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -143,14 +147,14 @@ def find_client_certs(directory: str, now: datetime.datetime | None = None) -> l
 
 
 async def dial_imaginator(
-    reactor: Any,
+    reactor: IReactorTimeAndTCP,
     host: str,
     port: int,
     *,
     cert: ClientCert | None,
     method_powers: bool = True,
     timeout: float = 15.0,
-) -> Any:
+) -> SrpcClient:
     """An SRPC client: TLS presenting ``cert`` (then plain if the server has no
     TLS path), or plain when there is no certificate."""
     from imaginator.srpc.client import connect
@@ -202,16 +206,16 @@ class Remote:
     values: Mapping[str, Any]
     args: list[str]
     io: Io
-    reactor: Any
-    dial: Callable[..., Awaitable[Any]]
+    reactor: IReactorTimeAndTCP | None
+    dial: Callable[..., Awaitable[SrpcClient]]
     cert: ClientCert | None
-    _client: Any = None
+    _client: SrpcClient | None = None
 
     @property
     def address(self) -> str:
         return f"{self.values['imaginatorHostname']}:{self.values['imaginatorPortNum']}"
 
-    async def client(self) -> Any:
+    async def client(self) -> SrpcClient:
         if self._client is None:
             try:
                 self._client = await self.dial(
@@ -261,7 +265,9 @@ def _decode_b64(value: Any, name: str) -> bytes:
         raise CommandFailed(f"illegal base64 data in {name}") from None
 
 
-def build_image_request(values: Mapping[str, Any], args: Sequence[str], variables) -> dict:
+def build_image_request(
+    values: Mapping[str, Any], args: Sequence[str], variables: Mapping[str, str] | None
+) -> dict[str, Any]:
     """``Imaginator.BuildImage``'s request, in Go's field order (reference §2.3)."""
     return {
         "DisableRecursiveBuild": False,
@@ -384,13 +390,13 @@ async def cmd_start_auto_builds(remote: Remote) -> None:
 
 
 async def run_remote(
-    reactor: Any,
+    reactor: IReactorTimeAndTCP,
     command: Command,
     values: Mapping[str, Any],
     args: list[str],
     io: Io,
     *,
-    dial: Callable[..., Awaitable[Any]],
+    dial: Callable[..., Awaitable[SrpcClient]],
     cert: ClientCert | None,
 ) -> int:
     remote = Remote(values, args, io, reactor, dial, cert)

@@ -36,8 +36,8 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from imaginator import __version__
 from imaginator.goformats.goflags import (
@@ -65,6 +65,9 @@ from imaginator.tools.builder_remote import (
     find_client_certs,
     run_remote,
 )
+
+if TYPE_CHECKING:  # Twisted is imported when a command runs
+    from imaginator.runtime.reactors import IDaemonReactor
 
 MINIMUM_EXPIRATION_NS = 5 * MINUTE
 SYSTEM_FLAG_DIR = "/etc/config/builder-tool"
@@ -413,7 +416,7 @@ COMMANDS: dict[str, Command] = {
 # ===================================================================== main
 
 
-Work = Callable[[Any], Awaitable[int]]
+Work = Callable[["IDaemonReactor"], Coroutine[Any, Any, int]]
 
 
 def run_with_reactor(work: Work, *, grace: float = 30.0) -> int:
@@ -427,7 +430,7 @@ def run_with_reactor(work: Work, *, grace: float = 30.0) -> int:
 
     finished: list[int] = []
 
-    async def entry(reactor: Any) -> None:
+    async def entry(reactor: IDaemonReactor) -> None:
         running = Deferred.fromCoroutine(work(reactor))
 
         def interrupted() -> Deferred[None] | None:
@@ -461,7 +464,7 @@ def run_with_reactor(work: Work, *, grace: float = 30.0) -> int:
 
 
 def _guarded(work: Work, io: Io) -> Work:
-    async def guarded(reactor: Any) -> int:
+    async def guarded(reactor: IDaemonReactor) -> int:
         from twisted.internet.defer import CancelledError
 
         try:
@@ -537,7 +540,7 @@ def run(
         return 1
     cert = certs[0] if certs else None
 
-    async def work(reactor: Any) -> int:
+    async def work(reactor: IDaemonReactor) -> int:
         if command.kind == "local":
             from imaginator.tools.builder_local import run_local
 

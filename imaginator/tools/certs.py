@@ -30,13 +30,26 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from imaginator.srpc.identity import GROUPS_OID, PERMITTED_METHODS_OID, encode_string_sequence
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+#: The kinds of private key a CA certificate is signed with.
+_ISSUER_KEYS = (
+    ec.EllipticCurvePrivateKey,
+    rsa.RSAPrivateKey,
+    dsa.DSAPrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
 
 PROGRAM = "imaginator-certs"
 CLOCK_SKEW = datetime.timedelta(minutes=5)
@@ -266,7 +279,7 @@ def _general_name(name: str) -> x509.GeneralName:
 
 def _load_ca(
     ca_cert_pem: bytes, ca_key_pem: bytes
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
     try:
         cert = x509.load_pem_x509_certificate(ca_cert_pem)
         key = serialization.load_pem_private_key(ca_key_pem, password=None)
@@ -274,7 +287,9 @@ def _load_ca(
         raise CertError(f"cannot load the CA: {exc}") from None
     if cert.public_key() != key.public_key():
         raise CertError("the CA key does not belong to the CA certificate")
-    return cert, key  # type: ignore[return-value]
+    if not isinstance(key, _ISSUER_KEYS):  # a key that matches a CA certificate signs
+        raise CertError("the CA key cannot sign certificates")
+    return cert, key
 
 
 def _cert_pem(cert: x509.Certificate) -> bytes:

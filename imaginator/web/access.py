@@ -21,8 +21,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.http import combinedLogFormatter, datetimeToLogString
-from twisted.web.iweb import IRequest
+from twisted.python.failure import Failure
+from twisted.web.http import Request, combinedLogFormatter, datetimeToLogString
+from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 _log = Logger()
@@ -99,7 +100,7 @@ class AccessLog:
             for waiter in waiters:
                 waiter.callback(None)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             _log.warn(
                 "Error writing access log {file}: {error}",
                 file=self.path,
@@ -127,13 +128,13 @@ class PagesSite(Site):
     noisy = False
 
     def __init__(
-        self, resource: Any, *, clock: IReactorTime, access_log: AccessLog | None = None
+        self, resource: IResource, *, clock: IReactorTime, access_log: AccessLog | None = None
     ) -> None:
         super().__init__(resource, reactor=clock)
         self._clock = clock
         self.access_log = access_log
 
-    def log(self, request: IRequest) -> None:
+    def log(self, request: Request) -> None:
         if self.access_log is None:
             return
         stamp = datetimeToLogString(self._clock.seconds())

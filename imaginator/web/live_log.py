@@ -11,6 +11,7 @@ log as plain text, exactly as the build wrote it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -19,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from imaginator.runtime.buildlog import BuildLog
-from imaginator.runtime.follower import FOLLOWER_BUFFER_LIMIT, LogPump
+from imaginator.runtime.follower import FOLLOWER_BUFFER_LIMIT, Consumer, LogPump
 
 #: How often a live log follower checks whether its build is still running
 #: (in case ``BuildLog.on_close`` is not called, e.g. the build was replaced).
@@ -30,6 +31,15 @@ FOLLOW_POLL_SECONDS = 2.0
 LOG_MARKER = "\x00log\x00"
 
 _log = Logger()
+
+
+class StreamedRequest(Consumer, Protocol):
+    """A request whose response is written as it is made
+    (``twisted.web.server.Request``, which Klein passes to the pages)."""
+
+    def write(self, data: bytes, /) -> None: ...
+
+    def notifyFinish(self) -> Deferred[None]: ...
 
 
 def wants_html(request: IRequest) -> bool:
@@ -69,7 +79,7 @@ class LogFollower:
 
     def __init__(
         self,
-        request: IRequest,
+        request: StreamedRequest,
         log: BuildLog,
         still_running: Callable[[], bool],
         clock: IReactorTime,

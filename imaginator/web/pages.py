@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException, NotFound
 
 from imaginator.goformats.units import format_bytes, format_duration, format_time
@@ -502,7 +503,7 @@ class StatusPages:
             log=decode_log(result.log),
         )
 
-    def _follow_build_log(self, request: IRequest) -> bytes | Deferred[None]:
+    def _follow_build_log(self, request: Request) -> bytes | Deferred[None]:
         stream = query_argument(request)
         build = self._source.current_build(stream)
         if build is None:

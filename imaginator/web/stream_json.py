@@ -23,14 +23,25 @@ _NS = 1_000_000_000
 
 
 class StreamRowLike(Protocol):
-    """A row of ``/showImageStreams`` (``stream_pages.StreamRow``)."""
+    """A row of ``/showImageStreams`` (``stream_pages.StreamRow``, frozen)."""
 
-    name: str
-    auto: bool
-    normal: bool
-    manifest_url: str
-    manifest_directory: str
-    expanded_directory: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def auto(self) -> bool: ...
+
+    @property
+    def normal(self) -> bool: ...
+
+    @property
+    def manifest_url(self) -> str: ...
+
+    @property
+    def manifest_directory(self) -> str: ...
+
+    @property
+    def expanded_directory(self) -> str: ...
 
 
 class ImageRowLike(Protocol):

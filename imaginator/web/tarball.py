@@ -25,12 +25,15 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from imaginator.export.source import ImageReader
 from imaginator.export.tarlayer import write_image_tar
 from imaginator.image.model import Image
+from imaginator.runtime.reactors import IReactorTimeAndThreads
 from imaginator.store.base import InvalidNameError, StoreError
+from imaginator.web.live_log import StreamedRequest
 from imaginator.web.pages import TEXT, query_argument, set_security_headers
 
 PIECE = 256 * 1024
@@ -70,7 +73,7 @@ class _Download:
 
     def __init__(
         self,
-        request: IRequest,
+        request: StreamedRequest,
         clock: IReactorTime,
         stall_seconds: float,
         count: Callable[[int], None],
@@ -179,7 +182,7 @@ class TarballPage:
         store: ImageLookup,
         reader: ImageReader,
         run_in_thread: RunInThread,
-        reactor: Any,
+        reactor: IReactorTimeAndThreads,
         *,
         stall_seconds: float = STALL_SECONDS,
         max_running: int = MAX_RUNNING,
@@ -199,10 +202,10 @@ class TarballPage:
     def install(self, app: Klein) -> None:
         app.route("/imageTarball", methods=["GET"], endpoint="tarball:/imageTarball")(self.tarball)
 
-    def tarball(self, request: IRequest) -> Deferred[bytes | None]:
+    def tarball(self, request: Request) -> Deferred[bytes | None]:
         return Deferred.fromCoroutine(self._tarball(request, query_argument(request)))
 
-    async def _tarball(self, request: IRequest, name: str) -> bytes | None:
+    async def _tarball(self, request: Request, name: str) -> bytes | None:
         try:
             image = await self._store.get_image(name)
         except InvalidNameError:
@@ -225,7 +228,12 @@ class TarballPage:
         made.addBoth(self._made)
         # A list: a Failure given to callback() would be raised by the await.
         finished: Deferred[list[Failure | None]] = Deferred(lambda _d: download.abort("cancelled"))
-        made.addBoth(lambda outcome: finished.called or finished.callback([outcome]))
+
+        def finish(outcome: Failure | None) -> None:
+            if not finished.called:
+                finished.callback([outcome])
+
+        made.addBoth(finish)
         try:
             (outcome,) = await finished
         finally:
@@ -250,19 +258,19 @@ class TarballPage:
             blockingCallFromThread(self._reactor, download.send, piece)
 
         writer = _ThreadWriter(deliver, self._piece)
-        write_image_tar(image, self._reader, writer)  # type: ignore[arg-type]
+        write_image_tar(image, self._reader, writer)
         writer.close()
 
     def _count(self, size: int) -> None:
         self.sent += size
 
-    def _made(self, outcome: Any) -> Failure | None:
+    def _made(self, outcome: Failure | None) -> Failure | None:
         self.running -= 1
         self._slots.release()
         return outcome if isinstance(outcome, Failure) else None
 
 
-def _cut_short(request: IRequest) -> None:
+def _cut_short(request: Request) -> None:
     """End the connection now, without the end of the chunked response: headers
     and part of the tar are out, and the client must see the download fail."""
     abort = getattr(request.transport, "abortConnection", None)

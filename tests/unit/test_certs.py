@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from imaginator.srpc.identity import GROUPS_OID, PERMITTED_METHODS_OID, identity_from_chain
@@ -125,6 +125,32 @@ def test_mismatched_ca_key(ca: tuple[bytes, bytes]) -> None:
     other_key = make_ca()[1]
     with pytest.raises(CertError, match="does not belong"):
         make_user_cert(ca[0], other_key, "u")
+
+
+def test_ca_key_that_cannot_sign(ca: tuple[bytes, bytes]) -> None:
+    # An X25519 key can be certified (by another CA) but cannot sign certificates.
+    issuer = serialization.load_pem_private_key(ca[1], password=None)
+    assert isinstance(issuer, ec.EllipticCurvePrivateKey)
+    key = x25519.X25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x25519")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(load(ca[0]).subject)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(issuer, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    with pytest.raises(CertError, match=r"^the CA key cannot sign certificates$"):
+        make_user_cert(cert.public_bytes(serialization.Encoding.PEM), key_pem, "u")
 
 
 # ------------------------------------------------------------------ command line
