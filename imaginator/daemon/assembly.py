@@ -207,7 +207,9 @@ async def assemble_core(
     else:
         local_store = await in_thread(open_cache, os.path.join(state_dir, OBJECT_CACHE))
         address = image_server.address
-        connections = SrpcPool(make_dial(address, image_server.tls_options, reactor=reactor))
+        connections = SrpcPool(
+            make_dial(address, image_server.tls_options, reactor=reactor, in_thread=in_thread)
+        )
         store = ImageServerStore(
             address, connections, local_store, reactor=reactor, threadpool=pool
         )

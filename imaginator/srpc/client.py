@@ -63,6 +63,12 @@ READ_HIGH_WATER = 4 * 1024 * 1024
 #: ... and below which reading resumes once a call takes bytes again.
 READ_LOW_WATER = 1024 * 1024
 RAW_CHUNK = 256 * 1024
+#: Messages this long or longer are coded in the thread pool when the client has one
+#: (an image record of thousands of inodes takes a good part of a second).
+OFFLOAD_BYTES = 64 * 1024
+
+#: Runs ``fn(*args)`` in a thread pool; its Deferred fires on the event loop.
+InThread = Callable[..., Deferred[Any]]
 
 
 class _ClientDefault:
@@ -258,11 +264,32 @@ class _ClientProtocol(Protocol):
         self._consumed()
         return line.decode("utf-8", "replace")
 
-    async def read_message(self, decoder: MessageDecoder, kind: object | None = None) -> Any:
-        """The next message; bad bytes end the (now unusable) connection."""
+    async def read_message(
+        self,
+        decoder: MessageDecoder,
+        kind: object | None = None,
+        in_thread: InThread | None = None,
+    ) -> Any:
+        """The next message; bad bytes end the (now unusable) connection.
+
+        With ``in_thread``, a message of :data:`OFFLOAD_BYTES` or more is
+        decoded in the thread pool, from a copy of what has arrived (more may
+        arrive meanwhile), so a big reply never holds up the event loop.
+        """
         while True:
+            grew = False
             try:
-                message = decoder.decode(self.buffer, kind)
+                if in_thread is not None and len(self.buffer) >= OFFLOAD_BYTES:
+                    copy = bytearray(self.buffer)
+                    size = len(copy)
+                    message = await in_thread(decoder.decode, copy, kind)
+                    # The decoder took a prefix of the copy: the same prefix of the
+                    # buffer goes (data received meanwhile was only appended, and
+                    # woke nobody: look at it before waiting for more).
+                    grew = len(self.buffer) > size
+                    del self.buffer[: size - len(copy)]
+                else:
+                    message = decoder.decode(self.buffer, kind)
             except MessageTooLarge:
                 self.fail(SrpcConnectionError("message too large"))
                 raise self.error() from None
@@ -274,7 +301,8 @@ class _ClientProtocol(Protocol):
                 self._last_decoder = decoder
                 self._consumed()
                 return message
-            await self._more()
+            if not grew:
+                await self._more()
 
     async def _settle(self) -> None:
         """Before a line or raw bytes: take what the coder writes after the last
@@ -407,11 +435,13 @@ class SrpcClient:
         clock: IReactorTime,
         coder: Coder = JSON_CODER,
         call_timeout: float | None = None,
+        in_thread: InThread | None = None,
     ) -> None:
         self._protocol = protocol
         self._clock = clock
         self.coder = coder
         self.call_timeout = call_timeout
+        self._in_thread = in_thread
         self._lock = DeferredLock()
 
     async def ping(self, *, timeout: Timeout = CLIENT_DEFAULT) -> None:
@@ -432,7 +462,7 @@ class SrpcClient:
         ``reply_kind``: see :meth:`ClientCall.receive`."""
         async with self._exclusive(method, timeout):
             decoder = await self._begin(method, request)
-            return await self._protocol.read_message(decoder, reply_kind)
+            return await self._protocol.read_message(decoder, reply_kind, self._in_thread)
 
     async def call_stream(
         self,
@@ -451,7 +481,7 @@ class SrpcClient:
         async with self._exclusive(method, timeout):
             decoder = await self._begin(method, request)
             while True:
-                message = await self._protocol.read_message(decoder, reply_kind)
+                message = await self._protocol.read_message(decoder, reply_kind, self._in_thread)
                 on_message(message)
                 if done(message):
                     return message
@@ -529,7 +559,11 @@ class SrpcClient:
         """Method line, status, request, status; the decoder for the replies."""
         self._protocol.write(method.encode("utf-8") + b"\n")
         await self._status()
-        self._protocol.write(self.coder.new_encoder().encode(request))
+        encoder = self.coder.new_encoder()
+        if self._in_thread is not None:
+            self._protocol.write(await self._in_thread(encoder.encode, request))
+        else:
+            self._protocol.write(encoder.encode(request))
         await self._status()
         return self.coder.new_decoder(self._protocol.limits.max_message)
 
@@ -559,6 +593,7 @@ async def connect(
     limits: SrpcLimits = DEFAULT_LIMITS,
     tls_options: ClientTlsOptions | None = None,
     clock: IReactorTime | None = None,
+    in_thread: InThread | None = None,
 ) -> SrpcClient:
     """Open an SRPC connection: CONNECT to ``path`` (default: the coder's TLS
     or plain path), then (``tls``) a TLS client handshake presenting
@@ -568,7 +603,9 @@ async def connect(
     to that CA and, with ``verify_hostname``, name ``host``. ``timeout``
     covers the connection, the CONNECT and the handshake (then
     :class:`SrpcTimeout`); ``call_timeout`` is the client's default per call.
-    Timers run on ``clock`` (default: ``reactor``).
+    Timers run on ``clock`` (default: ``reactor``). With ``in_thread`` the
+    client codes requests, and replies of :data:`OFFLOAD_BYTES` or more, in
+    the thread pool.
 
     Reading certificate files is a (small) blocking read; a caller making
     many connections passes ``tls_options`` from
@@ -606,4 +643,6 @@ async def connect(
         if deadline.active():
             deadline.cancel()
     protocol.start_flow_control()
-    return SrpcClient(protocol, clock=timers, coder=coder, call_timeout=call_timeout)
+    return SrpcClient(
+        protocol, clock=timers, coder=coder, call_timeout=call_timeout, in_thread=in_thread
+    )

@@ -43,7 +43,7 @@ from twisted.python.threadpool import ThreadPool
 from imaginator.goformats.units import format_bytes
 from imaginator.image.model import Image
 from imaginator.runtime.reactors import IReactorTimeAndTCP, IReactorTimeAndThreads
-from imaginator.srpc.client import SrpcClient, connect
+from imaginator.srpc.client import InThread, SrpcClient, connect
 from imaginator.srpc.framing import SrpcError, SrpcLimits
 from imaginator.srpc.gobcoder import GobCoder, GobMessage
 from imaginator.srpc.pool import SrpcPool
@@ -121,10 +121,13 @@ def make_dial(
     *,
     reactor: IReactorTimeAndTCP,
     connect_timeout: float = 15.0,
+    in_thread: InThread | None = None,
 ) -> Callable[[], Awaitable[SrpcClient]]:
     """A function that opens one GOB connection over TLS to the imageserver
     (``CONNECT /_go_TLS_SRPC_/``); ``tls_options`` carry the client
-    certificate and the CA the server's certificate must chain to."""
+    certificate and the CA the server's certificate must chain to. With
+    ``in_thread`` (the daemon's) requests and big replies (image records)
+    are coded in the thread pool, off the event loop."""
 
     async def dial() -> SrpcClient:
         return await connect(
@@ -135,6 +138,7 @@ def make_dial(
             tls_options=tls_options,
             timeout=connect_timeout,
             limits=SrpcLimits(max_message=MAX_MESSAGE),
+            in_thread=in_thread,
         )
 
     return dial

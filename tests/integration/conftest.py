@@ -1,4 +1,4 @@
-"""Fixtures shared by the scanner and unpacker tests: a thread pool and a store."""
+"""Fixtures shared by the integration tests: a thread pool, a store, the Go peers' check."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 from twisted.python.threadpool import ThreadPool
 
 from imaginator.store.local import LocalImageStore
+from tests.support.imageserver import peers
 
 
 @pytest.fixture
@@ -19,3 +20,13 @@ def threadpool():
 @pytest.fixture
 def store(tmp_path):
     return LocalImageStore(str(tmp_path / "store"))
+
+
+@pytest.fixture
+def go_imageserver_peer():
+    """Skip (or fail under ``IMAGINATOR_REQUIRE_PEERS=1``) without the Go imageserver.
+
+    A synchronous fixture on purpose: an asynchronous (pytest-twisted) fixture
+    that skips leaves a finalizer behind, and pytest then errors on the next
+    test that uses it instead of skipping that test too."""
+    return peers("imageserver")

@@ -23,7 +23,7 @@ BUILD_TIMEOUT = 120
 
 
 @pytest_twisted.async_yield_fixture
-async def imageserver() -> AsyncIterator[GoImageserver]:
+async def imageserver(go_imageserver_peer) -> AsyncIterator[GoImageserver]:
     server = GoImageserver()
     try:
         await server.start()

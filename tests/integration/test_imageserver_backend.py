@@ -45,7 +45,7 @@ HELLO = "apps/hello"
 
 
 @pytest_twisted.async_yield_fixture
-async def imageserver() -> AsyncIterator[GoImageserver]:
+async def imageserver(go_imageserver_peer) -> AsyncIterator[GoImageserver]:
     server = GoImageserver()
     try:
         await server.start()

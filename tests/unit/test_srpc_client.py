@@ -671,3 +671,103 @@ async def test_reading_pauses_while_nobody_takes_the_bytes(server: tuple[Server,
     assert received == data
     await serving
     await client.close()
+
+
+# ------------------------------------------------------------------ coding off the event loop
+
+
+@pytest_twisted.ensureDeferred
+async def test_big_replies_and_requests_are_coded_in_the_thread_pool(
+    server: tuple[Server, int],
+) -> None:
+    import threading
+
+    from twisted.internet.threads import deferToThread
+
+    coded_in: list[tuple[str, bool]] = []
+    loop_thread = threading.get_ident()
+
+    class Recording(JsonDecoder):
+        def decode(self, buffer: bytearray, kind: object | None) -> Any:
+            result = super().decode(buffer, kind)
+            if result is not INCOMPLETE:
+                coded_in.append(("decode", threading.get_ident() != loop_thread))
+            return result
+
+    def in_thread(fn: Any, *args: Any) -> Deferred[Any]:
+        return deferToThread(fn, *args)
+
+    client, peer = await open_client(server, in_thread=in_thread, call_timeout=20)
+    client_module.JSON_CODER.new_decoder = lambda limit: Recording(limit)  # type: ignore[method-assign]
+    big = {"Image": "x" * (client_module.OFFLOAD_BYTES * 2)}
+
+    async def serve() -> None:
+        for reply in (big, {"Small": True}):
+            assert await peer.take_until() == b"ImageServer.GetImage\n"
+            peer.send(b"\n")
+            request = json.loads(await peer.take_until())
+            assert request == {"ImageName": "a/b"}
+            peer.send(b"\n")
+            # The big reply arrives in pieces, with the next bytes behind it.
+            encoded = marshal(reply) + b"\n"
+            peer.send(encoded[:1000])
+            peer.send(encoded[1000:])
+
+    serving = play(peer, serve())
+    try:
+        assert await client.call("ImageServer.GetImage", {"ImageName": "a/b"}) == big
+        assert await client.call("ImageServer.GetImage", {"ImageName": "a/b"}) == {"Small": True}
+    finally:
+        del client_module.JSON_CODER.new_decoder  # type: ignore[attr-defined]
+    await serving
+    # The big reply was decoded in a pool thread, the small one on the event loop.
+    assert coded_in == [("decode", True), ("decode", False)]
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytes_that_arrive_while_a_reply_is_decoded_in_a_thread_are_not_missed(
+    server: tuple[Server, int],
+) -> None:
+    from twisted.internet.defer import succeed
+
+    big = {"Image": "y" * (client_module.OFFLOAD_BYTES * 2)}
+    encoded = marshal(big) + b"\n"
+    first, rest = (
+        encoded[: client_module.OFFLOAD_BYTES + 10],
+        encoded[client_module.OFFLOAD_BYTES + 10 :],
+    )
+    injected: list[int] = []
+
+    def in_thread(fn: Any, *args: Any) -> Deferred[Any]:
+        whole_first_part = fn.__name__ == "decode" and bytes(args[0]) == first
+        result = fn(*args)
+        if whole_first_part and not injected:
+            # The rest of the reply comes in while all of the first part (the
+            # network may have split it further) is decoded in the pool.
+            injected.append(len(rest))
+            client._protocol.dataReceived(rest)
+        return succeed(result)
+
+    client, peer = await open_client(server, in_thread=in_thread, call_timeout=5)
+
+    async def serve() -> None:
+        assert await peer.take_until() == b"ImageServer.GetImage\n"
+        peer.send(b"\n")
+        await peer.take_until()
+        peer.send(b"\n" + first)
+        await answered  # the connection stays open: nothing else wakes the client
+
+    answered: Deferred[None] = Deferred()
+    serving = play(peer, serve())
+    # Without looking at what arrived meanwhile, the client would wait for more
+    # bytes that never come, and time out.
+    try:
+        assert await client.call("ImageServer.GetImage", {"ImageName": "a/b"}) == big
+    finally:
+        answered.callback(None)
+    await serving
+    assert injected == [len(rest)]
+    # ... and then have the reply only because its timeout woke it.
+    assert client._protocol.usable, client._protocol.error()
+    await client.close()
