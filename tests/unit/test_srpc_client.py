@@ -20,10 +20,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredQueue, maybeDeferred
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from imaginator.goformats.gojson import marshal
 from imaginator.srpc import client as client_module
@@ -36,80 +34,26 @@ from imaginator.srpc.framing import (
     SrpcError,
     SrpcTimeout,
 )
+from tests.support.scriptedpeer import HOST, PeerServer, listening
+from tests.support.scriptedpeer import ScriptedPeer as Peer
 from tests.support.vectors import VECTORS
 
-HOST = "127.0.0.1"
 PLAIN_CONNECT = b"CONNECT /_SRPC_/unsecured/JSON HTTP/1.0\n\n"
 
 
 # ------------------------------------------------------------------ the scripted server
 
 
-class Peer(Protocol):
-    """The server's end of one connection, driven by the test."""
-
-    def __init__(self, queue: DeferredQueue[Peer]) -> None:
-        self._queue = queue
-        self.received = bytearray()
-        self.lost: Deferred[None] = Deferred()
-        self._waiter: Deferred[None] | None = None
-
-    def connectionMade(self) -> None:
-        self._queue.put(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        self._wake()
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.lost.callback(None)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.callback(None)
-
-    async def _more(self) -> None:
-        if self.lost.called:
-            raise AssertionError(f"connection lost; unread: {bytes(self.received)!r}")
-        self._waiter = Deferred()
-        await self._waiter
-
-    async def take(self, count: int) -> bytes:
-        """Exactly ``count`` bytes from the client."""
-        while len(self.received) < count:
-            await self._more()
-        data = bytes(self.received[:count])
-        del self.received[:count]
-        return data
-
-    async def take_until(self, end: bytes = b"\n") -> bytes:
-        """Bytes up to and including ``end``."""
-        while (index := self.received.find(end)) < 0:
-            await self._more()
-        return await self.take(index + len(end))
-
-    def send(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
-
-
-class Server(ServerFactory):
+class Server(PeerServer[Peer]):
     def __init__(self) -> None:
-        self.peers: DeferredQueue[Peer] = DeferredQueue()
-
-    def buildProtocol(self, addr: Any) -> Peer:
-        return Peer(self.peers)
+        super().__init__(Peer)
 
 
 @pytest_twisted.async_yield_fixture
 async def server() -> AsyncIterator[tuple[Server, int]]:
     factory = Server()
-    port = reactor.listenTCP(0, factory, interface=HOST)
-    try:
-        yield factory, port.getHost().port
-    finally:
-        await maybeDeferred(port.stopListening)
+    async with listening(factory) as port:
+        yield factory, port
 
 
 async def open_client(

@@ -19,10 +19,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredQueue, maybeDeferred
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from imaginator.goformats.gob import Decoder, Encoder, TypeIds
@@ -39,51 +37,17 @@ from imaginator.store.imageserver import (
     open_cache,
 )
 from tests.support.gobstreams import CONNECTED, recorded_calls
-
-HOST = "127.0.0.1"
-
+from tests.support.scriptedpeer import HOST, PeerServer, ScriptedPeer, listening
 
 # ------------------------------------------------------------------ the scripted server
 
 
-class Peer(Protocol):
+class Peer(ScriptedPeer):
     """The imageserver's end of one connection, driven by the test."""
 
     def __init__(self, queue: DeferredQueue[Peer]) -> None:
-        self._queue = queue
-        self.received = bytearray()
-        self.lost: Deferred[None] = Deferred()
-        self._waiter: Deferred[None] | None = None
+        super().__init__(queue)
         self.ids = TypeIds()
-
-    def connectionMade(self) -> None:
-        self._queue.put(self)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        self._wake()
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.lost.callback(None)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            waiter.callback(None)
-
-    async def _more(self) -> None:
-        if self.lost.called:
-            raise AssertionError(f"connection lost; unread: {bytes(self.received)!r}")
-        self._waiter = Deferred()
-        await self._waiter
-
-    async def take(self, count: int) -> bytes:
-        while len(self.received) < count:
-            await self._more()
-        data = bytes(self.received[:count])
-        del self.received[:count]
-        return data
 
     async def line(self) -> str:
         while (index := self.received.find(b"\n")) < 0:
@@ -101,9 +65,6 @@ class Peer(Protocol):
                     return kind.from_gob(value)
                 continue
             await self._more()
-
-    def send(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
 
     def encode(self, *messages: Any) -> bytes:
         encoder = Encoder(self.ids)
@@ -128,12 +89,9 @@ class Peer(Protocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
 
-class Server(ServerFactory):
+class Server(PeerServer[Peer]):
     def __init__(self) -> None:
-        self.peers: DeferredQueue[Peer] = DeferredQueue()
-
-    def buildProtocol(self, addr: Any) -> Peer:
-        return Peer(self.peers)
+        super().__init__(Peer)
 
     async def next_peer(self) -> Peer:
         peer = await self.peers.get()
@@ -147,11 +105,8 @@ class Server(ServerFactory):
 @pytest_twisted.async_yield_fixture
 async def server() -> AsyncIterator[tuple[Server, int]]:
     factory = Server()
-    port = reactor.listenTCP(0, factory, interface=HOST)
-    try:
-        yield factory, port.getHost().port
-    finally:
-        await maybeDeferred(port.stopListening)
+    async with listening(factory) as port:
+        yield factory, port
 
 
 @pytest.fixture
