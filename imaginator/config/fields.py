@@ -8,10 +8,17 @@ error class is the caller's (``ConfigError`` for configuration files,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 _MISSING: Any = object()
+
+
+def show_value(value: Any) -> str:
+    """A bad value as JSON, shortened, for error messages."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class FieldReader:

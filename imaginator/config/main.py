@@ -12,13 +12,13 @@ non-negative integer, got "x"``. Unknown fields are ignored, as in Go.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from imaginator.config.environment import environment_of
 from imaginator.config.expand import expand, expand_opportunistic
+from imaginator.config.fields import show_value
 from imaginator.config.publish import PublishConfig, PublishConfigError, parse_publish, resolve
 from imaginator.config.urls import redact_url, resolve_url
 from imaginator.goformats.jsonc import ConfigError
@@ -176,12 +176,6 @@ class _Invalid(Exception):
         self.message = message
 
 
-def _show(value: Any) -> str:
-    """A bad value as JSON, shortened, for error messages."""
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
@@ -193,7 +187,7 @@ def _object(value: Any, path: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _Invalid(path, f"expected an object, got {_show(value)}")
+        raise _Invalid(path, f"expected an object, got {show_value(value)}")
     return value
 
 
@@ -201,7 +195,7 @@ def _string(value: Any, path: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise _Invalid(path, f"expected a string, got {_show(value)}")
+        raise _Invalid(path, f"expected a string, got {show_value(value)}")
     return value
 
 
@@ -209,7 +203,7 @@ def _string_list(value: Any, path: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise _Invalid(path, f"expected a list of strings, got {_show(value)}")
+        raise _Invalid(path, f"expected a list of strings, got {show_value(value)}")
     return tuple(_string(item, _join(path, i)) for i, item in enumerate(value))
 
 
@@ -222,7 +216,7 @@ def _uint(value: Any, path: str) -> int:
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _Invalid(path, f"expected a non-negative integer, got {_show(value)}")
+        raise _Invalid(path, f"expected a non-negative integer, got {show_value(value)}")
     return value
 
 
@@ -230,14 +224,14 @@ def _bool(value: Any, path: str, default: bool) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise _Invalid(path, f"expected true or false, got {_show(value)}")
+        raise _Invalid(path, f"expected true or false, got {show_value(value)}")
     return value
 
 
 def _absolute_path(value: Any, path: str, *, required: bool) -> str:
     text = _string(value, path)
     if (text or required) and not text.startswith("/"):
-        raise _Invalid(path, f"expected an absolute path, got {_show(value)}")
+        raise _Invalid(path, f"expected an absolute path, got {show_value(value)}")
     return text
 
 
@@ -333,7 +327,7 @@ def _bootstrap_streams(
         if stream.packager_type not in packager_types:
             raise _Invalid(
                 _join(stream_path, "PackagerType"),
-                f"packager type {_show(stream.packager_type)} unknown",
+                f"packager type {show_value(stream.packager_type)} unknown",
             )
         streams[name] = stream
     return dict(sorted(streams.items()))
@@ -354,7 +348,7 @@ def _package_caches(value: Any, path: str) -> tuple[PackageCache, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise _Invalid(path, f"expected a list of objects, got {_show(value)}")
+        raise _Invalid(path, f"expected a list of objects, got {show_value(value)}")
     caches = []
     for i, item in enumerate(value):
         item_path = _join(path, i)
@@ -363,7 +357,7 @@ def _package_caches(value: Any, path: str) -> tuple[PackageCache, ...]:
             obj.get("MountPoint"), _join(item_path, "MountPoint"), required=True
         )
         if mount_point.rstrip("/") == "" or ".." in mount_point.split("/"):
-            raise _Invalid(_join(item_path, "MountPoint"), f"not usable: {_show(mount_point)}")
+            raise _Invalid(_join(item_path, "MountPoint"), f"not usable: {show_value(mount_point)}")
         caches.append(
             PackageCache(
                 mount_point=mount_point,
@@ -404,7 +398,7 @@ def _quick_links(value: Any, path: str) -> tuple[QuickLink, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise _Invalid(path, f"expected a list of objects, got {_show(value)}")
+        raise _Invalid(path, f"expected a list of objects, got {show_value(value)}")
     links = []
     for i, item in enumerate(value):
         item_path = _join(path, i)
@@ -479,10 +473,10 @@ def _parse_tags(data: bytes, url: str, where: str) -> dict[str, str]:
     if document is None:
         return {}
     if not isinstance(document, dict):
-        raise ConfigError(f"{where}: {url}: expected a JSON object, got {_show(document)}")
+        raise ConfigError(f"{where}: {url}: expected a JSON object, got {show_value(document)}")
     for key, value in document.items():
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: {url}: {key}: expected a string, got {_show(value)}")
+            raise ConfigError(f"{where}: {url}: {key}: expected a string, got {show_value(value)}")
     return dict(document)
 
 

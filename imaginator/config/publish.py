@@ -20,12 +20,11 @@ does.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from imaginator.config.expand import Lookup, expand
-from imaginator.config.fields import FieldReader
+from imaginator.config.fields import FieldReader, show_value
 from imaginator.export.registry import RegistryError, parse_reference
 from imaginator.goformats.jsonc import ConfigError
 
@@ -66,11 +65,6 @@ class PublishConfigError(ConfigError):
         self.message = message
 
 
-def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def parse_publish(value: Any, path: str) -> PublishConfig | None:
     """The ``Publish`` value at key path ``path``; ``None`` when absent or empty."""
     if value is None or value == "":
@@ -79,23 +73,24 @@ def parse_publish(value: Any, path: str) -> PublishConfig | None:
         return PublishConfig(value, reference_key="")
     if not isinstance(value, dict):
         raise PublishConfigError(
-            path, f"expected a registry reference or an object, got {_show(value)}"
+            path, f"expected a registry reference or an object, got {show_value(value)}"
         )
     reference = FieldReader.get(value, "Reference")
     if not isinstance(reference, str) or not reference:
         raise PublishConfigError(
             f"{path}.Reference",
-            f"expected a registry reference (host[:port]/repository), got {_show(reference)}",
+            f"expected a registry reference (host[:port]/repository), got {show_value(reference)}",
         )
     tags = FieldReader.get(value, "Tags")
     if tags is None:
         tags = []
     if not isinstance(tags, list):
-        raise PublishConfigError(f"{path}.Tags", f"expected a list of strings, got {_show(tags)}")
+        got = show_value(tags)
+        raise PublishConfigError(f"{path}.Tags", f"expected a list of strings, got {got}")
     for index, tag in enumerate(tags):
         if not isinstance(tag, str):
             raise PublishConfigError(
-                f"{path}.Tags[{index}]", f"expected a string, got {_show(tag)}"
+                f"{path}.Tags[{index}]", f"expected a string, got {show_value(tag)}"
             )
     return PublishConfig(reference, tuple(tags))
 
@@ -111,14 +106,15 @@ def resolve(config: PublishConfig, lookup: Lookup, path: str) -> PublishTarget:
     first, slash, rest = text.partition("/")
     is_host = "." in first or ":" in first or first == "localhost" or first.startswith("[")
     if not slash or not rest or not is_host:
+        got = show_value(text)
         raise PublishConfigError(
-            where, f"expected host[:port]/repository (the registry's host first), got {_show(text)}"
+            where, f"expected host[:port]/repository (the registry's host first), got {got}"
         )
     if "@" in text:
-        raise PublishConfigError(where, f"a digest cannot be pushed to, got {_show(text)}")
+        raise PublishConfigError(where, f"a digest cannot be pushed to, got {show_value(text)}")
     if ":" in rest.rsplit("/", 1)[-1]:
         raise PublishConfigError(
-            where, f"no tag in the reference (put tags in Tags), got {_show(text)}"
+            where, f"no tag in the reference (put tags in Tags), got {show_value(text)}"
         )
     try:
         reference = parse_reference(text)
@@ -132,7 +128,7 @@ def resolve(config: PublishConfig, lookup: Lookup, path: str) -> PublishTarget:
         except RegistryError:
             raise PublishConfigError(
                 f"{path}.Tags[{index}]",
-                f"bad tag {_show(tag)} (letters, digits, '_', '.', '-'; at most 128)",
+                f"bad tag {show_value(tag)} (letters, digits, '_', '.', '-'; at most 128)",
             ) from None
         if tag not in tags:
             tags.append(tag)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator
 
 import pytest_twisted
 import treq
@@ -20,17 +19,6 @@ from tests.support.daemon import Daemon
 from tests.support.imageserver import HOST, PEERS, GoImageserver
 
 BUILD_TIMEOUT = 120
-
-
-@pytest_twisted.async_yield_fixture
-async def imageserver(go_imageserver_peer) -> AsyncIterator[GoImageserver]:
-    server = GoImageserver()
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.stop()
-        server.cleanup()
 
 
 def daemon_args(tmp_path, conf, server: GoImageserver, **files: str) -> list[str]:

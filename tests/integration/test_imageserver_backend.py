@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -42,17 +41,6 @@ from tests.support.vectors import VECTORS
 
 BB = "bootstrap/bb"
 HELLO = "apps/hello"
-
-
-@pytest_twisted.async_yield_fixture
-async def imageserver(go_imageserver_peer) -> AsyncIterator[GoImageserver]:
-    server = GoImageserver()
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.stop()
-        server.cleanup()
 
 
 def settings(server: GoImageserver, name: str = "imaginator") -> ImageServerSettings:
