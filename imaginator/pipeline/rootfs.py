@@ -364,31 +364,28 @@ class SourceTrees:
             os.utime(os.path.join(self.directory, slot, USED_FILE))
 
     def _materialise(self, slot: str, name: str, image: Image) -> TreeCache:
-        final = os.path.join(self.directory, slot)
-        if os.path.lexists(final):  # incomplete, or another image's
-            self._remove(slot)
-        staging = tempfile.mkdtemp(prefix=f"{_STAGING}{slot}.", dir=self.directory)
-        try:
-            cache = materialise(image, self._store, os.path.join(staging, TREE))
-            with open(os.path.join(staging, USED_FILE), "w", encoding="utf-8") as handle:
-                handle.write(name + "\n")
-            os.chmod(staging, 0o755)
-            os.rename(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return cache
+        return self._install(slot, name, lambda tree: materialise(image, self._store, tree))
 
     def _adopt(self, slot: str, name: str, image: Image, tree: str) -> TreeCache:
         if os.lstat(tree).st_dev != os.stat(self.directory).st_dev:
             raise TreeCacheUnavailable(f"{tree} is not on the file-system of {self.directory}")
         cache = conform_tree(image, tree)
+
+        def move_in(staged: str) -> TreeCache:
+            os.rename(tree, staged)
+            return cache
+
+        return self._install(slot, name, move_in)
+
+    def _install(self, slot: str, name: str, fill: Callable[[str], TreeCache]) -> TreeCache:
+        """Put ``fill``'s tree for image ``name`` in ``slot``: made in a staging
+        directory and renamed into place, so a slot is either whole or absent."""
         final = os.path.join(self.directory, slot)
-        if os.path.lexists(final):  # an incomplete leftover
+        if os.path.lexists(final):  # incomplete, or another image's
             self._remove(slot)
         staging = tempfile.mkdtemp(prefix=f"{_STAGING}{slot}.", dir=self.directory)
         try:
-            os.rename(tree, os.path.join(staging, TREE))
+            cache = fill(os.path.join(staging, TREE))
             with open(os.path.join(staging, USED_FILE), "w", encoding="utf-8") as handle:
                 handle.write(name + "\n")
             os.chmod(staging, 0o755)
