@@ -268,6 +268,17 @@ def _load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
 
+def keep_logs(root: Path, destination: Path) -> None:
+    """Copy the daemons' logs (``*.log``) and archived build logs (``builds/``) of ``root``."""
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        if path.is_file() and not path.is_symlink():
+            if path.suffix == ".log" or "builds" in relative.parts[:-1]:
+                target = destination / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+
+
 class Bench:
     """One run: its temporary directory, the stacks alive, what went wrong in cleaning up."""
 
@@ -301,6 +312,8 @@ class Bench:
             stack.stop()
         finally:
             self._sweep(root, stack.name)
+            if self.args.keep_logs is not None:
+                keep_logs(root, self.args.keep_logs / root.name)
             shutil.rmtree(root, ignore_errors=True)
 
     def _sweep(self, root: Path, who: str) -> None:
@@ -419,6 +432,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--tmpdir", default="/var/tmp", help="where the temporary directory goes")
     parser.add_argument("--json", type=Path, help="also write every sample to this file")
+    parser.add_argument(
+        "--keep-logs",
+        type=Path,
+        help="copy each round's daemon logs and archived build logs into this directory",
+    )
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")

@@ -118,6 +118,11 @@ def encode_uint(value: int) -> bytes:
     return bytes((256 - len(data),)) + data
 
 
+#: ``encode_uint`` of every byte value: a byte array (an object hash) is
+#: encoded as one unsigned integer per byte.
+_BYTE_CODES = tuple(encode_uint(byte) for byte in range(256))
+
+
 def encode_int(value: int) -> bytes:
     """GOB's signed integer: the sign in the low bit (complemented if negative)."""
     if not -(1 << 63) <= value < (1 << 63):
@@ -366,8 +371,7 @@ class Encoder:
                 if not isinstance(value, bytes | bytearray):
                     raise GobError(f"byte array: expected bytes, got {type(value).__name__}")
                 buffer += encode_uint(len(value))
-                for byte in value:
-                    buffer += encode_uint(byte)
+                buffer += b"".join([_BYTE_CODES[byte] for byte in value])
                 return
         if isinstance(value, str | bytes | bytearray | Mapping):
             raise GobError(f"expected a sequence, got {type(value).__name__}")
