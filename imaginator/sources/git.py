@@ -105,7 +105,7 @@ def fetch_manifest(
     ``url`` may be ``http(s)://`` (smart HTTP; ``user:password@`` in the URL
     is sent as basic auth and never stored or logged), ``ssh://`` or
     ``git@host:path`` (the ``ssh`` command), ``file://`` or a plain local
-    path. Over http(s) and ssh no read waits more than ``stall_timeout``
+    path. Over http(s), ssh and ``git://`` no read waits more than ``stall_timeout``
     seconds for the remote and the whole transfer ends after
     ``fetch_timeout`` seconds (``gittransport``), with an error saying which
     limit it hit.

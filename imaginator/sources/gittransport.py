@@ -15,10 +15,14 @@ with two limits:
   ``ssh`` children, so whatever the fetching thread is blocked in returns at
   once and the fetch fails.
 
+Over ``git://`` dulwich opens and reads the socket itself, with no hook for
+a caller: while a watched client connects, the socket it makes (through
+:class:`_SocketModule`, which dulwich's client module sees as ``socket``) gets
+the stall limit as its timeout and is registered for the deadline.
+
 Either limit ends the fetch with a reason that says which one (see
 :func:`describe`). Local repositories (paths, ``file://``) have no network
-and need no limit; ``git://`` is not watched (dulwich opens and reads that
-socket itself, with no place to hook in).
+and need no limit.
 
 :func:`make_client` makes the dulwich client for a URL with the credentials
 passed explicitly and the watch installed. Nothing here reads a git
@@ -32,10 +36,11 @@ import select
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import IO, Any
 
+import dulwich.client
 from dulwich.client import (
     GitClient,
     HTTPProxyUnauthorized,
@@ -43,6 +48,7 @@ from dulwich.client import (
     SSHGitClient,
     SubprocessSSHVendor,
     SubprocessWrapper,
+    TCPGitClient,
     default_urllib3_manager,
     get_transport_and_path,
 )
@@ -304,6 +310,54 @@ class _WatchedSSHVendor(SubprocessSSHVendor):
         return _WatchedPipes(wrapper, self._watch)
 
 
+# ------------------------------------------------------------------ git://
+
+_connecting = threading.local()
+
+
+class _SocketModule:
+    """The ``socket`` module as dulwich's client module sees it.
+
+    Everything is the real module's, except that a socket made while this
+    thread connects a watched ``git://`` client (:func:`_watch_tcp_client`)
+    gets the watch's stall limit as its timeout and is registered for its
+    deadline. Other threads, and dulwich's other transports, see no change.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+    def socket(self, *args: Any, **kwargs: Any) -> socket.socket:
+        sock = socket.socket(*args, **kwargs)
+        watch: FetchWatch | None = getattr(_connecting, "watch", None)
+        if watch is not None:
+            try:
+                watch.check()
+                sock.settimeout(watch.stall_timeout)
+                watch.add_socket(sock)
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+
+
+dulwich.client.socket = _SocketModule()  # type: ignore[assignment]
+
+
+def _watch_tcp_client(client: TCPGitClient, watch: FetchWatch) -> None:
+    """Make ``client`` connect (and so make its socket) under ``watch``."""
+    connect: Callable[..., Any] = client._connect
+
+    def watched_connect(*args: Any, **kwargs: Any) -> Any:
+        _connecting.watch = watch
+        try:
+            return connect(*args, **kwargs)
+        finally:
+            _connecting.watch = None
+
+    client._connect = watched_connect  # type: ignore[method-assign]
+
+
 # ------------------------------------------------------------------ clients
 
 
@@ -314,7 +368,7 @@ def make_client(
 
     No git configuration is read (``config=None``): no credential helpers,
     no ``insteadOf`` rewriting; the fetch uses exactly what it is given.
-    http(s) and ssh clients are watched by ``watch``.
+    http(s), ssh and ``git://`` clients are watched by ``watch``.
     """
     pool_manager = None
     if clean_url.startswith(("http://", "https://")):
@@ -328,6 +382,8 @@ def make_client(
     )
     if isinstance(client, SSHGitClient):
         client.ssh_vendor = _WatchedSSHVendor(watch)
+    elif isinstance(client, TCPGitClient):
+        _watch_tcp_client(client, watch)
     return client, path
 
 

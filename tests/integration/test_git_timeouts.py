@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,6 +166,61 @@ def test_ssh_deadline(stuck_remote: StuckRemote, tmp_path: Path) -> None:
     error = fetch_error(url, tmp_path, stall_timeout=3600.0, fetch_timeout=0.5)
     assert str(error) == f"{url}: timed out: the fetch took longer than 500ms"
     assert stuck_remote.ended.wait(timeout=10)
+
+
+# ----------------------------------------------------------------- git://
+
+
+def test_git_protocol_stall(stuck_remote: StuckRemote, tmp_path: Path) -> None:
+    url = f"git://127.0.0.1:{stuck_remote.port}/repo.git"
+    error = fetch_error(url, tmp_path, stall_timeout=0.2, fetch_timeout=3600.0)
+    assert str(error) == f"{url}: timed out: no answer from the remote for 200ms"
+
+
+def test_git_protocol_deadline(stuck_remote: StuckRemote, tmp_path: Path) -> None:
+    url = f"git://127.0.0.1:{stuck_remote.port}/repo.git"
+    error = fetch_error(url, tmp_path, stall_timeout=3600.0, fetch_timeout=0.3)
+    assert str(error) == f"{url}: timed out: the fetch took longer than 300ms"
+    # The blocked read was ended by shutting the connection down.
+    assert stuck_remote.ended.wait(timeout=10)
+    assert stuck_remote.connections == 1
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_a_real_fetch_over_the_git_protocol(tmp_path: Path) -> None:
+    """A whole fetch over the watched ``git://`` socket, from ``git daemon``
+    (one ``--inetd`` child per connection, on a listener of the test's own)."""
+    (tmp_path / "repos").mkdir()
+    source = init_repo(tmp_path / "repos" / "source")
+    write_tree(source, {"hello/package-list": (0o644, "busybox\n")})
+    commit = commit_all(source, "first")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    daemon = ["git", "daemon", "--inetd", "--export-all", f"--base-path={tmp_path / 'repos'}"]
+
+    def serve() -> None:
+        with suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                subprocess.run(daemon, stdin=conn, stdout=conn, check=False, timeout=60)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        fetched = fetch_manifest(
+            f"git://127.0.0.1:{port}/source",
+            "",
+            str(tmp_path / "m"),
+            directory="hello",
+            log=lambda _line: None,
+            stall_timeout=30.0,
+            fetch_timeout=60.0,
+        )
+    finally:
+        listener.close()
+        thread.join(timeout=60)
+    assert (tmp_path / "m" / "package-list").read_text() == "busybox\n"
+    assert (fetched.commit_id, fetched.branch) == (commit, "main")
 
 
 # ------------------------------------------------------------ the watch
