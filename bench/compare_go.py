@@ -53,7 +53,14 @@ from compare_figures import (
     render_table,
     skipped_builds,
 )
-from compare_setup import REPO, SetupError, Workload, make_certificates, write_workload
+from compare_setup import (
+    FAST_PATHS_CHOICES,
+    REPO,
+    SetupError,
+    Workload,
+    make_certificates,
+    write_workload,
+)
 from compare_stacks import (
     BASE_ENV,
     HOST,
@@ -422,9 +429,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--fast-paths",
-        choices=("sample", "off"),
+        choices=FAST_PATHS_CHOICES,
         default="sample",
-        help="FastPaths of the configuration: the sample's, or all off (a 'before' run)",
+        help="FastPaths of the configuration: the sample's, all off (a 'before' run), "
+        "or the sample's without one of them",
     )
     parser.add_argument("--peers", type=Path, default=PEERS, help="the Go programs' directory")
     parser.add_argument(

@@ -47,6 +47,22 @@ FAST_PATHS_OFF = {
     "PackageCaches": [],
 }
 
+#: ``--fast-paths`` choices: the sample's, all off, or the sample's without one.
+FAST_PATHS_CHOICES = ("sample", "off", *(f"without-{name}" for name in FAST_PATHS_OFF))
+
+
+def fast_paths_setting(sample: dict, choice: str) -> dict:
+    """The ``FastPaths`` object for a ``--fast-paths`` choice (see :data:`FAST_PATHS_CHOICES`)."""
+    if choice == "sample":
+        return sample
+    if choice == "off":
+        return FAST_PATHS_OFF
+    name = choice.removeprefix("without-")
+    if name == choice or name not in FAST_PATHS_OFF:
+        raise ValueError(f"unknown fast paths choice: {choice}")
+    return {**sample, name: FAST_PATHS_OFF[name]}
+
+
 _GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
@@ -172,7 +188,8 @@ def write_workload(root: Path, *, quick: bool, fast_paths: str = "sample") -> Wo
     """Write the manifests repository, the image streams and both conf.json files.
 
     Both get the sample's ``FastPaths`` (the Go imaginator ignores the key), or
-    with ``fast_paths="off"`` every fast path switched off.
+    with ``fast_paths="off"`` every fast path switched off, or with
+    ``"without-NAME"`` the sample's with that one switched off.
     """
     root.mkdir(parents=True, exist_ok=True)
     sample = load_sample()
@@ -207,7 +224,7 @@ def write_workload(root: Path, *, quick: bool, fast_paths: str = "sample") -> Wo
         "PackagerTypes": packagers,
         "ImageStreamsUrl": streams.as_uri(),
         "ImageStreamsToAutoRebuild": [bootstrap_key, BASE_STREAM, APP_STREAM],
-        "FastPaths": sample.get("FastPaths", {}) if fast_paths == "sample" else FAST_PATHS_OFF,
+        "FastPaths": fast_paths_setting(sample.get("FastPaths", {}), fast_paths),
     }
     ours_conf, go_conf = root / "conf-ours.json", root / "conf-go.json"
     ours_conf.write_text(json.dumps(conf, indent=4))

@@ -29,7 +29,12 @@ from bench.compare_figures import (
     skipped_builds,
     span,
 )
-from bench.compare_setup import parse_variables
+from bench.compare_setup import (
+    FAST_PATHS_CHOICES,
+    FAST_PATHS_OFF,
+    fast_paths_setting,
+    parse_variables,
+)
 from tests.support.vectors import VECTORS
 
 
@@ -241,3 +246,22 @@ def test_variables_files():
     assert parse_variables('// comment\n{"DEBIAN_MIRROR": "http://m/debian"}\n') == {
         "DEBIAN_MIRROR": "http://m/debian"
     }
+
+
+def test_fast_paths_choices_switch_off_all_or_one() -> None:
+    sample = {
+        "NoFsyncInBuilds": True,
+        "ReuseBootstrapTrees": True,
+        "SkipUnchangedBuilds": True,
+        "PackageCaches": [{"MountPoint": "/var/cache/apt/archives"}],
+    }
+    assert fast_paths_setting(sample, "sample") == sample
+    assert fast_paths_setting(sample, "off") == FAST_PATHS_OFF
+    assert fast_paths_setting(sample, "without-PackageCaches") == {**sample, "PackageCaches": []}
+    assert fast_paths_setting(sample, "without-NoFsyncInBuilds") == {
+        **sample,
+        "NoFsyncInBuilds": False,
+    }
+    assert set(FAST_PATHS_CHOICES) == {"sample", "off"} | {f"without-{n}" for n in FAST_PATHS_OFF}
+    with pytest.raises(ValueError, match="unknown fast paths choice"):
+        fast_paths_setting(sample, "without-Nothing")
