@@ -464,14 +464,6 @@ class _Reader:
     def uint64(self, key: str) -> int:
         return self.integer(key, 0, _MAX_UINT64)
 
-    def boolean(self, key: str) -> bool:
-        value = self.value.get(key, False)
-        if value is None:
-            return False
-        if not isinstance(value, bool):
-            raise self.fail(key, "boolean")
-        return value
-
     def time(self, key: str) -> int:
         value = self.value.get(key, GO_ZERO_TIME)
         if not isinstance(value, str):

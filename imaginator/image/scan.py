@@ -129,7 +129,6 @@ class _FileToHash:
 @dataclass(slots=True)
 class _Walk:
     file_system: FileSystem
-    to_hash: list[_FileToHash] = field(default_factory=list)
     objects_skipped: int = 0
     bytes_skipped: int = 0
 
@@ -397,19 +396,6 @@ def hash_file(path: str) -> tuple[bytes, int]:
 
 
 # ---------------------------------------------------------------------- walking
-
-
-def walk_tree(
-    root: str,
-    scan_filter: PathFilter | None = None,
-    tree_cache: TreeCache | None = None,
-) -> _Walk:
-    """Walk the tree (blocking): every inode but regular-file hashes, which
-    are either taken from ``tree_cache`` or listed in ``to_hash``."""
-    to_hash: list[_FileToHash] = []
-    walk = _Walker(root, scan_filter, tree_cache or {}, to_hash.append).run()
-    walk.to_hash = to_hash
-    return walk
 
 
 class _Walker:

@@ -90,10 +90,6 @@ class Poller:
         """Whether a run is in flight."""
         return self._running is not None
 
-    @property
-    def scheduled(self) -> bool:
-        return self._timer is not None and self._timer.active()
-
     def start(self, first_delay: float | None = None) -> None:
         """Start the schedule: the first run after ``first_delay`` seconds
         (0: now, before this returns; default: one interval)."""
