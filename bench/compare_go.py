@@ -54,6 +54,7 @@ from compare_figures import (
     skipped_builds,
 )
 from compare_setup import (
+    DEBIAN_STREAMS,
     FAST_PATHS_CHOICES,
     REPO,
     SetupError,
@@ -337,7 +338,10 @@ class Bench:
     def run(self) -> None:
         make_certificates(self.tmp / "pki")
         workload = write_workload(
-            self.tmp / "workload", quick=self.args.quick, fast_paths=self.args.fast_paths
+            self.tmp / "workload",
+            quick=self.args.quick,
+            fast_paths=self.args.fast_paths,
+            bootstrap=self.args.bootstrap,
         )
         for daemon in DAEMONS:  # fail in seconds, not after a round of the other daemon
             root = self.tmp / f"preflight-{daemon}"
@@ -375,7 +379,11 @@ class Bench:
             for key, label, kind in FIGURES
         ]
         done = {d: len(self.results[d]) for d in DAEMONS}
-        mode = "quick (busybox bootstrap)" if self.args.quick else "Debian 12 minbase bootstrap"
+        mode = (
+            "quick (busybox bootstrap)"
+            if self.args.quick
+            else f"Debian 12 minbase bootstrap by {self.args.bootstrap}"
+        )
         header = [
             f"Go imaginator ({self.args.peers}) vs ours ({_revision()}, "
             f"{self.args.ours_backend} store, fast paths {self.args.fast_paths}): {mode}",
@@ -390,6 +398,7 @@ class Bench:
     def dump(self, path: Path) -> None:
         document = {
             "quick": self.args.quick,
+            "bootstrap": self.args.bootstrap,
             "rounds": self.rounds,
             "ours_backend": self.args.ours_backend,
             "fast_paths": self.args.fast_paths,
@@ -420,6 +429,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="rounds (default 3; 1 with --quick)")
     parser.add_argument(
         "--quick", action="store_true", help="a busybox bootstrap instead of debootstrap"
+    )
+    parser.add_argument(
+        "--bootstrap",
+        choices=tuple(DEBIAN_STREAMS),
+        default="debootstrap",
+        help="the program that makes the Debian root (the sample's stream for it)",
     )
     parser.add_argument(
         "--ours-backend",
@@ -457,7 +472,7 @@ def check_host(args: argparse.Namespace) -> None:
     for program in ("imaginator", "imageserver", "builder-tool"):
         if not os.access(args.peers / program, os.X_OK):
             raise SetupError(f"{args.peers / program}: missing (see ../shared/peers/README.md)")
-    needed = ["setpriv", "unshare", "git", "bwrap", "busybox" if args.quick else "debootstrap"]
+    needed = ["setpriv", "unshare", "git", "bwrap", "busybox" if args.quick else args.bootstrap]
     for program in needed:
         if shutil.which(program, path=BASE_ENV["PATH"]) is None:
             raise SetupError(f"{program} is not installed: run scripts/setup-host")

@@ -184,12 +184,22 @@ class Workload:
         return (self.bootstrap, self.base, self.app)
 
 
-def write_workload(root: Path, *, quick: bool, fast_paths: str = "sample") -> Workload:
+#: The sample's Debian 12 bootstrap stream made by each ``--bootstrap`` program.
+DEBIAN_STREAMS = {
+    "debootstrap": "bootstrap/Debian-12/$ARCH",
+    "mmdebstrap": "bootstrap/Debian-12-mm/$ARCH",
+}
+
+
+def write_workload(
+    root: Path, *, quick: bool, fast_paths: str = "sample", bootstrap: str = "debootstrap"
+) -> Workload:
     """Write the manifests repository, the image streams and both conf.json files.
 
     Both get the sample's ``FastPaths`` (the Go imaginator ignores the key), or
     with ``fast_paths="off"`` every fast path switched off, or with
-    ``"without-NAME"`` the sample's with that one switched off.
+    ``"without-NAME"`` the sample's with that one switched off. The Debian root
+    is made by ``bootstrap`` (a key of :data:`DEBIAN_STREAMS`).
     """
     root.mkdir(parents=True, exist_ok=True)
     sample = load_sample()
@@ -199,7 +209,7 @@ def write_workload(root: Path, *, quick: bool, fast_paths: str = "sample") -> Wo
         packagers = {"busybox": _busybox_packager(sample)}
         package, mirror, variables = "benchpkg", None, None
     else:
-        bootstrap_key, bootstrap = _debian_stream(sample)
+        bootstrap_key, bootstrap = _debian_stream(sample, DEBIAN_STREAMS[bootstrap])
         packagers = {"deb": sample["PackagerTypes"]["deb"]}
         variables = mirror_file()
         package, mirror = DEBIAN_PACKAGE, debian_mirror(variables)
@@ -239,9 +249,8 @@ def _with_mirror(argument: str, mirror: str) -> str:
     return argument.replace("${DEBIAN_MIRROR}", mirror).replace("$DEBIAN_MIRROR", mirror)
 
 
-def _debian_stream(sample: dict) -> tuple[str, dict]:
-    """The sample's Debian 12 stream, its filter and triggers as absolute URLs."""
-    key = "bootstrap/Debian-12/$ARCH"
+def _debian_stream(sample: dict, key: str) -> tuple[str, dict]:
+    """The sample's Debian 12 stream ``key``, its filter and triggers as absolute URLs."""
     stream = dict(sample["BootstrapStreams"][key])
     for field in ("ImageFilterUrl", "ImageTriggersUrl"):
         if stream.get(field):

@@ -30,9 +30,11 @@ from bench.compare_figures import (
     span,
 )
 from bench.compare_setup import (
+    DEBIAN_STREAMS,
     FAST_PATHS_CHOICES,
     FAST_PATHS_OFF,
     fast_paths_setting,
+    load_sample,
     parse_variables,
 )
 from tests.support.vectors import VECTORS
@@ -265,3 +267,9 @@ def test_fast_paths_choices_switch_off_all_or_one() -> None:
     assert set(FAST_PATHS_CHOICES) == {"sample", "off"} | {f"without-{n}" for n in FAST_PATHS_OFF}
     with pytest.raises(ValueError, match="unknown fast paths choice"):
         fast_paths_setting(sample, "without-Nothing")
+
+
+def test_each_bootstrap_program_has_its_stream_in_the_sample() -> None:
+    streams = load_sample()["BootstrapStreams"]
+    for program, key in DEBIAN_STREAMS.items():
+        assert streams[key]["BootstrapCommand"][0] == program
